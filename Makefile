@@ -1,0 +1,31 @@
+# `make demo` and `make test` create .venv (pinned in requirements.txt) when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dvr-installed
+OUT ?= outputs/demo
+
+.PHONY: demo test lint bench env clean
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dvr demo --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dvr_plugin integration tests examples
+
+bench: $(STAMP)
+	$(PY) -m integration.benchmarks.bench_core
+
+clean:
+	rm -rf $(VENV) outputs

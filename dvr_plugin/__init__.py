@@ -1,0 +1,1 @@
+"""Differentiable Volumetric Rendering (DVR) as a PyTorch3D renderer."""
