@@ -1,0 +1,168 @@
+"""
+Rays from PyTorch3D cameras, and their intersection with a bounding box.
+
+Conventions (the same as PyTorch3D's ``NDCMultinomialRaysampler`` with ``unit_directions=False``):
+
+- Pixel coordinates ``(u, v)`` are continuous (column, row) positions in an image of
+  ``(H, W)`` pixels; the centre of pixel ``(row i, column j)`` is ``(j + 0.5, i + 0.5)``.
+- NDC: ``x = (W - 2u) / S`` and ``y = (H - 2v) / S`` with ``S = min(H, W)``, so +X points left,
+  +Y up, and the shorter image side spans [-1, 1]; grids built here line up pixel for pixel with
+  ``MeshRenderer`` output.
+- A ray is ``origin + length * direction`` where ``origin`` lies on the camera's z = 0 plane
+  (the camera centre for perspective cameras) and ``direction`` moves one unit of camera-space z,
+  so ``length`` is the z-depth, the quantity of ``MeshRasterizer``'s ``zbuf``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple, Union
+
+import torch
+
+from ._pytorch3d import require_pytorch3d
+
+require_pytorch3d()
+from pytorch3d.renderer.cameras import CamerasBase  # noqa: E402
+
+ImageSize = Union[int, Sequence[int]]
+
+
+def image_size_hw(image_size: ImageSize) -> Tuple[int, int]:
+    """``(H, W)`` from an int (square) or an ``(H, W)`` pair, validated."""
+    if isinstance(image_size, int):
+        height = width = image_size
+    else:
+        if len(image_size) != 2:
+            raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}.")
+        height, width = (int(s) for s in image_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"image_size must be positive, got {(height, width)}.")
+    return height, width
+
+
+def pixels_to_ndc(pixels: torch.Tensor, image_size: ImageSize) -> torch.Tensor:
+    """
+    Continuous pixel coordinates to PyTorch3D NDC.
+
+    Args:
+        pixels: `(..., 2)` ``(u, v)`` = (column, row); pixel centres at half-integers.
+        image_size: ``(H, W)`` or an int.
+
+    Returns:
+        `(..., 2)` NDC ``(x, y)``.
+    """
+    height, width = image_size_hw(image_size)
+    scale = float(min(height, width))
+    x = (width - 2.0 * pixels[..., 0]) / scale
+    y = (height - 2.0 * pixels[..., 1]) / scale
+    return torch.stack([x, y], dim=-1)
+
+
+def ndc_to_pixels(xys: torch.Tensor, image_size: ImageSize) -> torch.Tensor:
+    """The inverse of :func:`pixels_to_ndc`: `(..., 2)` NDC to `(..., 2)` ``(u, v)``."""
+    height, width = image_size_hw(image_size)
+    scale = float(min(height, width))
+    u = 0.5 * (width - scale * xys[..., 0])
+    v = 0.5 * (height - scale * xys[..., 1])
+    return torch.stack([u, v], dim=-1)
+
+
+def ndc_grid(
+    image_size: ImageSize, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """
+    NDC centres of all pixels, in image order.
+
+    Returns:
+        `(H, W, 2)` tensor; ``grid[i, j]`` is the NDC ``(x, y)`` of pixel row ``i``, column ``j``.
+    """
+    height, width = image_size_hw(image_size)
+    rows = torch.arange(height, device=device, dtype=dtype) + 0.5
+    cols = torch.arange(width, device=device, dtype=dtype) + 0.5
+    v, u = torch.meshgrid(rows, cols, indexing="ij")
+    return pixels_to_ndc(torch.stack([u, v], dim=-1), (height, width))
+
+
+def check_cameras(cameras: CamerasBase) -> None:
+    """Raise ``ValueError`` when a camera batch holds non-finite parameters."""
+    if not isinstance(cameras, CamerasBase):
+        raise ValueError(f"cameras must be a pytorch3d CamerasBase, got {type(cameras).__name__}.")
+    for name in ("R", "T", "focal_length", "principal_point", "fov", "znear", "zfar", "K"):
+        value = getattr(cameras, name, None)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"The cameras' {name} holds non-finite values (NaN or inf).")
+
+
+def rays_from_cameras(
+    cameras: CamerasBase, xys: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Unproject NDC points into world-space rays, differentiably in the camera parameters.
+
+    Args:
+        cameras: a batch of ``B`` cameras (any ``CamerasBase``; screen-space cameras need their
+            ``image_size``).
+        xys: `(B, ..., 2)` NDC points, one set per camera.
+
+    Returns:
+        origins: `(B, ..., 3)` points on the camera's z = 0 plane.
+        directions: `(B, ..., 3)` unnormalised; one unit of length = one unit of camera z.
+    """
+    check_cameras(cameras)
+    if xys.dim() < 2 or xys.shape[-1] != 2:
+        raise ValueError(f"xys must have shape (B, ..., 2), got {tuple(xys.shape)}.")
+    batch = xys.shape[0]
+    if len(cameras) != batch:
+        raise ValueError(
+            f"Got {len(cameras)} cameras for {batch} sets of pixel coordinates; they must match."
+        )
+    spatial = xys.shape[1:-1]
+    flat = xys.reshape(batch, -1, 2)
+    n_rays = flat.shape[1]
+    depth_one = flat.new_ones(batch, n_rays, 1)
+    to_unproject = torch.cat(
+        [torch.cat([flat, depth_one], dim=-1), torch.cat([flat, 2.0 * depth_one], dim=-1)], dim=1
+    )
+    world = cameras.unproject_points(to_unproject, world_coordinates=True, from_ndc=True)
+    plane_one, plane_two = world[:, :n_rays], world[:, n_rays:]
+    directions = plane_two - plane_one
+    origins = plane_one - directions
+    return origins.reshape(batch, *spatial, 3), directions.reshape(batch, *spatial, 3)
+
+
+def intersect_box(
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    box_min: torch.Tensor,
+    box_max: torch.Tensor,
+    *,
+    min_depth: float = 0.0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Slab intersection of rays with an axis-aligned box.
+
+    Args:
+        origins, directions: `(..., 3)` rays (directions need not be normalised).
+        box_min, box_max: `(3,)` box corners.
+        min_depth: the smallest length allowed (the part of a ray behind it is ignored).
+
+    Returns:
+        near, far: `(...)` lengths where each ray enters and leaves the box (clamped to
+            ``min_depth``); meaningless where ``missed``.
+        missed: `(...)` bool, the ray does not cross the box ahead of ``min_depth``.
+    """
+    with torch.no_grad():
+        box_min = box_min.to(origins)
+        box_max = box_max.to(origins)
+        safe = torch.where(
+            directions.abs() < 1e-12,
+            torch.full_like(directions, 1e-12) * torch.where(directions < 0, -1.0, 1.0),
+            directions,
+        )
+        t0 = (box_min - origins) / safe
+        t1 = (box_max - origins) / safe
+        near = torch.minimum(t0, t1).amax(dim=-1).clamp(min=min_depth)
+        far = torch.maximum(t0, t1).amin(dim=-1)
+        missed = ~(far > near)
+        return near, far, missed
