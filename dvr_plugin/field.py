@@ -26,7 +26,7 @@ implicit depth gradient and for normals) and in whatever parameters should be le
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ class FieldOutput(NamedTuple):
     """
 
     values: torch.Tensor
-    rgb: Optional[torch.Tensor]
+    rgb: torch.Tensor | None
 
 
 def field_type_of(field) -> str:
@@ -55,7 +55,7 @@ def field_type_of(field) -> str:
     return field_type
 
 
-def evaluate_field(field, points: torch.Tensor, latent: Optional[torch.Tensor] = None) -> FieldOutput:
+def evaluate_field(field, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
     """
     Call a field that follows the protocol and check what it returns.
 
@@ -191,7 +191,7 @@ class OccupancyTextureField(nn.Module):
             nn.init.normal_(self.fc_out.weight, std=1e-4)
             nn.init.zeros_(self.fc_out.bias)
 
-    def forward(self, points: torch.Tensor, latent: Optional[torch.Tensor] = None) -> FieldOutput:
+    def forward(self, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
         """
         Args:
             points: `(B, P, 3)` (or any `(..., 3)` when ``latent`` is ``None``).

@@ -15,7 +15,8 @@ Conventions (the same as PyTorch3D's ``NDCMultinomialRaysampler`` with ``unit_di
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 
@@ -27,7 +28,7 @@ from pytorch3d.renderer.cameras import CamerasBase  # noqa: E402
 ImageSize = Union[int, Sequence[int]]
 
 
-def image_size_hw(image_size: ImageSize) -> Tuple[int, int]:
+def image_size_hw(image_size: ImageSize) -> tuple[int, int]:
     """``(H, W)`` from an int (square) or an ``(H, W)`` pair, validated."""
     if isinstance(image_size, int):
         height = width = image_size
@@ -96,7 +97,7 @@ def check_cameras(cameras: CamerasBase) -> None:
 
 def rays_from_cameras(
     cameras: CamerasBase, xys: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Unproject NDC points into world-space rays, differentiably in the camera parameters.
 
@@ -138,7 +139,7 @@ def intersect_box(
     box_max: torch.Tensor,
     *,
     min_depth: float = 0.0,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Slab intersection of rays with an axis-aligned box.
 

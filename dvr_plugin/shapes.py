@@ -7,7 +7,7 @@ parameters (for gradient checks), and the union of a few of them is the built-in
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ class SphereField(nn.Module):
         radius: float = 0.3,
         field_type: str = "occupancy",
         sharpness: float = 20.0,
-        colour: Optional[Sequence[float]] = None,
+        colour: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if field_type not in FIELD_TYPES:
@@ -57,7 +57,7 @@ class SphereField(nn.Module):
         centre = self.centre.to(points.dtype)
         return (points - centre).norm(dim=-1) - self.radius.to(points.dtype)
 
-    def forward(self, points: torch.Tensor, latent: Optional[torch.Tensor] = None) -> FieldOutput:
+    def forward(self, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
         sdf = self.signed_distance(points)
         values = sdf if self.field_type == "sdf" else -self.sharpness * sdf
         if self.colour is not None:
@@ -100,7 +100,7 @@ class BoxField(nn.Module):
         inside = q.max(dim=-1).values.clamp(max=0)
         return outside + inside
 
-    def forward(self, points: torch.Tensor, latent: Optional[torch.Tensor] = None) -> FieldOutput:
+    def forward(self, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
         sdf = self.signed_distance(points)
         values = sdf if self.field_type == "sdf" else -self.sharpness * sdf
         shade = 0.75 + 0.25 * torch.cos(12.0 * points.sum(dim=-1, keepdim=True))
@@ -128,7 +128,7 @@ class UnionField(nn.Module):
         self.field_type = types.pop()
         self.sharpness = max(getattr(part, "sharpness", 1.0) for part in parts)
 
-    def forward(self, points: torch.Tensor, latent: Optional[torch.Tensor] = None) -> FieldOutput:
+    def forward(self, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
         sdfs = torch.stack([part.signed_distance(points) for part in self.parts], dim=-1)
         rgbs = torch.stack([part(points).rgb for part in self.parts], dim=-2)
         sdf, index = sdfs.min(dim=-1)

@@ -1,0 +1,125 @@
+"""
+The implicit depth gradient of DVR, attached with a single field evaluation at the surface.
+
+At a surface point ``p = o + d w`` the inside function (positive inside, see
+:mod:`dvr_plugin.surface_query`) satisfies ``s(p; theta) = 0``. Differentiating,
+
+    dd/dtheta = -(ds/dtheta) / (grad_p s . w),
+    dd/do     = -(grad_p s) / (grad_p s . w),
+    dd/dw     = -d (grad_p s) / (grad_p s . w),
+
+and the same for a latent code (it is one more input of ``s``). All of these come out of one
+expression with an autograd graph:
+
+    d = d0 - (s(o + d0 w) - stopgrad(s(o + d0 w))) / stopgrad(grad_p s . w)
+
+whose value is the root finder's ``d0`` and whose first derivatives are exactly the ones above.
+Only this one evaluation (at `(M,)` surface points) is kept for backward: nothing from the march,
+so memory does not depend on the number of marching steps.
+
+The denominator ``grad_p s . w`` is positive at a free -> occupied crossing; when its magnitude
+falls below ``eps`` (rays grazing the surface) it is replaced by ``eps`` with its own sign (``+eps``
+when it is exactly zero), which bounds the gradient without flipping its direction.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .root_finding import InsideQuery
+
+
+class SurfaceGeometry(NamedTuple):
+    """
+    Members:
+        depth: `(M,)` surface depth carrying the implicit gradient (where grad is enabled).
+        normals: `(M, 3)` unit outward normals, or ``None`` when not requested.
+    """
+
+    depth: torch.Tensor
+    normals: torch.Tensor | None
+
+
+def guard_denominator(denominator: torch.Tensor, eps: float) -> torch.Tensor:
+    """Clamp ``|denominator|`` to at least ``eps`` keeping its sign (zero counts as positive)."""
+    sign = torch.where(denominator < 0, -1.0, 1.0).to(denominator.dtype)
+    return torch.where(denominator.abs() < eps, sign * eps, denominator)
+
+
+def attach_implicit_gradient(
+    query: InsideQuery,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    depth: torch.Tensor,
+    hit: torch.Tensor,
+    *,
+    compute_normals: bool = True,
+    differentiable_normals: bool = False,
+    eps: float = 1e-4,
+    chunk_size: int | None = 2**16,
+) -> SurfaceGeometry:
+    """
+    Give the root finder's depths their implicit gradient (and compute normals).
+
+    Args:
+        query: the inside function used by the root finder.
+        origins, directions: `(M, 3)` rays, possibly carrying gradients (e.g. from cameras).
+        depth: `(M,)` depths found by the root finder (their own graph is ignored).
+        hit: `(M,)` bool; only these rays receive a gradient (others keep ``depth`` unchanged).
+        compute_normals: also return unit outward normals at ``origins + depth * directions``.
+        differentiable_normals: keep the normals' graph (for a normal smoothness loss).
+        eps: the smallest magnitude of the denominator ``grad_p s . w``.
+        chunk_size: evaluation chunk when no gradient is needed (rendering); with gradients all
+            ``M`` points are evaluated in one call (their graph has to be kept anyway).
+
+    Returns:
+        SurfaceGeometry with `(M,)` depths and `(M, 3)` normals (zero where not ``hit``).
+    """
+    depth0 = depth.detach()
+    needs_graph = torch.is_grad_enabled()
+    if not needs_graph and not compute_normals:
+        return SurfaceGeometry(depth0, None)
+    n_rays = origins.shape[0]
+    ray_ids = torch.arange(n_rays, device=origins.device)
+    if not needs_graph:
+        step = n_rays if chunk_size is None else max(1, chunk_size)
+        normals = [
+            _normals_only(query, ray_ids[s], origins[s], directions[s], depth0[s])
+            for s in (slice(i, i + step) for i in range(0, n_rays, step))
+        ]
+        normals = torch.cat(normals) if normals else origins.new_zeros(0, 3)
+        return SurfaceGeometry(depth0, torch.where(hit[:, None], normals, 0.0))
+
+    offset = torch.zeros_like(origins.detach()).requires_grad_(True)
+    inside = query(ray_ids, origins + offset, directions, depth0[:, None])[:, 0]
+    (grad_p,) = torch.autograd.grad(
+        inside.sum(), offset, create_graph=differentiable_normals, retain_graph=True
+    )
+    denominator = guard_denominator((grad_p.detach() * directions.detach()).sum(-1), eps)
+    implicit = depth0 - (inside - inside.detach()) / denominator
+    depth_out = torch.where(hit, implicit, depth0)
+    normals = None
+    if compute_normals:
+        normals = _outward(grad_p if differentiable_normals else grad_p.detach())
+        normals = torch.where(hit[:, None], normals, 0.0)
+    return SurfaceGeometry(depth_out, normals)
+
+
+def _outward(grad_inside: torch.Tensor) -> torch.Tensor:
+    return -grad_inside / grad_inside.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def _normals_only(
+    query: InsideQuery,
+    ray_ids: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    depth: torch.Tensor,
+) -> torch.Tensor:
+    with torch.enable_grad():
+        points_origin = origins.detach().clone().requires_grad_(True)
+        inside = query(ray_ids, points_origin, directions.detach(), depth[:, None])
+        (grad_p,) = torch.autograd.grad(inside.sum(), points_origin)
+    return _outward(grad_p)

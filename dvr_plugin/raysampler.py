@@ -1,0 +1,327 @@
+"""
+``SecantRaysampler``: DVR's root finding as a PyTorch3D raysampler.
+
+PyTorch3D's ``ImplicitRenderer`` hands its raysampler the volumetric function, so a raysampler can
+find the surface itself and return one sample per ray, at the surface, whose length carries DVR's
+implicit gradient. The volumetric function is then evaluated there for colour, and
+:class:`dvr_plugin.raymarcher.SurfaceRaymarcher` turns that into an image::
+
+    cameras -> rays (+ box clipping) -> root finding (no grad) -> implicit gradient -> bundle
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ._pytorch3d import require_pytorch3d
+from .field import FIELD_TYPES
+from .implicit_gradient import attach_implicit_gradient
+from .rays import image_size_hw, intersect_box, ndc_grid, rays_from_cameras
+from .root_finding import find_surface
+from .surface_query import FieldQuery, VolumetricFunctionQuery
+
+require_pytorch3d()
+from pytorch3d.renderer.cameras import CamerasBase  # noqa: E402
+
+UNIT_CUBE_BOUNDS = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
+
+
+class SurfaceRayBundle(NamedTuple):
+    """
+    A PyTorch3D ``RayBundle`` with one sample per ray, at the surface, plus per-ray hit info.
+    The first four fields mean what they mean in ``pytorch3d.renderer.RayBundle``, so
+    ``ray_bundle_to_ray_points`` and any volumetric function accept it.
+
+    Members:
+        origins: `(B, ..., 3)` ray origins (on the camera's z = 0 plane).
+        directions: `(B, ..., 3)` unnormalised directions; one length unit = one unit of z-depth.
+        lengths: `(B, ..., 1)` z-depth of the surface, carrying the implicit gradient; where a
+            ray has no surface it is the box exit (no crossing), the box entry (started inside),
+            or the ray's closest approach to the box centre (missed the box).
+        xys: `(B, ..., 2)` NDC coordinates of the rays' pixels.
+        hit: `(B, ...)` bool, a surface was found.
+        started_inside: `(B, ...)` bool, the ray entered the box already inside the object.
+        missed_box: `(B, ...)` bool, the ray does not cross the bounding box.
+        normals: `(B, ..., 3)` unit outward normals at the surface (zero where no hit), or None.
+    """
+
+    origins: torch.Tensor
+    directions: torch.Tensor
+    lengths: torch.Tensor
+    xys: torch.Tensor
+    hit: torch.Tensor
+    started_inside: torch.Tensor
+    missed_box: torch.Tensor
+    normals: torch.Tensor | None = None
+
+
+class SecantRaysampler(nn.Module):
+    """
+    Casts rays from PyTorch3D cameras and finds where each first enters the object.
+
+    For every ray, the part inside the bounding box is sampled at ``n_steps`` equally spaced
+    depths under ``torch.no_grad()`` (in chunks of at most ``chunk_size`` points), the first
+    free -> occupied interval is refined by ``n_secant_steps`` bracketing secant steps
+    (:mod:`dvr_plugin.root_finding`), and one more evaluation at the surface attaches the exact
+    implicit gradient of the depth with respect to the field's parameters, a latent code and
+    the rays (hence the camera parameters) (:mod:`dvr_plugin.implicit_gradient`).
+
+    Which rays (first match wins): the ``xys`` passed to ``forward`` (NDC, `(B, ..., 2)`);
+    else ``n_rays_per_image`` random positions inside the image; else the full
+    ``image_height x image_width`` pixel grid, laid out like ``MeshRenderer`` images.
+
+    The surface is queried through either a field (``forward(field=...)``, the protocol of
+    :mod:`dvr_plugin.field`) or a PyTorch3D volumetric function
+    (``forward(volumetric_function=...)``, as ``ImplicitRenderer`` passes it), whose
+    ``densities[..., 0]`` are read as the field values.
+
+    Args (keyword-only):
+        image_width, image_height: the pixel grid (also the NDC range for random rays).
+        n_rays_per_image: random rays per camera instead of the full grid.
+        n_steps: marching samples per ray (>= 2).
+        n_secant_steps: refinement steps.
+        bounds: ``(min_xyz, max_xyz)`` of the box searched (default: the padded unit cube
+            ``[-0.55, 0.55]^3``).
+        min_depth: nothing nearer than this z-depth is searched.
+        level: the surface level. Default: 0 for fields (logit 0 = occupancy 0.5, or signed
+            distance 0); for volumetric functions their ``level`` attribute if they have one,
+            else 0.5 (densities read as occupancy probabilities).
+        field_type: ``"occupancy"`` (inside above the level) or ``"sdf"`` (inside below);
+            default: the ``field_type`` attribute of the field or volumetric function, else
+            ``"occupancy"``.
+        chunk_size: the most points per field call while marching; ``None`` = all at once.
+        compute_normals: return outward unit normals in the bundle.
+        differentiable_normals: keep the graph of the normals (for normal losses).
+        grad_eps: the smallest magnitude of the implicit-gradient denominator.
+        check_finite: raise ``ValueError`` if the field returns NaN / inf.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_width: int | None = None,
+        image_height: int | None = None,
+        n_rays_per_image: int | None = None,
+        n_steps: int = 128,
+        n_secant_steps: int = 8,
+        bounds: tuple[Sequence[float], Sequence[float]] = UNIT_CUBE_BOUNDS,
+        min_depth: float = 0.0,
+        level: float | None = None,
+        field_type: str | None = None,
+        chunk_size: int | None = 2**18,
+        compute_normals: bool = True,
+        differentiable_normals: bool = False,
+        grad_eps: float = 1e-4,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        if (image_width is None) != (image_height is None):
+            raise ValueError("Give both image_width and image_height, or neither.")
+        if image_width is not None:
+            image_size_hw((image_height, image_width))
+        if n_rays_per_image is not None and n_rays_per_image < 1:
+            raise ValueError(f"n_rays_per_image must be positive, got {n_rays_per_image}.")
+        _check_steps(n_steps, n_secant_steps)
+        if field_type is not None and field_type not in FIELD_TYPES:
+            raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive or None, got {chunk_size}.")
+        box = torch.tensor(bounds, dtype=torch.float32)
+        if box.shape != (2, 3) or not bool((box[1] > box[0]).all()):
+            raise ValueError(f"bounds must be (min_xyz, max_xyz) with min < max, got {bounds}.")
+        self.image_width = image_width
+        self.image_height = image_height
+        self.n_rays_per_image = n_rays_per_image
+        self.n_steps = n_steps
+        self.n_secant_steps = n_secant_steps
+        self.register_buffer("bounds", box, persistent=False)
+        self.min_depth = min_depth
+        self.level = level
+        self.field_type = field_type
+        self.chunk_size = chunk_size
+        self.compute_normals = compute_normals
+        self.differentiable_normals = differentiable_normals
+        self.grad_eps = grad_eps
+        self.check_finite = check_finite
+
+    def forward(
+        self,
+        *,
+        cameras: CamerasBase,
+        volumetric_function=None,
+        field=None,
+        latent: torch.Tensor | None = None,
+        xys: torch.Tensor | None = None,
+        n_steps: int | None = None,
+        n_rays_per_image: int | None = None,
+        **kwargs,
+    ) -> SurfaceRayBundle:
+        """
+        Args:
+            cameras: ``B`` cameras (any ``CamerasBase``).
+            volumetric_function: a PyTorch3D volumetric function (the ``ImplicitRenderer``
+                route); ignored when ``field`` is given.
+            field: a field following :mod:`dvr_plugin.field`'s protocol.
+            latent: `(B, C)` codes for a conditioned field.
+            xys: `(B, ..., 2)` NDC ray positions (overrides the constructor's choice).
+            n_steps: marching samples for this call (e.g. from a step schedule).
+            n_rays_per_image: random rays for this call.
+            kwargs: passed on to the volumetric function.
+
+        Returns:
+            SurfaceRayBundle, spatial shape `(B, H, W)`, `(B, n_rays_per_image)` or that of
+            ``xys``.
+        """
+        n_steps = self.n_steps if n_steps is None else n_steps
+        _check_steps(n_steps, self.n_secant_steps)
+        xys = self._ray_positions(cameras, xys, n_rays_per_image)
+        batch, spatial = xys.shape[0], xys.shape[1:-1]
+        origins, directions = rays_from_cameras(cameras, xys)
+        origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
+        n_rays = origins.shape[0]
+        query = self._query(field, volumetric_function, latent, batch, n_rays, cameras, kwargs)
+
+        bounds = self.bounds.to(device=origins.device, dtype=origins.dtype)
+        near, far, missed = intersect_box(
+            origins.detach(), directions.detach(), bounds[0], bounds[1], min_depth=self.min_depth
+        )
+        closest = _closest_approach(origins.detach(), directions.detach(), bounds.mean(0))
+        closest = closest.clamp(min=self.min_depth)
+        near = torch.where(missed, closest, near)
+        far = torch.where(missed, closest, far)
+
+        hit = torch.zeros(n_rays, dtype=torch.bool, device=origins.device)
+        started_inside = torch.zeros_like(hit)
+        depth = far.clone()
+        active = torch.nonzero(~missed, as_tuple=True)[0]
+        if active.numel() > 0:
+            search = find_surface(
+                query,
+                origins.detach()[active],
+                directions.detach()[active],
+                near[active],
+                far[active],
+                n_steps=n_steps,
+                n_secant_steps=self.n_secant_steps,
+                chunk_size=self.chunk_size,
+                check_finite=self.check_finite,
+                ray_ids=active,
+            )
+            hit[active] = search.hit
+            started_inside[active] = search.started_inside
+            depth[active] = torch.where(
+                search.hit, search.depth, torch.where(search.started_inside, near[active], far[active])
+            )
+        geometry = attach_implicit_gradient(
+            query,
+            origins,
+            directions,
+            depth,
+            hit,
+            compute_normals=self.compute_normals,
+            differentiable_normals=self.differentiable_normals,
+            eps=self.grad_eps,
+        )
+        shape = (batch, *spatial)
+        return SurfaceRayBundle(
+            origins=origins.reshape(*shape, 3),
+            directions=directions.reshape(*shape, 3),
+            lengths=geometry.depth.reshape(*shape, 1),
+            xys=xys,
+            hit=hit.reshape(shape),
+            started_inside=started_inside.reshape(shape),
+            missed_box=missed.reshape(shape),
+            normals=None if geometry.normals is None else geometry.normals.reshape(*shape, 3),
+        )
+
+    def _ray_positions(
+        self, cameras: CamerasBase, xys: torch.Tensor | None, n_rays_per_image: int | None
+    ) -> torch.Tensor:
+        if not isinstance(cameras, CamerasBase):
+            raise ValueError(
+                f"cameras must be a pytorch3d CamerasBase, got {type(cameras).__name__}."
+            )
+        batch = len(cameras)
+        device = cameras.device
+        dtype = cameras.R.dtype
+        if xys is not None:
+            if not isinstance(xys, torch.Tensor) or xys.dim() < 2 or xys.shape[-1] != 2:
+                raise ValueError(
+                    f"xys must be a tensor of shape (B, ..., 2), got {getattr(xys, 'shape', xys)}."
+                )
+            if xys.shape[0] != batch:
+                raise ValueError(
+                    f"Got {batch} cameras for {xys.shape[0]} sets of ray positions (xys)."
+                )
+            if not bool(torch.isfinite(xys).all()):
+                raise ValueError("xys holds non-finite values.")
+            return xys.to(device=device, dtype=dtype)
+        n_random = n_rays_per_image if n_rays_per_image is not None else self.n_rays_per_image
+        if n_random is not None:
+            if n_random < 1:
+                raise ValueError(f"n_rays_per_image must be positive, got {n_random}.")
+            if self.image_height is not None:
+                height, width = self.image_height, self.image_width
+                half = torch.tensor(
+                    [width / min(height, width), height / min(height, width)],
+                    device=device,
+                    dtype=dtype,
+                )
+            else:
+                half = torch.ones(2, device=device, dtype=dtype)
+            unit = torch.rand(batch, n_random, 2, device=device, dtype=dtype)
+            return (2.0 * unit - 1.0) * half
+        if self.image_height is None:
+            raise ValueError(
+                "SecantRaysampler needs image_width/image_height, n_rays_per_image or xys."
+            )
+        grid = ndc_grid((self.image_height, self.image_width), device=device, dtype=dtype)
+        return grid[None].expand(batch, -1, -1, -1)
+
+    def _query(self, field, volumetric_function, latent, batch, n_rays, cameras, kwargs):
+        if field is not None:
+            ray_latent = None
+            if latent is not None:
+                if latent.dim() != 2 or latent.shape[0] != batch:
+                    raise ValueError(
+                        f"latent must have shape (B={batch}, C), got {tuple(latent.shape)}."
+                    )
+                if not bool(torch.isfinite(latent).all()):
+                    raise ValueError("latent holds non-finite values.")
+                ray_latent = latent.repeat_interleave(n_rays // batch, dim=0)
+            return FieldQuery(
+                field=field,
+                level=0.0 if self.level is None else self.level,
+                field_type=self.field_type,
+                latent=ray_latent,
+            )
+        if volumetric_function is None:
+            raise ValueError("SecantRaysampler needs a field or a volumetric_function.")
+        default_level = getattr(volumetric_function, "level", 0.5)
+        default_type = getattr(volumetric_function, "field_type", "occupancy")
+        return VolumetricFunctionQuery(
+            volumetric_function=volumetric_function,
+            level=default_level if self.level is None else self.level,
+            field_type=self.field_type or default_type,
+            kwargs={"cameras": cameras, **kwargs},
+        )
+
+
+def _check_steps(n_steps: int, n_secant_steps: int) -> None:
+    if not isinstance(n_steps, int) or n_steps < 2:
+        raise ValueError(f"n_steps must be an integer >= 2, got {n_steps!r}.")
+    if not isinstance(n_secant_steps, int) or n_secant_steps < 0:
+        raise ValueError(f"n_secant_steps must be an integer >= 0, got {n_secant_steps!r}.")
+
+
+def _closest_approach(
+    origins: torch.Tensor, directions: torch.Tensor, centre: torch.Tensor
+) -> torch.Tensor:
+    """`(M,)` length of each ray's closest point to ``centre``."""
+    return ((centre - origins) * directions).sum(-1) / (directions * directions).sum(-1).clamp(
+        min=1e-12
+    )

@@ -1,0 +1,200 @@
+"""
+``DVRRenderer``: cameras + field -> image, mask, depth, normals, with DVR's implicit gradient.
+
+It is the bundle of :class:`~dvr_plugin.raysampler.SecantRaysampler` (rays, root finding,
+implicit gradient), one field evaluation for colour at the surface points, and
+:class:`~dvr_plugin.raymarcher.SurfaceRaymarcher`. The same pieces also plug into PyTorch3D's
+own ``ImplicitRenderer``; :class:`FieldVolumetricFunction` adapts a field for that route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .field import evaluate_field, field_type_of
+from .raymarcher import SurfaceRaymarcher
+from .raysampler import SecantRaysampler, SurfaceRayBundle
+
+
+@dataclass
+class DVRRenderOutput:
+    """
+    What :class:`DVRRenderer` returns; ``S`` is the spatial shape of the rays: `(H, W)` for a
+    full image, `(R,)` for random rays, or that of the ``xys`` passed in.
+
+    Members:
+        images: `(B, *S, 3)` colour composited over the background.
+        masks: `(B, *S)` alpha: 1 where the ray hit the surface, else 0.
+        depths: `(B, *S)` z-depth of the surface (``background_depth`` elsewhere); carries the
+            implicit gradient.
+        normals: `(B, *S, 3)` world-space outward unit normals (zero elsewhere), or ``None``.
+        surface_points: `(B, *S, 3)` ``origin + depth * direction``, with gradient.
+        ray_bundle: the raysampler's bundle (hit, started_inside, missed_box per ray, xys).
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    depths: torch.Tensor
+    normals: torch.Tensor | None
+    surface_points: torch.Tensor
+    ray_bundle: SurfaceRayBundle
+
+    @property
+    def hit(self) -> torch.Tensor:
+        """`(B, *S)` bool, the ray found a surface."""
+        return self.ray_bundle.hit
+
+    @property
+    def rgba(self) -> torch.Tensor:
+        """`(B, *S, 4)` colour and alpha."""
+        return torch.cat([self.images, self.masks[..., None]], dim=-1)
+
+
+class FieldVolumetricFunction(nn.Module):
+    """
+    A field seen as a PyTorch3D volumetric function, for ``ImplicitRenderer``.
+
+    ``densities`` are occupancy probabilities (``sigmoid`` of the logits, surface at 0.5) for
+    occupancy fields, or the signed distances (surface at 0) for SDF fields; ``features`` are
+    the field's RGB (ones for a geometry-only field). ``SecantRaysampler`` reads the matching
+    ``level`` and ``field_type`` from this object.
+
+    Args (keyword-only):
+        field: a field following :mod:`dvr_plugin.field`'s protocol.
+    """
+
+    def __init__(self, *, field) -> None:
+        super().__init__()
+        self.field = field
+        self.field_type = field_type_of(field)
+        self.level = 0.5 if self.field_type == "occupancy" else 0.0
+
+    def forward(
+        self, ray_bundle, latent: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            ray_bundle: with ``origins`` `(B, ..., 3)`, ``directions`` `(B, ..., 3)`,
+                ``lengths`` `(B, ..., n)`.
+            latent: `(B, C)` codes or ``None``.
+
+        Returns:
+            densities `(B, ..., n, 1)` and features `(B, ..., n, 3)`.
+        """
+        points = ray_bundle.origins[..., None, :] + (
+            ray_bundle.lengths[..., None] * ray_bundle.directions[..., None, :]
+        )
+        shape = points.shape[:-1]
+        flat = points.reshape(shape[0], -1, 3)
+        out = evaluate_field(self.field, flat, latent)
+        values = torch.sigmoid(out.values) if self.field_type == "occupancy" else out.values
+        rgb = out.rgb if out.rgb is not None else torch.ones_like(flat)
+        return values.reshape(*shape, 1), rgb.reshape(*shape, 3)
+
+
+class DVRRenderer(nn.Module):
+    """
+    Renders a field through PyTorch3D cameras with DVR.
+
+    Example::
+
+        renderer = DVRRenderer(
+            field=OccupancyTextureField(hidden_size=128),
+            raysampler=SecantRaysampler(image_width=128, image_height=128, n_steps=64),
+        )
+        out = renderer(cameras)          # out.images (B, 128, 128, 3), out.depths, ...
+
+    Args (keyword-only):
+        field: a field following :mod:`dvr_plugin.field`'s protocol (an ``nn.Module`` field
+            is registered as a submodule, so its parameters belong to the renderer).
+        raysampler: the :class:`SecantRaysampler` (rays, root finding, implicit gradient).
+        background_color: RGB (or one value) behind the object.
+        background_depth: depth reported where no surface was hit.
+        chunk_size: colour evaluation chunk (rays) when no gradient is needed.
+    """
+
+    def __init__(
+        self,
+        *,
+        field,
+        raysampler: SecantRaysampler,
+        background_color: float | Sequence[float] = 0.0,
+        background_depth: float = 0.0,
+        chunk_size: int = 2**16,
+    ) -> None:
+        super().__init__()
+        if not callable(field):
+            raise ValueError("field must be callable (see dvr_plugin.field for the protocol).")
+        self.field = field
+        self.raysampler = raysampler
+        self.raymarcher = SurfaceRaymarcher(
+            background_color=background_color,
+            return_depth=True,
+            return_normals=raysampler.compute_normals,
+            background_depth=background_depth,
+        )
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        cameras,
+        *,
+        latent: torch.Tensor | None = None,
+        xys: torch.Tensor | None = None,
+        n_steps: int | None = None,
+        n_rays_per_image: int | None = None,
+    ) -> DVRRenderOutput:
+        """
+        Args:
+            cameras: ``B`` PyTorch3D cameras.
+            latent: `(B, C)` codes for a conditioned field.
+            xys: `(B, ..., 2)` NDC ray positions (instead of the raysampler's grid / random).
+            n_steps: marching samples for this call.
+            n_rays_per_image: random rays per camera for this call.
+
+        Returns:
+            DVRRenderOutput.
+        """
+        bundle = self.raysampler(
+            cameras=cameras,
+            field=self.field,
+            latent=latent,
+            xys=xys,
+            n_steps=n_steps,
+            n_rays_per_image=n_rays_per_image,
+        )
+        points = bundle.origins + bundle.lengths * bundle.directions
+        rgb = self._colour(points, latent)
+        channels = self.raymarcher(
+            rays_densities=bundle.lengths[..., None],
+            rays_features=rgb[..., None, :],
+            ray_bundle=bundle,
+        )
+        normals = channels[..., 5:8] if self.raymarcher.return_normals else None
+        return DVRRenderOutput(
+            images=channels[..., :3],
+            masks=channels[..., 3],
+            depths=channels[..., 4],
+            normals=normals,
+            surface_points=points,
+            ray_bundle=bundle,
+        )
+
+    def _colour(self, points: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
+        batch = points.shape[0]
+        flat = points.reshape(batch, -1, 3)
+        if torch.is_grad_enabled():
+            rgb = evaluate_field(self.field, flat, latent).rgb
+        else:
+            parts = [
+                evaluate_field(self.field, flat[:, i : i + self.chunk_size], latent).rgb
+                for i in range(0, flat.shape[1], self.chunk_size)
+            ]
+            rgb = None if any(p is None for p in parts) else torch.cat(parts, dim=1)
+        if rgb is None:
+            rgb = torch.ones_like(flat)
+        return rgb.reshape(points.shape)

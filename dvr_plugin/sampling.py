@@ -1,0 +1,412 @@
+"""
+Pixel sampling for training.
+
+Every sampler returns a :class:`PixelSample`: the integer pixel indices ``(rows, cols)`` that pick
+ground truth out of images (see :func:`gather`) and the NDC coordinates ``xys`` of the sampled
+positions, ready for a raysampler (``RayBundle.xys`` convention, built with
+:func:`dvr_plugin.rays.pixels_to_ndc`).
+
+Positions inside a pixel
+------------------------
+With ``continuous=False`` (the default, as in the reference DVR trainer) every sample sits at the
+centre of its pixel, so ``xys[b, r] == ndc_grid(image_size)[rows[b, r], cols[b, r]]``. With
+``continuous=True`` the position is uniform inside the pixel, i.e. ``(u, v) = (col + a, row + b)``
+with ``a, b ~ U[0, 1)``; ``rows`` / ``cols`` still name the pixel that contains the position,
+so :func:`gather` returns its ground truth (nearest-neighbour lookup).
+
+Sampling modes (:func:`sample_pixels`)
+--------------------------------------
+- ``"uniform"``: ``R`` distinct random pixels per image (with ``replacement=True``, independent
+  draws that may repeat).
+- ``"patch"``: ``R / 4`` random 2x2 patches per image. Rays come in consecutive groups of four,
+  in the order given by :data:`PATCH_OFFSETS`: top-left, top-right, bottom-left, bottom-right
+  (row-major). :func:`dvr_plugin.losses.image_gradient_loss` relies on that order.
+- ``"foreground_balanced"``: ``round(foreground_fraction * R)`` pixels from inside each image's
+  mask and the rest from outside it. The foreground rays come first. When an image's mask is
+  empty all ``R`` rays come from the background; when it is full, all from the foreground. When
+  a region holds fewer pixels than asked for, its pixels are used in turn (a random permutation,
+  repeated), so every pixel is used before any is used twice.
+
+Every function takes an optional ``torch.Generator`` for reproducible draws; it must live on the
+device the samples are made on.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .rays import ImageSize, image_size_hw, pixels_to_ndc
+
+SAMPLING_MODES = ("uniform", "patch", "foreground_balanced")
+
+PATCH_SIZE = 2
+# (row, column) offsets of the four rays of a 2x2 patch from its top-left pixel, in ray order.
+PATCH_OFFSETS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (1, 1))
+PATCH_TOP_LEFT, PATCH_TOP_RIGHT, PATCH_BOTTOM_LEFT, PATCH_BOTTOM_RIGHT = 0, 1, 2, 3
+RAYS_PER_PATCH = len(PATCH_OFFSETS)
+
+
+class PixelSample(NamedTuple):
+    """
+    Sampled pixels of a batch of images.
+
+    Members:
+        rows: `(B, R)` long, the row index ``i`` of the pixel of each ray.
+        cols: `(B, R)` long, the column index ``j`` of the pixel of each ray.
+        xys: `(B, R, 2)` NDC ``(x, y)`` of each sampled position (PyTorch3D convention: +X left,
+            +Y up, the shorter image side spans [-1, 1]).
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    xys: torch.Tensor
+
+
+def _resolve_device(
+    device: torch.device | str | None, generator: torch.Generator | None
+) -> torch.device:
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"The generator lives on {generator.device} but the samples are made on {device}; "
+            "create the generator on the same device (torch.Generator(device=...))."
+        )
+    return device
+
+
+def _check_counts(batch_size: int, n_rays: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if n_rays < 1:
+        raise ValueError(f"n_rays must be >= 1, got {n_rays}.")
+
+
+def _pick_indices(
+    batch_size: int,
+    n_choices: int,
+    n_picks: int,
+    *,
+    replacement: bool,
+    generator: torch.Generator | None,
+    device: torch.device,
+    what: str,
+) -> torch.Tensor:
+    """`(B, n_picks)` long indices in ``[0, n_choices)``, distinct per row unless ``replacement``."""
+    if replacement:
+        return torch.randint(
+            0, n_choices, (batch_size, n_picks), generator=generator, device=device
+        )
+    if n_picks > n_choices:
+        raise ValueError(
+            f"Cannot sample {n_picks} distinct {what} out of {n_choices}; ask for fewer rays "
+            "or pass replacement=True."
+        )
+    keys = torch.rand(batch_size, n_choices, generator=generator, device=device)
+    return keys.topk(n_picks, dim=1, sorted=False).indices
+
+
+def _make_sample(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    continuous: bool,
+    offsets: torch.Tensor | None = None,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> PixelSample:
+    """Positions inside the pixels (centre, or ``offsets`` / uniform when continuous) to NDC."""
+    if continuous:
+        if offsets is None:
+            offsets = torch.rand(
+                *rows.shape, 2, generator=generator, device=rows.device, dtype=dtype
+            )
+    else:
+        offsets = torch.full((*rows.shape, 2), 0.5, device=rows.device, dtype=dtype)
+    pixels = torch.stack([cols.to(dtype), rows.to(dtype)], dim=-1) + offsets
+    return PixelSample(rows, cols, pixels_to_ndc(pixels, image_size))
+
+
+def sample_uniform(
+    batch_size: int,
+    image_size: ImageSize,
+    n_rays: int,
+    *,
+    continuous: bool = False,
+    replacement: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PixelSample:
+    """
+    Random pixels, independently for every image of the batch.
+
+    Args:
+        batch_size: B.
+        image_size: ``(H, W)`` or an int.
+        n_rays: R, rays per image.
+        continuous: uniform positions inside the pixels instead of pixel centres.
+        replacement: draw pixels independently (they may repeat); otherwise the R pixels of an
+            image are distinct and ``R <= H * W`` is required.
+        generator: optional ``torch.Generator`` on ``device``.
+        device: where to make the samples (default: the generator's device, else CPU).
+        dtype: floating type of ``xys``.
+
+    Returns:
+        PixelSample with ``rows``, ``cols`` `(B, R)` and ``xys`` `(B, R, 2)`.
+    """
+    _check_counts(batch_size, n_rays)
+    height, width = image_size_hw(image_size)
+    device = _resolve_device(device, generator)
+    flat = _pick_indices(
+        batch_size,
+        height * width,
+        n_rays,
+        replacement=replacement,
+        generator=generator,
+        device=device,
+        what="pixels",
+    )
+    return _make_sample(
+        flat // width,
+        flat % width,
+        (height, width),
+        continuous=continuous,
+        generator=generator,
+        dtype=dtype,
+    )
+
+
+def sample_patches(
+    batch_size: int,
+    image_size: ImageSize,
+    n_rays: int,
+    *,
+    continuous: bool = False,
+    replacement: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PixelSample:
+    """
+    Random 2x2 pixel patches, independently for every image of the batch.
+
+    Rays ``4k .. 4k + 3`` form patch ``k`` in the order of :data:`PATCH_OFFSETS` (top-left,
+    top-right, bottom-left, bottom-right). With ``continuous=True`` the four positions of a patch
+    share one random offset inside their pixels, so they stay exactly one pixel apart.
+
+    Args:
+        batch_size: B.
+        image_size: ``(H, W)`` or an int; both sides must be at least 2.
+        n_rays: R, rays per image; a multiple of 4.
+        continuous: one uniform offset inside the pixels per patch instead of pixel centres.
+        replacement: draw patch positions independently (the same patch may repeat); otherwise
+            the top-left corners of an image's patches are distinct (patches may still overlap).
+        generator: optional ``torch.Generator`` on ``device``.
+        device: where to make the samples (default: the generator's device, else CPU).
+        dtype: floating type of ``xys``.
+
+    Returns:
+        PixelSample with ``rows``, ``cols`` `(B, R)` and ``xys`` `(B, R, 2)`.
+    """
+    _check_counts(batch_size, n_rays)
+    if n_rays % RAYS_PER_PATCH != 0:
+        raise ValueError(f"Patch sampling needs n_rays divisible by 4, got {n_rays}.")
+    height, width = image_size_hw(image_size)
+    if height < PATCH_SIZE or width < PATCH_SIZE:
+        raise ValueError(f"Patch sampling needs images of at least 2x2 pixels, got {(height, width)}.")
+    device = _resolve_device(device, generator)
+    n_patches = n_rays // RAYS_PER_PATCH
+    corner_width = width - 1
+    flat = _pick_indices(
+        batch_size,
+        (height - 1) * corner_width,
+        n_patches,
+        replacement=replacement,
+        generator=generator,
+        device=device,
+        what="2x2 patch positions",
+    )
+    offsets = torch.tensor(PATCH_OFFSETS, device=device, dtype=torch.long)  # (4, 2)
+    rows = (flat // corner_width)[..., None] + offsets[:, 0]
+    cols = (flat % corner_width)[..., None] + offsets[:, 1]
+    sub_pixel = None
+    if continuous:
+        sub_pixel = torch.rand(batch_size, n_patches, 1, 2, generator=generator, device=device,
+                               dtype=dtype)
+        sub_pixel = sub_pixel.expand(-1, -1, RAYS_PER_PATCH, -1).reshape(batch_size, n_rays, 2)
+    return _make_sample(
+        rows.reshape(batch_size, n_rays),
+        cols.reshape(batch_size, n_rays),
+        (height, width),
+        continuous=continuous,
+        offsets=sub_pixel,
+        generator=generator,
+        dtype=dtype,
+    )
+
+
+def _as_bool_masks(masks: torch.Tensor) -> torch.Tensor:
+    if not isinstance(masks, torch.Tensor) or masks.dim() != 3:
+        shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise ValueError(f"masks must be a tensor of shape (B, H, W), got {shape}.")
+    if masks.dtype == torch.bool:
+        return masks
+    return masks > 0.5
+
+
+def sample_foreground_balanced(
+    masks: torch.Tensor,
+    n_rays: int,
+    *,
+    foreground_fraction: float = 0.5,
+    continuous: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PixelSample:
+    """
+    A fixed share of pixels from inside each image's mask, the rest from outside.
+
+    Image ``b`` gets ``n_fg = round(foreground_fraction * R)`` foreground rays (rays
+    ``0 .. n_fg - 1``) and ``R - n_fg`` background rays. Fallbacks: an image whose mask is empty
+    gets ``R`` background rays; an image whose mask is full gets ``R`` foreground rays. Within a
+    region the pixels are distinct while the region is large enough; otherwise its pixels are used
+    in turn in a random order (every pixel once before any twice).
+
+    Args:
+        masks: `(B, H, W)` object masks; bool, or numbers where ``> 0.5`` means object.
+        n_rays: R, rays per image.
+        foreground_fraction: the share of rays from inside the mask, in [0, 1].
+        continuous: uniform positions inside the pixels instead of pixel centres.
+        generator: optional ``torch.Generator`` on ``masks.device``.
+        dtype: floating type of ``xys``.
+
+    Returns:
+        PixelSample with ``rows``, ``cols`` `(B, R)` and ``xys`` `(B, R, 2)`.
+    """
+    masks = _as_bool_masks(masks)
+    batch_size, height, width = masks.shape
+    _check_counts(batch_size, n_rays)
+    if not 0.0 <= float(foreground_fraction) <= 1.0:
+        raise ValueError(f"foreground_fraction must lie in [0, 1], got {foreground_fraction}.")
+    device = _resolve_device(masks.device, generator)
+    n_pixels = height * width
+    inside = masks.reshape(batch_size, n_pixels)
+    n_inside = inside.sum(dim=1)  # (B,)
+    n_outside = n_pixels - n_inside
+
+    n_fg_wanted = int(round(float(foreground_fraction) * n_rays))
+    n_fg = torch.full((batch_size,), n_fg_wanted, device=device, dtype=torch.long)
+    n_fg = torch.where(n_inside == 0, torch.zeros_like(n_fg), n_fg)
+    n_fg = torch.where(n_outside == 0, torch.full_like(n_fg, n_rays), n_fg)
+
+    # One random key per pixel; lifting a region's keys by 2 puts that region first (in random
+    # order) when taking the largest keys.
+    keys = torch.rand(batch_size, n_pixels, generator=generator, device=device)
+    n_top = min(n_rays, n_pixels)
+    fg_order = (keys + 2.0 * inside).topk(n_top, dim=1).indices
+    bg_order = (keys + 2.0 * (~inside)).topk(n_top, dim=1).indices
+
+    ray = torch.arange(n_rays, device=device)[None, :]  # (1, R)
+    fg_index = ray % n_inside.clamp(min=1)[:, None]
+    bg_index = (ray - n_fg[:, None]).clamp(min=0) % n_outside.clamp(min=1)[:, None]
+    flat = torch.where(
+        ray < n_fg[:, None], fg_order.gather(1, fg_index), bg_order.gather(1, bg_index)
+    )
+    return _make_sample(
+        flat // width,
+        flat % width,
+        (height, width),
+        continuous=continuous,
+        generator=generator,
+        dtype=dtype,
+    )
+
+
+def sample_pixels(
+    masks: torch.Tensor,
+    n_rays: int,
+    *,
+    mode: str = "uniform",
+    foreground_fraction: float = 0.5,
+    continuous: bool = False,
+    replacement: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PixelSample:
+    """
+    Sample training pixels for a batch of images, by mode (see the module docstring).
+
+    Args:
+        masks: `(B, H, W)` object masks (bool, or numbers where ``> 0.5`` means object). They
+            give the batch size, the image size and the device; only ``"foreground_balanced"``
+            reads their values.
+        n_rays: R, rays per image (a multiple of 4 for ``"patch"``).
+        mode: ``"uniform"``, ``"patch"`` or ``"foreground_balanced"``.
+        foreground_fraction: the share of foreground rays for ``"foreground_balanced"``.
+        continuous: uniform positions inside the pixels instead of pixel centres.
+        replacement: for ``"uniform"`` and ``"patch"``, allow repeated pixels / patches.
+        generator: optional ``torch.Generator`` on ``masks.device``.
+        dtype: floating type of ``xys``.
+
+    Returns:
+        PixelSample with ``rows``, ``cols`` `(B, R)` and ``xys`` `(B, R, 2)`.
+    """
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"mode must be one of {SAMPLING_MODES}, got {mode!r}.")
+    if mode == "foreground_balanced":
+        return sample_foreground_balanced(
+            masks,
+            n_rays,
+            foreground_fraction=foreground_fraction,
+            continuous=continuous,
+            generator=generator,
+            dtype=dtype,
+        )
+    masks = _as_bool_masks(masks)
+    batch_size, height, width = masks.shape
+    sampler = sample_uniform if mode == "uniform" else sample_patches
+    return sampler(
+        batch_size,
+        (height, width),
+        n_rays,
+        continuous=continuous,
+        replacement=replacement,
+        generator=generator,
+        device=masks.device,
+        dtype=dtype,
+    )
+
+
+def gather(images: torch.Tensor, sample: PixelSample) -> torch.Tensor:
+    """
+    The values of images at sampled pixels (nearest neighbour: the pixel containing each ray).
+
+    Args:
+        images: `(B, H, W)` or `(B, H, W, C)`, any dtype (colours, masks, depths).
+        sample: a :class:`PixelSample` with ``rows``, ``cols`` `(B, R)` for images of this size.
+
+    Returns:
+        `(B, R)` or `(B, R, C)`, matching ``images``.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() not in (3, 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must have shape (B, H, W) or (B, H, W, C), got {shape}.")
+    rows, cols = sample.rows, sample.cols
+    if rows.shape != cols.shape or rows.dim() != 2:
+        raise ValueError(
+            f"sample.rows and sample.cols must both be (B, R), got {tuple(rows.shape)} and "
+            f"{tuple(cols.shape)}."
+        )
+    batch_size, height, width = images.shape[:3]
+    if rows.shape[0] != batch_size:
+        raise ValueError(f"Got {batch_size} images for a sample of {rows.shape[0]} images.")
+    channels = images.shape[3] if images.dim() == 4 else 1
+    flat_images = images.reshape(batch_size, height * width, channels)
+    index = (rows * width + cols).to(images.device)
+    values = flat_images.gather(1, index[..., None].expand(-1, -1, channels))
+    return values if images.dim() == 4 else values[..., 0]

@@ -1,0 +1,144 @@
+"""
+Surface queries: a uniform way for the root finder to evaluate "how far inside" a ray point is.
+
+Both rendering routes reduce to one callable,
+``query(ray_ids, origins, directions, lengths) -> inside``, where ``inside`` is positive inside
+the object, negative outside, and zero on the surface:
+
+- :class:`FieldQuery` wraps a field that follows the protocol of :mod:`dvr_plugin.field`
+  (occupancy logits: ``values - level``; signed distances: ``level - values``);
+- :class:`VolumetricFunctionQuery` wraps a PyTorch3D volumetric function
+  ``f(ray_bundle=..., **kwargs) -> (densities, features)`` and reads ``densities[..., 0]``.
+
+Rays are handled as one flat list of ``M`` rays; ``ray_ids`` index into it so that a latent code
+or a camera index can follow each ray into any chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._pytorch3d import require_pytorch3d
+from .field import FIELD_TYPES, evaluate_field, field_type_of
+
+require_pytorch3d()
+from pytorch3d.renderer.implicit.utils import RayBundle  # noqa: E402
+
+
+def _inside_sign(field_type: str) -> float:
+    if field_type not in FIELD_TYPES:
+        raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
+    return 1.0 if field_type == "occupancy" else -1.0
+
+
+class FieldQuery:
+    """
+    Evaluates a protocol field along rays.
+
+    Args (keyword-only):
+        field: the field.
+        level: the level set that is the surface (0 = occupancy 0.5 or signed distance 0).
+        field_type: overrides ``field.field_type`` when given.
+        latent: `(M, C)` one code per ray, or ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        field,
+        level: float = 0.0,
+        field_type: str | None = None,
+        latent: torch.Tensor | None = None,
+    ) -> None:
+        self.field = field
+        self.level = level
+        self.field_type = field_type or field_type_of(field)
+        self.sign = _inside_sign(self.field_type)
+        self.latent = latent
+
+    def __call__(
+        self,
+        ray_ids: torch.Tensor,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            ray_ids: `(r,)` indices into the flat ray list.
+            origins, directions: `(r, 3)`.
+            lengths: `(r, n)` depths along each ray.
+
+        Returns:
+            `(r, n)` inside values (positive inside).
+        """
+        points = origins[:, None, :] + lengths[..., None] * directions[:, None, :]
+        latent = None if self.latent is None else self.latent[ray_ids]
+        values = evaluate_field(self.field, points, latent).values
+        return self.sign * (values - self.level)
+
+    def evaluate(
+        self, ray_ids: torch.Tensor, points: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Field values and rgb at `(r, k, 3)` points of the rays ``ray_ids``: `(r, k)`, `(r, k, 3)`."""
+        latent = None if self.latent is None else self.latent[ray_ids]
+        out = evaluate_field(self.field, points, latent)
+        return out.values, out.rgb
+
+
+class VolumetricFunctionQuery:
+    """
+    Evaluates a PyTorch3D volumetric function along rays; ``densities[..., 0]`` is compared with
+    ``level`` (inside above it for ``field_type="occupancy"``, below it for ``"sdf"``). A function
+    returning occupancy probabilities wants ``level=0.5``.
+
+    Args (keyword-only):
+        volumetric_function: ``f(ray_bundle=..., **kwargs) -> (densities, features)``.
+        level, field_type: as above.
+        kwargs: extra keyword arguments passed on to every call (e.g. ``cameras``).
+    """
+
+    def __init__(
+        self,
+        *,
+        volumetric_function,
+        level: float = 0.5,
+        field_type: str = "occupancy",
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if not callable(volumetric_function):
+            raise ValueError("volumetric_function must be callable.")
+        self.volumetric_function = volumetric_function
+        self.level = level
+        self.field_type = field_type
+        self.sign = _inside_sign(field_type)
+        self.kwargs = kwargs or {}
+
+    def __call__(
+        self,
+        ray_ids: torch.Tensor,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        n_rays, n_points = lengths.shape
+        bundle = RayBundle(
+            origins=origins[None],
+            directions=directions[None],
+            lengths=lengths[None],
+            xys=origins.new_zeros(1, n_rays, 2),
+        )
+        out = self.volumetric_function(ray_bundle=bundle, **self.kwargs)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise ValueError("A volumetric function must return a pair (densities, features).")
+        densities = out[0]
+        if not isinstance(densities, torch.Tensor) or densities.shape[:3] != (1, n_rays, n_points):
+            shape = getattr(densities, "shape", None)
+            raise ValueError(
+                f"The volumetric function returned densities of shape {shape} for rays of "
+                f"shape (1, {n_rays}, {n_points}); expected (1, {n_rays}, {n_points}, 1)."
+            )
+        values = densities.reshape(1, n_rays, n_points, -1)[0, ..., 0]
+        return self.sign * (values - self.level)
