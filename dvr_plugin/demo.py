@@ -48,7 +48,9 @@ def render_demo(
     cameras = orbit_cameras(n_views, device=device)
     renderer = DVRRenderer(
         field=demo_scene(),
-        raysampler=SecantRaysampler(image_width=image_size, image_height=image_size, n_steps=n_steps),
+        raysampler=SecantRaysampler(
+            image_width=image_size, image_height=image_size, n_steps=n_steps
+        ),
         background_color=1.0,
     ).to(device)
     start = time.perf_counter()

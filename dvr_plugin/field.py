@@ -92,7 +92,8 @@ def evaluate_field(field, points: torch.Tensor, latent: torch.Tensor | None = No
         )
     if rgb is not None and tuple(rgb.shape) != (batch, n_points, 3):
         raise ValueError(
-            f"The field returned rgb of shape {tuple(rgb.shape)}; expected ({batch}, {n_points}, 3)."
+            f"The field returned rgb of shape {tuple(rgb.shape)}; "
+            f"expected ({batch}, {n_points}, 3)."
         )
     return FieldOutput(values, rgb)
 

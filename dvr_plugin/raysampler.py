@@ -213,9 +213,8 @@ class SecantRaysampler(nn.Module):
             )
             hit[active] = search.hit
             started_inside[active] = search.started_inside
-            depth[active] = torch.where(
-                search.hit, search.depth, torch.where(search.started_inside, near[active], far[active])
-            )
+            no_surface = torch.where(search.started_inside, near[active], far[active])
+            depth[active] = torch.where(search.hit, search.depth, no_surface)
         geometry = attach_implicit_gradient(
             query,
             origins,

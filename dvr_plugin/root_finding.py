@@ -75,7 +75,8 @@ def _march_chunk(
     inside = query(ray_ids, origins, directions, depths)
     if inside.shape != depths.shape:
         raise ValueError(
-            f"The surface query returned shape {tuple(inside.shape)}, expected {tuple(depths.shape)}."
+            f"The surface query returned shape {tuple(inside.shape)}, "
+            f"expected {tuple(depths.shape)}."
         )
     if check_finite:
         _check_finite(inside, "marching points")
@@ -187,4 +188,4 @@ def find_surface(
     if not parts:
         empty = origins.new_zeros(0)
         return SurfaceSearch(empty, empty.bool(), empty.bool())
-    return SurfaceSearch(*(torch.cat(items) for items in zip(*parts)))
+    return SurfaceSearch(*(torch.cat(items) for items in zip(*parts, strict=True)))

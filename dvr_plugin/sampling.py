@@ -95,7 +95,7 @@ def _pick_indices(
     device: torch.device,
     what: str,
 ) -> torch.Tensor:
-    """`(B, n_picks)` long indices in ``[0, n_choices)``, distinct per row unless ``replacement``."""
+    """`(B, n_picks)` indices in ``[0, n_choices)``, distinct per row unless ``replacement``."""
     if replacement:
         return torch.randint(
             0, n_choices, (batch_size, n_picks), generator=generator, device=device
@@ -218,7 +218,9 @@ def sample_patches(
         raise ValueError(f"Patch sampling needs n_rays divisible by 4, got {n_rays}.")
     height, width = image_size_hw(image_size)
     if height < PATCH_SIZE or width < PATCH_SIZE:
-        raise ValueError(f"Patch sampling needs images of at least 2x2 pixels, got {(height, width)}.")
+        raise ValueError(
+            f"Patch sampling needs images of at least 2x2 pixels, got {(height, width)}."
+        )
     device = _resolve_device(device, generator)
     n_patches = n_rays // RAYS_PER_PATCH
     corner_width = width - 1
@@ -236,8 +238,9 @@ def sample_patches(
     cols = (flat % corner_width)[..., None] + offsets[:, 1]
     sub_pixel = None
     if continuous:
-        sub_pixel = torch.rand(batch_size, n_patches, 1, 2, generator=generator, device=device,
-                               dtype=dtype)
+        sub_pixel = torch.rand(
+            batch_size, n_patches, 1, 2, generator=generator, device=device, dtype=dtype
+        )
         sub_pixel = sub_pixel.expand(-1, -1, RAYS_PER_PATCH, -1).reshape(batch_size, n_rays, 2)
     return _make_sample(
         rows.reshape(batch_size, n_rays),

@@ -35,7 +35,8 @@ class StepSchedule:
             milestones = DEFAULT_MILESTONES
         if not isinstance(milestones, Mapping) or len(milestones) == 0:
             raise ValueError(
-                f"milestones must be a non-empty mapping {{iteration: n_steps}}, got {milestones!r}."
+                "milestones must be a non-empty mapping {iteration: n_steps}, "
+                f"got {milestones!r}."
             )
         parsed = {}
         for key, value in milestones.items():
@@ -68,7 +69,7 @@ class StepSchedule:
     @property
     def milestones(self) -> dict[int, int]:
         """A copy of the milestones, ``{iteration: n_steps}`` sorted by iteration."""
-        return dict(zip(self._iterations, self._steps))
+        return dict(zip(self._iterations, self._steps, strict=True))
 
     def n_steps(self, iteration: int) -> int:
         """The number of marching steps at a training iteration (>= 0)."""

@@ -82,7 +82,7 @@ class FieldQuery:
     def evaluate(
         self, ray_ids: torch.Tensor, points: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Field values and rgb at `(r, k, 3)` points of the rays ``ray_ids``: `(r, k)`, `(r, k, 3)`."""
+        """Field values `(r, k)` and rgb `(r, k, 3)` at `(r, k, 3)` points of rays ``ray_ids``."""
         latent = None if self.latent is None else self.latent[ray_ids]
         out = evaluate_field(self.field, points, latent)
         return out.values, out.rgb

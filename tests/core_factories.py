@@ -1,0 +1,86 @@
+"""Shared builders for the core tests and the core benchmark (seeded, CPU by default)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from dvr_plugin.field import FieldOutput, OccupancyTextureField
+from dvr_plugin.implicit_gradient import attach_implicit_gradient
+from dvr_plugin.rays import intersect_box
+from dvr_plugin.raysampler import UNIT_CUBE_BOUNDS
+from dvr_plugin.root_finding import find_surface
+from dvr_plugin.surface_query import FieldQuery
+
+
+class SphereMLPField(nn.Module):
+    """
+    A small MLP (with a latent code) added to a sphere, so it has a surface at any init.
+    Occupancy: ``sharpness * (r - |p|) + mlp``; SDF: ``|p| - r + mlp``.
+    """
+
+    def __init__(self, *, field_type: str = "occupancy", latent_size: int = 4, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.field_type = field_type
+        self.mlp = OccupancyTextureField(
+            hidden_size=16, n_blocks=2, latent_size=latent_size, rgb=True
+        )
+        with torch.no_grad():
+            for parameter in self.mlp.parameters():
+                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+        self.scale = 2.0 if field_type == "occupancy" else 0.02
+
+    def forward(self, points: torch.Tensor, latent: Optional[torch.Tensor] = None) -> FieldOutput:
+        out = self.mlp(points, latent)
+        radius = points.norm(dim=-1)
+        if self.field_type == "occupancy":
+            values = 20.0 * (0.3 - radius) + self.scale * out.values
+        else:
+            values = radius - 0.3 + self.scale * out.values
+        return FieldOutput(values, out.rgb)
+
+
+def rays_towards_centre(
+    n_rays: int, *, seed: int = 0, dtype: torch.dtype = torch.float64, spread: float = 0.1
+):
+    """`(n, 3)` origins around (0, 0, 1.5) and `(n, 3)` directions at points near the centre."""
+    generator = torch.Generator().manual_seed(seed)
+    origins = torch.tensor([0.0, 0.0, 1.5], dtype=dtype) + 0.1 * torch.randn(
+        n_rays, 3, generator=generator, dtype=dtype
+    )
+    targets = spread * (2 * torch.rand(n_rays, 3, generator=generator, dtype=dtype) - 1)
+    directions = targets - origins
+    directions = directions / directions[:, 2:].abs()  # unit z step, like camera rays
+    return origins, directions
+
+
+def surface_depth(
+    field,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    *,
+    latent: Optional[torch.Tensor] = None,
+    n_steps: int = 64,
+    n_secant_steps: int = 40,
+):
+    """Root finder + implicit gradient on explicit rays: `(M,)` depth and `(M,)` hit."""
+    query = FieldQuery(field=field, latent=latent)
+    box = torch.tensor(UNIT_CUBE_BOUNDS, dtype=origins.dtype)
+    near, far, missed = intersect_box(origins.detach(), directions.detach(), box[0], box[1])
+    search = find_surface(
+        query,
+        origins.detach(),
+        directions.detach(),
+        near,
+        far,
+        n_steps=n_steps,
+        n_secant_steps=n_secant_steps,
+        chunk_size=None,
+    )
+    geometry = attach_implicit_gradient(
+        query, origins, directions, search.depth, search.hit & ~missed, compute_normals=False
+    )
+    return geometry.depth, search.hit & ~missed

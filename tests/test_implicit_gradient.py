@@ -1,0 +1,134 @@
+"""The implicit depth gradient against central finite differences of the whole root finder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dvr_plugin.implicit_gradient import guard_denominator
+from dvr_plugin.shapes import SphereField
+from tests.core_factories import SphereMLPField, rays_towards_centre, surface_depth
+
+torch.manual_seed(0)
+STEP = 1e-6
+
+
+def _weights(n: int) -> torch.Tensor:
+    return torch.linspace(0.5, 1.5, n, dtype=torch.float64)
+
+
+def _loss(field, origins, directions, latent=None) -> torch.Tensor:
+    depth, hit = surface_depth(field, origins, directions, latent=latent)
+    assert bool(hit.all()), "the test rays must all hit"
+    return (_weights(depth.shape[0]) * depth).sum()
+
+
+def _finite_difference(evaluate, tensor: torch.Tensor, index) -> float:
+    with torch.no_grad():
+        original = tensor[index].item()
+        tensor[index] = original + STEP
+        plus = evaluate().item()
+        tensor[index] = original - STEP
+        minus = evaluate().item()
+        tensor[index] = original
+    return (plus - minus) / (2 * STEP)
+
+
+def _check_parameters(field, origins, directions, latent=None, n_entries: int = 4) -> int:
+    field.zero_grad()
+    _loss(field, origins, directions, latent).backward()
+    generator = torch.Generator().manual_seed(1)
+    checked = 0
+    for name, parameter in field.named_parameters():
+        flat = parameter.data.view(-1)
+        picks = torch.randperm(flat.numel(), generator=generator)[:n_entries]
+        for i in picks.tolist():
+            numeric = _finite_difference(
+                lambda: _loss(field, origins, directions, latent), flat, i
+            )
+            analytic = parameter.grad.view(-1)[i].item()
+            assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-7), name
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
+def test_sphere_parameters(field_type):
+    field = SphereField(centre=(0.02, -0.03, 0.01), radius=0.3, field_type=field_type).double()
+    origins, directions = rays_towards_centre(6)
+    assert _check_parameters(field, origins, directions, n_entries=3) == 4
+    # the closed form: a larger radius moves every hit towards the camera
+    assert bool((field.radius.grad < 0).all())
+
+
+@pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
+def test_mlp_parameters_and_latent(field_type):
+    field = SphereMLPField(field_type=field_type).double()
+    origins, directions = rays_towards_centre(5, seed=2)
+    latent_rows = torch.randn(1, 4, dtype=torch.float64)
+    latent = latent_rows.expand(5, 4).clone().requires_grad_(True)
+    assert _check_parameters(field, origins, directions, latent) > 10
+    latent.grad = None
+    _loss(field, origins, directions, latent).backward()
+    for i in range(5):
+        for j in range(4):
+            numeric = _finite_difference(
+                lambda: _loss(field, origins, directions, latent.detach()), latent.data, (i, j)
+            )
+            assert latent.grad[i, j].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
+@pytest.mark.parametrize("which", ["origins", "directions"])
+def test_ray_origins_and_directions(field_type, which):
+    field = SphereMLPField(field_type=field_type, latent_size=0).double()
+    origins, directions = rays_towards_centre(4, seed=3)
+    tensor = (origins if which == "origins" else directions).clone().requires_grad_(True)
+
+    def loss(t):
+        if which == "origins":
+            return _loss(field, t, directions)
+        return _loss(field, origins, t)
+
+    loss(tensor).backward()
+    for i in range(4):
+        for j in range(3):
+            numeric = _finite_difference(lambda: loss(tensor.detach()), tensor.data, (i, j))
+            assert tensor.grad[i, j].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7)
+
+
+def test_camera_parameters_receive_gradients():
+    """PyTorch3D cameras compute in float32, so this check uses float32 and a wider step."""
+    from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
+
+    from dvr_plugin.raysampler import SecantRaysampler
+
+    field = SphereMLPField(latent_size=0)
+    rotation, translation = look_at_view_transform(1.6, 20.0, 30.0)
+    translation = translation.clone().requires_grad_(True)
+    generator = torch.Generator().manual_seed(4)
+    xys = 0.2 * (2 * torch.rand(1, 6, 2, generator=generator) - 1)
+    sampler = SecantRaysampler(n_steps=64, n_secant_steps=20, chunk_size=None)
+    weights = _weights(6).float()
+
+    def loss(t):
+        cameras = FoVPerspectiveCameras(R=rotation, T=t, fov=50.0)
+        bundle = sampler(cameras=cameras, field=field, xys=xys)
+        assert bool(bundle.hit.all())
+        return (bundle.lengths[..., 0] * weights).sum()
+
+    loss(translation).backward()
+    step = 1e-3
+    for j in range(3):
+        with torch.no_grad():
+            plus, minus = translation.detach().clone(), translation.detach().clone()
+            plus[0, j] += step
+            minus[0, j] -= step
+            numeric = (loss(plus) - loss(minus)).item() / (2 * step)
+        assert translation.grad[0, j].item() == pytest.approx(numeric, rel=2e-3, abs=2e-3)
+
+
+def test_guard_keeps_sign():
+    values = torch.tensor([-1e-9, 0.0, 1e-9, -0.5, 0.5])
+    guarded = guard_denominator(values, 1e-4)
+    assert guarded.tolist() == pytest.approx([-1e-4, 1e-4, 1e-4, -0.5, 0.5])

@@ -1,0 +1,206 @@
+"""Tests of dvr_plugin.sampling: pixel positions, NDC, patches, foreground share, fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dvr_plugin.rays import ndc_grid, ndc_to_pixels
+from dvr_plugin.sampling import (
+    PATCH_OFFSETS,
+    PixelSample,
+    gather,
+    sample_foreground_balanced,
+    sample_patches,
+    sample_pixels,
+    sample_uniform,
+)
+
+
+def make_masks(
+    batch_size: int = 3, height: int = 12, width: int = 17, seed: int = 0
+) -> torch.Tensor:
+    """`(B, H, W)` bool masks: a filled rectangle per image (a static factory for the tests)."""
+    masks = torch.zeros(batch_size, height, width, dtype=torch.bool)
+    for b in range(batch_size):
+        masks[b, 2 + b : height - 3, 3 : width - 4 - b] = True
+    return masks
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _check_in_image(sample: PixelSample, height: int, width: int) -> None:
+    assert sample.rows.dtype == torch.long and sample.cols.dtype == torch.long
+    assert bool((sample.rows >= 0).all() and (sample.rows < height).all())
+    assert bool((sample.cols >= 0).all() and (sample.cols < width).all())
+    # The continuous position lies inside the named pixel.
+    pixels = ndc_to_pixels(sample.xys, (height, width))
+    u, v = pixels[..., 0], pixels[..., 1]
+    tol = 1e-4
+    assert bool(((u >= sample.cols - tol) & (u <= sample.cols + 1 + tol)).all())
+    assert bool(((v >= sample.rows - tol) & (v <= sample.rows + 1 + tol)).all())
+
+
+@pytest.mark.parametrize("image_size", [(12, 17), (17, 12), 9])
+def test_uniform_centres_match_ndc_grid(image_size):
+    sample = sample_uniform(2, image_size, 40, generator=_generator())
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    assert sample.rows.shape == (2, 40) and sample.xys.shape == (2, 40, 2)
+    _check_in_image(sample, height, width)
+    grid = ndc_grid((height, width))
+    assert torch.equal(sample.xys, grid[sample.rows, sample.cols])
+    # Without replacement the pixels of one image are distinct.
+    for b in range(2):
+        flat = sample.rows[b] * width + sample.cols[b]
+        assert flat.unique().numel() == 40
+
+
+def test_uniform_continuous_inside_pixels_and_not_centres():
+    sample = sample_uniform(2, (8, 10), 50, continuous=True, generator=_generator())
+    _check_in_image(sample, 8, 10)
+    grid = ndc_grid((8, 10))
+    assert not torch.allclose(sample.xys, grid[sample.rows, sample.cols])
+    # Within half a pixel of the centre, in NDC units (2 / min(H, W) per pixel).
+    assert float((sample.xys - grid[sample.rows, sample.cols]).abs().max()) <= 1.0 / 8 + 1e-6
+
+
+def test_uniform_whole_image_and_replacement():
+    sample = sample_uniform(1, (3, 4), 12, generator=_generator())
+    assert sorted((sample.rows[0] * 4 + sample.cols[0]).tolist()) == list(range(12))
+    with pytest.raises(ValueError, match="replacement=True"):
+        sample_uniform(1, (3, 4), 13)
+    many = sample_uniform(2, (3, 4), 100, replacement=True, generator=_generator())
+    _check_in_image(many, 3, 4)
+
+
+def test_reproducible_with_generator():
+    for mode in ("uniform", "patch", "foreground_balanced"):
+        masks = make_masks()
+        a = sample_pixels(masks, 32, mode=mode, continuous=True, generator=_generator(7))
+        b = sample_pixels(masks, 32, mode=mode, continuous=True, generator=_generator(7))
+        c = sample_pixels(masks, 32, mode=mode, continuous=True, generator=_generator(8))
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+        assert not torch.equal(a.xys, c.xys)
+
+
+def test_patches_are_2x2_in_documented_order():
+    assert PATCH_OFFSETS == ((0, 0), (0, 1), (1, 0), (1, 1))
+    height, width = 7, 9
+    sample = sample_patches(2, (height, width), 48, generator=_generator())
+    _check_in_image(sample, height, width)
+    rows = sample.rows.reshape(2, 12, 4)
+    cols = sample.cols.reshape(2, 12, 4)
+    # top-left, top-right, bottom-left, bottom-right
+    assert torch.equal(rows[..., 1], rows[..., 0]) and torch.equal(cols[..., 1], cols[..., 0] + 1)
+    assert torch.equal(rows[..., 2], rows[..., 0] + 1) and torch.equal(cols[..., 2], cols[..., 0])
+    assert torch.equal(rows[..., 3], rows[..., 0] + 1)
+    assert torch.equal(cols[..., 3], cols[..., 0] + 1)
+    assert torch.equal(sample.xys, ndc_grid((height, width))[sample.rows, sample.cols])
+    # In NDC, +X points left and +Y up: the right neighbour has the smaller x, the lower one the
+    # smaller y.
+    xys = sample.xys.reshape(2, 12, 4, 2)
+    assert bool((xys[..., 1, 0] < xys[..., 0, 0]).all())
+    assert bool((xys[..., 2, 1] < xys[..., 0, 1]).all())
+    # Distinct top-left corners (no replacement).
+    corners = rows[..., 0] * width + cols[..., 0]
+    assert all(corners[b].unique().numel() == 12 for b in range(2))
+
+
+def test_patches_continuous_share_one_offset():
+    sample = sample_patches(1, (6, 6), 16, continuous=True, generator=_generator(3))
+    _check_in_image(sample, 6, 6)
+    pixels = ndc_to_pixels(sample.xys, (6, 6)).reshape(1, 4, 4, 2)
+    offsets = pixels - torch.stack([sample.cols, sample.rows], dim=-1).reshape(1, 4, 4, 2)
+    assert torch.allclose(offsets, offsets[:, :, :1].expand_as(offsets), atol=1e-5)
+
+
+def test_patch_validation():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sample_patches(1, 8, 10)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        sample_patches(1, (1, 8), 4)
+
+
+def test_foreground_share():
+    masks = make_masks()
+    n_rays, fraction = 40, 0.25
+    sample = sample_foreground_balanced(
+        masks, n_rays, foreground_fraction=fraction, generator=_generator()
+    )
+    _check_in_image(sample, 12, 17)
+    inside = gather(masks, sample)
+    n_fg = round(fraction * n_rays)
+    assert torch.equal(inside.sum(dim=1), torch.full((3,), n_fg))
+    assert bool(inside[:, :n_fg].all()) and not bool(inside[:, n_fg:].any())
+    for b in range(3):  # distinct pixels in both regions (both are large enough)
+        flat = sample.rows[b] * 17 + sample.cols[b]
+        assert flat.unique().numel() == n_rays
+
+
+def test_foreground_empty_full_and_small_masks():
+    masks = torch.zeros(3, 5, 6, dtype=torch.bool)
+    masks[1] = True  # full
+    masks[2, 1, 2] = True  # a single foreground pixel
+    sample = sample_foreground_balanced(masks, 10, foreground_fraction=0.5, generator=_generator())
+    inside = gather(masks, sample)
+    assert not bool(inside[0].any())  # empty mask: all background
+    assert bool(inside[1].all())  # full mask: all foreground
+    assert inside[2].tolist() == [True] * 5 + [False] * 5  # the lone pixel, used five times
+    assert sample.rows[2, :5].tolist() == [1] * 5 and sample.cols[2, :5].tolist() == [2] * 5
+    # A region smaller than asked for: every pixel once before any twice.
+    tiny = torch.zeros(1, 2, 2, dtype=torch.bool)
+    tiny[0, 0, :] = True
+    s = sample_foreground_balanced(tiny, 8, foreground_fraction=0.5, generator=_generator())
+    fg = (s.rows[0, :4] * 2 + s.cols[0, :4]).tolist()
+    assert sorted(fg[:2]) == [0, 1] and sorted(fg[2:]) == [0, 1]
+    assert float(gather(tiny.float(), s)[0, 4:].sum()) == 0.0
+
+
+def test_sample_pixels_dispatch_and_validation():
+    masks = make_masks()
+    uniform = sample_pixels(masks, 16, generator=_generator())
+    assert torch.equal(uniform.rows, sample_uniform(3, (12, 17), 16, generator=_generator()).rows)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        sample_pixels(masks, 16, mode="stratified")
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        sample_pixels(masks[0], 16)
+    with pytest.raises(ValueError, match="foreground_fraction"):
+        sample_pixels(masks, 16, mode="foreground_balanced", foreground_fraction=1.5)
+    with pytest.raises(ValueError, match="n_rays"):
+        sample_pixels(masks, 0)
+    if torch.cuda.is_available():  # pragma: no cover - CPU-only machines
+        with pytest.raises(ValueError, match="generator"):
+            sample_pixels(masks.cuda(), 16, generator=_generator())
+
+
+def test_gather_images_masks_and_depths():
+    torch.manual_seed(0)
+    images = torch.rand(2, 5, 6, 3)
+    depths = torch.rand(2, 5, 6)
+    sample = sample_uniform(2, (5, 6), 7, generator=_generator())
+    rgb = gather(images, sample)
+    depth = gather(depths, sample)
+    assert rgb.shape == (2, 7, 3) and depth.shape == (2, 7)
+    for b in range(2):
+        for r in range(7):
+            i, j = int(sample.rows[b, r]), int(sample.cols[b, r])
+            assert torch.equal(rgb[b, r], images[b, i, j])
+            assert depth[b, r] == depths[b, i, j]
+    assert gather(depths > 0.5, sample).dtype == torch.bool
+    with pytest.raises(ValueError, match="images"):
+        gather(images[0, 0], sample)
+    with pytest.raises(ValueError, match="3 images|images for a sample"):
+        gather(torch.rand(3, 5, 6), sample)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda():  # pragma: no cover - CPU-only machines
+    masks = make_masks().cuda()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for mode in ("uniform", "patch", "foreground_balanced"):
+        sample = sample_pixels(masks, 16, mode=mode, generator=generator)
+        assert sample.xys.device.type == "cuda"
+        assert torch.equal(sample.xys, ndc_grid((12, 17), device="cuda")[sample.rows, sample.cols])
