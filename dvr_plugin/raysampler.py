@@ -112,7 +112,7 @@ class SecantRaysampler(nn.Module):
         min_depth: float = 0.0,
         level: float | None = None,
         field_type: str | None = None,
-        chunk_size: int | None = 2**18,
+        chunk_size: int | None = 2**16,
         compute_normals: bool = True,
         differentiable_normals: bool = False,
         grad_eps: float = 1e-4,

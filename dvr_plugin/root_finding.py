@@ -145,7 +145,7 @@ def find_surface(
     *,
     n_steps: int,
     n_secant_steps: int = 8,
-    chunk_size: int | None = 2**18,
+    chunk_size: int | None = 2**16,
     check_finite: bool = True,
     ray_ids: torch.Tensor | None = None,
 ) -> SurfaceSearch:
