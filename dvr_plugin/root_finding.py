@@ -19,9 +19,9 @@ bounding box:
    twice in a row so the bracket shrinks from both sides); the result is the secant estimate of
    the final bracket.
 
-The march visits rays in chunks of at most ``chunk_size`` points (``chunk_size // n_steps`` rays),
-and refines each chunk before the next, so peak memory is set by ``chunk_size`` and not by the
-number of rays or steps. ``chunk_size=None`` evaluates all points at once (the reference
+The march visits rays in chunks of at most ``chunk_size`` points (``chunk_size // n_steps`` rays)
+and keeps only each ray's bracket; all bracketed rays are then refined together, ``chunk_size``
+rays at a time. Peak memory is set by ``chunk_size``, not by the number of rays or steps. ``chunk_size=None`` evaluates all points at once (the reference
 implementation's "dense" behaviour, kept for benchmarks).
 """
 
@@ -59,6 +59,17 @@ def _check_finite(values: torch.Tensor, what: str) -> None:
         )
 
 
+class _Brackets(NamedTuple):
+    """Per-ray march result: flags and the bracketing interval (undefined where not ``hit``)."""
+
+    hit: torch.Tensor
+    started_inside: torch.Tensor
+    d_out: torch.Tensor
+    s_out: torch.Tensor
+    d_in: torch.Tensor
+    s_in: torch.Tensor
+
+
 def _march_chunk(
     query: InsideQuery,
     ray_ids: torch.Tensor,
@@ -67,9 +78,8 @@ def _march_chunk(
     near: torch.Tensor,
     far: torch.Tensor,
     n_steps: int,
-    n_secant_steps: int,
     check_finite: bool,
-) -> SurfaceSearch:
+) -> _Brackets:
     steps = torch.linspace(0.0, 1.0, n_steps, device=near.device, dtype=near.dtype)
     depths = near[:, None] + (far - near)[:, None] * steps  # (r, n)
     inside = query(ray_ids, origins, directions, depths)
@@ -84,19 +94,16 @@ def _march_chunk(
     started_inside = occupied[:, 0]
     crossing = ~occupied[:, :-1] & occupied[:, 1:]  # (r, n - 1)
     hit = crossing.any(dim=1) & ~started_inside
-    first = torch.argmax(crossing.to(torch.uint8), dim=1)  # first True (0 when none)
-
-    depth = far.clone()
-    if n_secant_steps >= 0 and bool(hit.any()):
-        rows = torch.nonzero(hit, as_tuple=True)[0]
-        index = first[rows]
-        d_out, s_out = depths[rows, index], inside[rows, index]
-        d_in, s_in = depths[rows, index + 1], inside[rows, index + 1]
-        depth[rows] = _refine(
-            query, ray_ids[rows], origins[rows], directions[rows],
-            d_out, s_out, d_in, s_in, n_secant_steps, check_finite,
-        )
-    return SurfaceSearch(depth=depth, hit=hit, started_inside=started_inside)
+    first = torch.argmax(crossing.to(torch.uint8), dim=1, keepdim=True)  # first True
+    following = first + 1
+    return _Brackets(
+        hit=hit,
+        started_inside=started_inside,
+        d_out=depths.gather(1, first)[:, 0],
+        s_out=inside.gather(1, first)[:, 0],
+        d_in=depths.gather(1, following)[:, 0],
+        s_in=inside.gather(1, following)[:, 0],
+    )
 
 
 def _refine(
@@ -176,16 +183,27 @@ def find_surface(
     if ray_ids is None:
         ray_ids = torch.arange(n_rays, device=origins.device)
     rays_per_chunk = n_rays if chunk_size is None else max(1, chunk_size // n_steps)
-    parts = []
-    for start in range(0, n_rays, rays_per_chunk):
-        sl = slice(start, start + rays_per_chunk)
-        parts.append(
-            _march_chunk(
-                query, ray_ids[sl], origins[sl], directions[sl], near[sl], far[sl],
-                n_steps, n_secant_steps, check_finite,
-            )
+    parts = [
+        _march_chunk(
+            query, ray_ids[sl], origins[sl], directions[sl], near[sl], far[sl],
+            n_steps, check_finite,
         )
+        for sl in (slice(i, i + rays_per_chunk) for i in range(0, n_rays, rays_per_chunk))
+    ]
     if not parts:
         empty = origins.new_zeros(0)
         return SurfaceSearch(empty, empty.bool(), empty.bool())
-    return SurfaceSearch(*(torch.cat(items) for items in zip(*parts, strict=True)))
+    brackets = _Brackets(*(torch.cat(items) for items in zip(*parts, strict=True)))
+
+    # refine all bracketed rays together (one point per ray per secant step)
+    depth = far.clone()
+    rows = torch.nonzero(brackets.hit, as_tuple=True)[0]
+    refine_chunk = rows.numel() if chunk_size is None else max(1, chunk_size)
+    for start in range(0, rows.numel(), refine_chunk):
+        r = rows[start : start + refine_chunk]
+        depth[r] = _refine(
+            query, ray_ids[r], origins[r], directions[r],
+            brackets.d_out[r], brackets.s_out[r], brackets.d_in[r], brackets.s_in[r],
+            n_secant_steps, check_finite,
+        )
+    return SurfaceSearch(depth=depth, hit=brackets.hit, started_inside=brackets.started_inside)

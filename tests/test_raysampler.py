@@ -69,7 +69,13 @@ def _mesh_reference(cameras):
 
 @pytest.mark.parametrize(
     "kind",
-    ["fov_perspective", "perspective_screen", "perspective_ndc", "fov_orthographic", "orthographic"],
+    [
+        "fov_perspective",
+        "perspective_screen",
+        "perspective_ndc",
+        "fov_orthographic",
+        "orthographic",
+    ],
 )
 @pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
 def test_matches_mesh_rasterizer(kind, field_type):

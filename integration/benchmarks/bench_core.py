@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 
@@ -81,14 +81,14 @@ def _train_case(field, device, n_rays, n_steps, chunk_size, repeats):
 def run_benchmark(
     *,
     device: str,
-    image_sizes: List[int],
-    step_counts: List[int],
+    image_sizes: list[int],
+    step_counts: list[int],
     n_rays: int,
     hidden_size: int,
     fit_steps: int,
     repeats: int,
     dense_limit_points: Optional[int],
-) -> Dict:
+) -> dict:
     field = fitted_reference_field(hidden_size=hidden_size, steps=fit_steps, device=device)
     rows = []
     cases = [("render", s) for s in image_sizes] + [("train", n_rays)]
@@ -121,7 +121,7 @@ HEADER = (
 )
 
 
-def _row(result: Dict) -> str:
+def _row(result: dict) -> str:
     ours, dense = result["ours"], result["dense"]
     name = (
         f"render {result['size']}x{result['size']}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import torch
 
@@ -46,14 +46,14 @@ def cameras(n: int, device: str):
     return orbit_cameras(n, distance=1.5, device=device)
 
 
-def measure(fn: Callable[[], object], *, device: str, repeats: int = 5, warmup: int = 2) -> Dict:
+def measure(fn: Callable[[], object], *, device: str, repeats: int = 5, warmup: int = 2) -> dict:
     """Median wall time (s) over ``repeats`` runs and the peak memory of one run (bytes)."""
     for _ in range(warmup):
         fn()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times: List[float] = []
+    times: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
