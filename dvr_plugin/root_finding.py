@@ -21,8 +21,9 @@ bounding box:
 
 The march visits rays in chunks of at most ``chunk_size`` points (``chunk_size // n_steps`` rays)
 and keeps only each ray's bracket; all bracketed rays are then refined together, ``chunk_size``
-rays at a time. Peak memory is set by ``chunk_size``, not by the number of rays or steps. ``chunk_size=None`` evaluates all points at once (the reference
-implementation's "dense" behaviour, kept for benchmarks).
+rays at a time. Peak memory is set by ``chunk_size``, not by the number of rays or steps.
+``chunk_size=None`` evaluates all points at once (the reference implementation's "dense"
+behaviour, kept for benchmarks).
 """
 
 from __future__ import annotations
