@@ -98,6 +98,9 @@ class SecantRaysampler(nn.Module):
         differentiable_normals: keep the graph of the normals (for normal losses).
         grad_eps: the smallest magnitude of the implicit-gradient denominator.
         check_finite: raise ``ValueError`` if the field returns NaN / inf.
+        march_precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"``: the precision
+            of the march's matrix products on CUDA (the bracket ends, the secant steps and
+            everything with gradients stay in full precision).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class SecantRaysampler(nn.Module):
         differentiable_normals: bool = False,
         grad_eps: float = 1e-4,
         check_finite: bool = True,
+        march_precision: str = "float32",
     ) -> None:
         super().__init__()
         if (image_width is None) != (image_height is None):
@@ -147,6 +151,12 @@ class SecantRaysampler(nn.Module):
         self.differentiable_normals = differentiable_normals
         self.grad_eps = grad_eps
         self.check_finite = check_finite
+        if march_precision not in ("float32", "tf32", "bfloat16"):
+            raise ValueError(
+                "march_precision must be 'float32', 'tf32' or 'bfloat16', "
+                f"got {march_precision!r}."
+            )
+        self.march_precision = march_precision
 
     def forward(
         self,
@@ -210,6 +220,7 @@ class SecantRaysampler(nn.Module):
                 chunk_size=self.chunk_size,
                 check_finite=self.check_finite,
                 ray_ids=active,
+                march_precision=self.march_precision,
             )
             hit[active] = search.hit
             started_inside[active] = search.started_inside

@@ -28,12 +28,34 @@ behaviour, kept for benchmarks).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 
 InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+MARCH_PRECISIONS = ("float32", "tf32", "bfloat16")
+
+
+@contextmanager
+def _reduced_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """TF32 matmuls or bfloat16 autocast on CUDA for the march; a no-op elsewhere."""
+    if precision == "float32" or device.type != "cuda":
+        yield
+        return
+    if precision == "bfloat16":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 class SurfaceSearch(NamedTuple):
@@ -156,6 +178,7 @@ def find_surface(
     chunk_size: int | None = 2**16,
     check_finite: bool = True,
     ray_ids: torch.Tensor | None = None,
+    march_precision: str = "float32",
 ) -> SurfaceSearch:
     """
     Find the first free -> occupied crossing along each of ``M`` rays (see the module docstring).
@@ -170,6 +193,8 @@ def find_surface(
             ``None`` for all at once.
         check_finite: raise ``ValueError`` when the field returns NaN or inf.
         ray_ids: `(M,)` the ids the query knows these rays by (default ``arange(M)``).
+        march_precision: ``"float32"``, ``"tf32"`` or ``"bfloat16"`` (CUDA) for the march
+            only; the bracket ends are then re-evaluated and refined in full precision.
 
     Returns:
         SurfaceSearch with `(M,)` tensors.
@@ -180,17 +205,22 @@ def find_surface(
         raise ValueError(f"n_secant_steps must be >= 0, got {n_secant_steps}.")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be positive or None, got {chunk_size}.")
+    if march_precision not in MARCH_PRECISIONS:
+        raise ValueError(
+            f"march_precision must be one of {MARCH_PRECISIONS}, got {march_precision!r}."
+        )
     n_rays = origins.shape[0]
     if ray_ids is None:
         ray_ids = torch.arange(n_rays, device=origins.device)
     rays_per_chunk = n_rays if chunk_size is None else max(1, chunk_size // n_steps)
-    parts = [
-        _march_chunk(
-            query, ray_ids[sl], origins[sl], directions[sl], near[sl], far[sl],
-            n_steps, check_finite,
-        )
-        for sl in (slice(i, i + rays_per_chunk) for i in range(0, n_rays, rays_per_chunk))
-    ]
+    with _reduced_precision(march_precision, origins.device):
+        parts = [
+            _march_chunk(
+                query, ray_ids[sl], origins[sl], directions[sl], near[sl], far[sl],
+                n_steps, check_finite,
+            )
+            for sl in (slice(i, i + rays_per_chunk) for i in range(0, n_rays, rays_per_chunk))
+        ]
     if not parts:
         empty = origins.new_zeros(0)
         return SurfaceSearch(empty, empty.bool(), empty.bool())
@@ -199,12 +229,17 @@ def find_surface(
     # refine all bracketed rays together (one point per ray per secant step)
     depth = far.clone()
     rows = torch.nonzero(brackets.hit, as_tuple=True)[0]
-    refine_chunk = rows.numel() if chunk_size is None else max(1, chunk_size)
+    refine_chunk = max(1, rows.numel() if chunk_size is None else chunk_size)
     for start in range(0, rows.numel(), refine_chunk):
         r = rows[start : start + refine_chunk]
+        s_out, s_in = brackets.s_out[r].float(), brackets.s_in[r].float()
+        if march_precision != "float32":  # the ends again, in full precision
+            ends = torch.stack([brackets.d_out[r], brackets.d_in[r]], dim=1)
+            values = query(ray_ids[r], origins[r], directions[r], ends)
+            s_out, s_in = values[:, 0], values[:, 1]
         depth[r] = _refine(
             query, ray_ids[r], origins[r], directions[r],
-            brackets.d_out[r], brackets.s_out[r], brackets.d_in[r], brackets.s_in[r],
+            brackets.d_out[r], s_out.to(origins.dtype), brackets.d_in[r], s_in.to(origins.dtype),
             n_secant_steps, check_finite,
         )
     return SurfaceSearch(depth=depth, hit=brackets.hit, started_inside=brackets.started_inside)
