@@ -145,7 +145,13 @@ def _refine(
     w_out, w_in = s_out.clone(), s_in.clone()  # the (possibly halved) weights
     last_side = torch.zeros_like(d_out, dtype=torch.int8)
     for _ in range(n_secant_steps):
-        d_mid = d_out - w_out * (d_in - d_out) / (w_in - w_out)
+        spread = w_in - w_out
+        valid = spread > 0  # False only for a bracket broken by a reduced-precision march
+        d_mid = torch.where(
+            valid,
+            d_out - w_out * (d_in - d_out) / torch.where(valid, spread, 1.0),
+            0.5 * (d_out + d_in),
+        )
         s_mid = query(ray_ids, origins, directions, d_mid[:, None])[:, 0]
         if check_finite:
             _check_finite(s_mid, "secant points")
@@ -162,6 +168,8 @@ def _refine(
     denominator = s_in - s_out
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     estimate = d_out - s_out * (d_in - d_out) / safe
+    # inside the bracket (always true for a valid one; a broken one gets its nearest end)
+    estimate = torch.minimum(torch.maximum(estimate, d_out), d_in)
     return torch.where(denominator > 0, estimate, 0.5 * (d_in + d_out))
 
 

@@ -278,3 +278,23 @@ def test_bad_input_raises():
         SecantRaysampler(image_width=8)
     with pytest.raises(ValueError, match="field or a volumetric_function"):
         sampler(cameras=cameras)
+
+
+def test_broken_brackets_fall_back_to_bisection():
+    """Bracket ends that do not change sign (a reduced-precision march) give no NaN."""
+    from dvr_plugin.root_finding import _refine
+
+    def query(ray_ids, origins, directions, lengths):
+        return lengths - 1.0  # inside beyond depth 1
+
+    n = 3
+    d_out = torch.tensor([0.5, 1.2, 0.2])
+    d_in = torch.tensor([1.5, 1.4, 0.4])
+    s_out, s_in = d_out - 1.0, d_in - 1.0  # rays 1 and 2 do not bracket the root
+    depth = _refine(
+        query, torch.arange(n), torch.zeros(n, 3), torch.ones(n, 3), d_out, s_out, d_in, s_in,
+        8, True,
+    )
+    assert bool(torch.isfinite(depth).all())
+    assert float(depth[0]) == pytest.approx(1.0, abs=1e-6)
+    assert bool(((depth >= d_out) & (depth <= d_in)).all())
