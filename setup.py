@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dvr_plugin", "dvr_plugin.*", "integration", "integration.*"]),
     include_package_data=True,
-    package_data={"dvr_plugin": ["configs/*.yaml"]},
+    package_data={"dvr_plugin": ["configs/*.yaml"], "integration": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
