@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,11 +32,23 @@ import torch
 from dvr_plugin.field import OccupancyTextureField
 from dvr_plugin.meshing import extract_mesh
 from dvr_plugin.shapes import demo_scene
-from integration.benchmarks.common import device_name, fitted_reference_field, fmt_bytes
+from integration.benchmarks.common import device_name, fmt_bytes
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FULL = {"resolutions": (128, 256), "hidden_size": 512, "fit_steps": 300, "fit_batch": 16384}
-QUICK = {"resolutions": (64, 128), "hidden_size": 128, "fit_steps": 100, "fit_batch": 4096}
+FULL = {
+    "resolutions": (128, 256),
+    "hidden_size": 512,
+    "fit_steps": 500,
+    "fit_batch": 16384,
+    "fit_lr": 1e-3,
+}
+QUICK = {
+    "resolutions": (64, 128),
+    "hidden_size": 128,
+    "fit_steps": 300,
+    "fit_batch": 2048,
+    "fit_lr": 3e-3,
+}
 
 
 def _read_status_kib(key: str) -> Optional[int]:
@@ -58,6 +71,51 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _scene_batch(n_points: int, device: str) -> torch.Tensor:
+    """Half uniform points in the padded cube, half within ~0.02 of the demo scene's surface."""
+    uniform = torch.rand(1, n_points // 2, 3, device=device) * 1.1 - 0.55
+    points = torch.rand(1, n_points - n_points // 2, 3, device=device) * 1.1 - 0.55
+    sdf = demo_scene(field_type="sdf").to(device)
+    with torch.enable_grad():
+        points.requires_grad_(True)
+        distance = sdf(points).values
+        (gradient,) = torch.autograd.grad(distance.sum(), points)
+    normal = gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    near = (points - distance[..., None] * normal).detach()
+    near = near + 0.02 * torch.randn_like(near)
+    return torch.cat([uniform, near], dim=1)
+
+
+def fit_scene_network(
+    *, hidden_size: int, steps: int, batch: int, lr: float, device: str
+) -> OccupancyTextureField:
+    """
+    The reference decoder (5 blocks, no latent) fitted with 3D supervision to the demo scene's
+    occupancy (BCE on logits) and colour (L1), on uniform and near-surface points; seeded.
+    """
+    torch.manual_seed(0)
+    target = demo_scene().to(device)
+    network = OccupancyTextureField(hidden_size=hidden_size).to(device)
+    if steps == 0:
+        return network.eval()
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    for _ in range(steps):
+        points = _scene_batch(batch, device)
+        with torch.no_grad():
+            truth = target(points)
+        out = network(points)
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                out.values, (truth.values > 0).float()
+            )
+            + (out.rgb - truth.rgb).abs().mean()
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return network.eval()
+
+
 def build_field(kind: str, *, hidden_size: int, weights: Optional[str], device: str):
     """The analytic demo scene or the fitted network (weights from a ``state_dict`` file)."""
     if kind == "analytic":
@@ -76,21 +134,26 @@ def measure_case(
     chunk_size: int,
     device: str,
     mesh_out: Optional[str] = None,
+    repeats: int = 3,
 ) -> Dict:
     """
-    One extraction, after a small warm-up: points, seconds, peak memory, mesh size.
+    Extractions after a small warm-up: points, median seconds over ``repeats`` runs (one run
+    when it takes over 10 s), peak memory, mesh size.
 
     Args:
         field: the field. resolution / start_resolution / chunk_size: extraction settings
             (``start_resolution == resolution`` is the dense grid).
         device: ``"cpu"`` or ``"cuda..."``.
         mesh_out: where to save ``(verts, faces)`` for comparison (``torch.save``), if given.
+        repeats: timed runs.
 
     Returns:
         A dict of results (see the keys below).
     """
-    extract_mesh(field, resolution=8, start_resolution=8, device=device)
+    warm_start = 8 if start_resolution < resolution else 16
+    extract_mesh(field, resolution=16, start_resolution=warm_start, device=device)
     peak_note = None
+    times = []
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -99,17 +162,23 @@ def measure_case(
         base = _read_status_kib("VmRSS")
         if not _reset_peak_rss():
             peak_note = "VmHWM could not be reset: peak includes start-up"
-    start = time.perf_counter()
-    result = extract_mesh(
-        field,
-        resolution=resolution,
-        start_resolution=start_resolution,
-        chunk_size=chunk_size,
-        device=device,
-    )
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    cpu_times = []
+    for _ in range(repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = extract_mesh(
+            field,
+            resolution=resolution,
+            start_resolution=start_resolution,
+            chunk_size=chunk_size,
+            device=device,
+        )
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+        if times[-1] > 10.0:  # slow cases are timed once
+            break
+    seconds = statistics.median(times)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -117,9 +186,7 @@ def measure_case(
         peak = None if high is None or base is None else max(high - base, 0) * 1024
     stats = result.stats
     if mesh_out is not None:
-        torch.save(
-            (result.mesh.verts_packed().cpu(), result.mesh.faces_packed().cpu()), mesh_out
-        )
+        torch.save((result.mesh.verts_packed().cpu(), result.mesh.faces_packed().cpu()), mesh_out)
     return {
         "resolution": resolution,
         "start_resolution": start_resolution,
@@ -128,6 +195,8 @@ def measure_case(
         "dense_points": stats.dense_points,
         "per_level": [(level.resolution, level.points_evaluated) for level in stats.levels],
         "seconds": seconds,
+        "runs": len(times),
+        "cpu_seconds": statistics.median(cpu_times),
         "timings": stats.timings,
         "peak_bytes": peak,
         "peak_note": peak_note,
@@ -162,7 +231,10 @@ def _worker(spec_file: str) -> None:
         spec = json.load(handle)
     torch.set_num_threads(spec["threads"])
     field = build_field(
-        spec["field"], hidden_size=spec["hidden_size"], weights=spec["weights"], device=spec["device"]
+        spec["field"],
+        hidden_size=spec["hidden_size"],
+        weights=spec["weights"],
+        device=spec["device"],
     )
     spec["result"] = measure_case(
         field,
@@ -193,6 +265,7 @@ def run_benchmark(
     hidden_size: int = FULL["hidden_size"],
     fit_steps: int = FULL["fit_steps"],
     fit_batch: int = FULL["fit_batch"],
+    fit_lr: float = FULL["fit_lr"],
     chunk_size: int = 65536,
     fields: Sequence[str] = ("analytic", "network"),
     isolate: Optional[bool] = None,
@@ -204,7 +277,8 @@ def run_benchmark(
         device: where fields and grids live.
         resolutions: final cells per axis to compare at.
         start_resolution: MISE's start grid.
-        hidden_size, fit_steps, fit_batch: the network and its fit to the demo scene.
+        hidden_size, fit_steps, fit_batch, fit_lr: the network and its fit to the demo scene
+            (``fit_steps=0``: the network at its seeded initialisation).
         chunk_size: points per field call (both methods).
         fields: which of ``"analytic"`` and ``"network"`` to run.
         isolate: one process per case (default: on CPU only, for clean peak memory).
@@ -212,6 +286,7 @@ def run_benchmark(
     isolate = (not device.startswith("cuda")) if isolate is None else isolate
     report: Dict = {
         "device": device_name(device),
+        "device_arg": device,
         "threads": torch.get_num_threads(),
         "chunk_size": chunk_size,
         "start_resolution": start_resolution,
@@ -222,8 +297,8 @@ def run_benchmark(
         weights = None
         if "network" in fields:
             tick = time.perf_counter()
-            network = fitted_reference_field(
-                hidden_size=hidden_size, steps=fit_steps, batch=fit_batch, device=device
+            network = fit_scene_network(
+                hidden_size=hidden_size, steps=fit_steps, batch=fit_batch, lr=fit_lr, device=device
             )
             report["fit_seconds"] = time.perf_counter() - tick
             with torch.no_grad():
@@ -237,7 +312,8 @@ def run_benchmark(
             field = None
             for resolution in resolutions:
                 pair = {}
-                for start in (resolution, min(start_resolution, resolution)):
+                mise_start = start_resolution if start_resolution < resolution else resolution // 4
+                for start in (resolution, max(mise_start, 1)):
                     method = "dense" if start == resolution else "mise"
                     spec = {
                         "field": kind,
@@ -291,6 +367,13 @@ def format_table(report: Dict) -> str:
             else ""
         ),
         "",
+        "Times are medians of up to 3 runs (one run when a run takes over 10 s); peak memory "
+        + (
+            "is torch.cuda.max_memory_allocated above the allocation before the call."
+            if report["device_arg"].startswith("cuda")
+            else "is the peak RSS increase of a fresh process (VmHWM after reset minus VmRSS)."
+        ),
+        "",
         "| field | grid | points dense | points MISE | ratio | time dense | time MISE | ratio "
         "| peak mem dense | peak mem MISE | ratio | faces | mesh |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -305,6 +388,10 @@ def format_table(report: Dict) -> str:
             f"| {_ratio(mise['peak_bytes'], dense['peak_bytes'])} | {mise['n_faces']:,} "
             f"| {row['same_mesh']} |"
         )
+    lines += ["", "MISE points evaluated per level (cells per axis: points):", ""]
+    for row in report["rows"]:
+        levels = " / ".join(f"{res}: {points:,}" for res, points in row["mise"]["per_level"])
+        lines.append(f"- {row['field']} {row['resolution']}^3: {levels}")
     return "\n".join(lines)
 
 
@@ -319,11 +406,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--start-resolution", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=65536)
     parser.add_argument("--fields", nargs="+", default=["analytic", "network"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         _worker(args.worker)
         return
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     preset = QUICK if args.quick else FULL
     report = run_benchmark(
         device=args.device,
@@ -332,6 +422,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         hidden_size=args.hidden_size or preset["hidden_size"],
         fit_steps=preset["fit_steps"] if args.fit_steps is None else args.fit_steps,
         fit_batch=preset["fit_batch"],
+        fit_lr=preset["fit_lr"],
         chunk_size=args.chunk_size,
         fields=args.fields,
     )
