@@ -98,10 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    from .training.cli_commands import add_demo_parser, add_fit_parser, add_render_parser
+
+    add_fit_parser(commands)
+    add_render_parser(commands)
+    add_demo_parser(commands)
+
     demo = commands.add_parser(
-        "demo", help="render the built-in analytic scene (image, depth and normal grid) to PNG"
+        "render-scene",
+        help="render the built-in analytic scene (image, depth and normal grid) to PNG",
     )
-    demo.add_argument("--out", default="outputs/demo", help="output folder")
+    demo.add_argument("--out", default="outputs/scene", help="output folder")
     demo.add_argument("--image-size", type=int, default=128, help="pixels per side")
     demo.add_argument("--views", type=int, default=4, help="number of cameras on an orbit")
     demo.add_argument("--steps", type=int, default=128, help="marching steps per ray")

@@ -1,0 +1,1 @@
+"""Fitting DVR to posed images: configuration, trainer, checkpoints, the fitting pipeline."""

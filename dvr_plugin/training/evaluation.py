@@ -1,0 +1,257 @@
+"""
+Rendering a fitted field for evaluation: held-out views, image metrics, comparison grids,
+turntables, and mesh metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ..metrics import mask_iou, psnr, ssim
+from ..raysampler import SecantRaysampler
+from ..renderer import DVRRenderer
+from ..visualize import colorize_depth, colorize_normals, image_grid
+
+
+@dataclass
+class RenderedViews:
+    """
+    Full-image renders of ``N`` cameras (on the CPU).
+
+    Members:
+        images: `(N, H, W, 3)` colours over the background.
+        masks: `(N, H, W)` alpha (1 where a surface was hit).
+        depths: `(N, H, W)` z-depth (0 where no surface).
+        normals: `(N, H, W, 3)` unit normals (zero where no surface).
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    depths: torch.Tensor
+    normals: torch.Tensor
+
+
+@torch.no_grad()
+def render_views(
+    field,
+    cameras,
+    image_size: tuple[int, int],
+    *,
+    n_steps: int = 128,
+    n_secant_steps: int = 8,
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    batch_size: int = 1,
+) -> RenderedViews:
+    """
+    Render every camera of a batch at full resolution with DVR (no gradients).
+
+    Args:
+        field: a field following :mod:`dvr_plugin.field`'s protocol, on the cameras' device.
+        cameras: ``N`` PyTorch3D cameras.
+        image_size: ``(H, W)``.
+        n_steps: marching steps per ray.
+        n_secant_steps: secant refinement steps.
+        background: RGB behind the object.
+        batch_size: cameras rendered per call.
+
+    Returns:
+        RenderedViews on the CPU.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    renderer = DVRRenderer(
+        field=field,
+        raysampler=SecantRaysampler(
+            image_width=width,
+            image_height=height,
+            n_steps=n_steps,
+            n_secant_steps=n_secant_steps,
+            compute_normals=True,
+        ),
+        background_color=list(background),
+    )
+    parts: list[Any] = []
+    for start in range(0, len(cameras), batch_size):
+        index = list(range(start, min(start + batch_size, len(cameras))))
+        out = renderer(cameras[index])
+        parts.append(
+            (out.images.cpu(), out.masks.cpu(), out.depths.cpu(), out.normals.cpu())
+        )
+    images, masks, depths, normals = (torch.cat(p) for p in zip(*parts, strict=False))
+    return RenderedViews(images=images, masks=masks, depths=depths, normals=normals)
+
+
+def image_metrics(
+    rendered: RenderedViews, images: torch.Tensor, masks: torch.Tensor
+) -> dict[str, Any]:
+    """
+    Held-out image metrics, averaged over views (per-view values under ``per_view``).
+
+    Args:
+        rendered: the renders.
+        images: `(N, H, W, 3)` true images.
+        masks: `(N, H, W)` true masks.
+
+    Returns:
+        ``psnr`` (whole image, dB), ``psnr_masked`` (inside the true mask), ``ssim``,
+        ``mask_iou`` and ``per_view`` lists.
+    """
+    gt_images = images.detach().cpu().float()
+    gt_masks = masks.detach().cpu().bool()
+    pred = rendered.images.float().clamp(0.0, 1.0)
+    per_view = {
+        "psnr": psnr(pred, gt_images),
+        "psnr_masked": psnr(pred, gt_images, mask=gt_masks),
+        "mask_iou": mask_iou(rendered.masks > 0.5, gt_masks),
+    }
+    if min(pred.shape[1:3]) >= 11:
+        per_view["ssim"] = ssim(pred, gt_images)
+    out: dict[str, Any] = {}
+    for key, values in per_view.items():
+        finite = values[torch.isfinite(values)]
+        out[key] = float(finite.mean()) if finite.numel() else math.nan
+    out["per_view"] = {key: [float(v) for v in values] for key, values in per_view.items()}
+    return out
+
+
+def comparison_grid(
+    rendered: RenderedViews,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    max_views: int = 4,
+) -> torch.Tensor:
+    """
+    One row per view: ground truth | render | depth | normals.
+
+    Args:
+        rendered: the renders.
+        images: `(N, H, W, 3)` true images.
+        masks: `(N, H, W)` true masks (unused in the picture; kept for symmetry).
+        max_views: the most rows.
+
+    Returns:
+        `(H', W', 3)` image in [0, 1].
+    """
+    rows = []
+    for i in range(min(max_views, rendered.images.shape[0])):
+        alpha = rendered.masks[i]
+        rows.append(
+            [
+                images[i].detach().cpu().float(),
+                rendered.images[i].clamp(0.0, 1.0),
+                colorize_depth(rendered.depths[i], alpha),
+                colorize_normals(rendered.normals[i], alpha),
+            ]
+        )
+    return image_grid(rows)
+
+
+def orbit_settings(cameras) -> dict[str, float]:
+    """
+    Distance, field of view and elevation of an orbit that looks like a camera set: the median
+    camera distance from the origin, the median vertical field of view and the median elevation
+    (degrees, +Y up) of the camera centres.
+    """
+    centres = cameras.get_camera_center().detach().cpu().double()
+    distance = float(centres.norm(dim=-1).median())
+    elevation = float(
+        torch.rad2deg(torch.asin((centres[:, 1] / centres.norm(dim=-1)).clamp(-1, 1))).median()
+    )
+    fov = 45.0
+    focal = getattr(cameras, "focal_length", None)
+    if focal is not None and cameras.in_ndc():
+        f = float(focal.detach().cpu().reshape(len(cameras), -1)[:, -1].abs().median())
+        if f > 0:
+            fov = math.degrees(2.0 * math.atan(1.0 / f))
+    return {"distance": distance, "fov": fov, "elevation": elevation}
+
+
+@torch.no_grad()
+def turntable_frames(
+    field,
+    *,
+    n_frames: int,
+    image_size: int,
+    distance: float,
+    fov: float,
+    elevation: float,
+    n_steps: int = 128,
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    device: torch.device | str = "cpu",
+    with_normals: bool = True,
+) -> list[torch.Tensor]:
+    """
+    Frames of a turntable around the +Y axis: each `(S, S, 3)` (or `(S, 2S, 3)`: colour next to
+    normals when ``with_normals``).
+    """
+    from ..data import cameras_looking_at_origin, turntable
+
+    eyes = distance * turntable(n_frames, elevation=elevation)
+    cameras = cameras_looking_at_origin(
+        eyes, image_size=image_size, fov=fov, device=device
+    )
+    rendered = render_views(
+        field, cameras, (image_size, image_size), n_steps=n_steps, background=background
+    )
+    frames = []
+    for i in range(n_frames):
+        frame = rendered.images[i].clamp(0.0, 1.0)
+        if with_normals:
+            frame = torch.cat(
+                [frame, colorize_normals(rendered.normals[i], rendered.masks[i])], dim=1
+            )
+        frames.append(frame)
+    return frames
+
+
+def mesh_metrics(
+    field,
+    gt_mesh,
+    *,
+    resolution: int = 128,
+    n_points: int = 20000,
+    seed: int = 0,
+) -> tuple[dict[str, float], Optional[Any]]:
+    """
+    Extract the fitted surface as a mesh and score it against a ground-truth mesh (Chamfer-L1,
+    normal consistency, F-score at 1%, with the Occupancy Networks normalisation).
+
+    Args:
+        field: the fitted field (put in ``eval()`` mode by the caller).
+        gt_mesh: a ``Meshes`` of one in the same (normalised) frame, or ``None`` (then only the
+            mesh is extracted).
+        resolution: MISE grid resolution (a power-of-two multiple of 32).
+        n_points: surface samples per mesh.
+        seed: seeds the surface samples.
+
+    Returns:
+        ``(metrics, mesh)``; ``metrics`` is empty when no ground truth is given, ``mesh`` is
+        ``None`` when extraction failed.
+    """
+    from ..meshing import extract_mesh
+    from ..metrics import evaluate_meshes
+
+    start = min(32, resolution)
+    extraction = extract_mesh(field, resolution=resolution, start_resolution=start)
+    mesh = None if extraction.is_empty else extraction.mesh
+    if gt_mesh is None:
+        return {}, mesh
+    if mesh is None:
+        return {"mesh_empty": 1.0}, None
+    scores = evaluate_meshes(
+        mesh.to(gt_mesh.device),
+        gt_mesh,
+        n_points=n_points,
+        n_iou_points=0,
+        seed=seed,
+    )
+    out: dict[str, float] = {}
+    for key, value in scores.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[key] = float(value)
+    return out, mesh

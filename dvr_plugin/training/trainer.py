@@ -1,0 +1,554 @@
+"""
+``Trainer``: fits one DVR field to posed images with masks (DVR's multi-view setting).
+
+One iteration::
+
+    pick B training images -> sample R pixels each (dvr_plugin.sampling)
+    -> render those rays with DVRRenderer(xys=..., n_steps=StepSchedule(step))
+    -> losses (dvr_plugin.losses): rgb (hit & mask), depth / world points (with depth maps),
+       free space (outside the mask), occupancy (inside the mask, no hit), normal smoothness,
+       image gradients (patch sampling)
+    -> backward -> Adam step -> learning-rate step decay
+
+Everything random in the loop draws from two ``torch.Generator`` objects of the trainer
+(image choice on the CPU, pixels / loss points / jitter on the training device), which the
+checkpoint saves together with the global torch, CUDA, NumPy and Python states: resuming from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+
+from ..data import MultiViewData, index_cameras
+from ..field import OccupancyTextureField, evaluate_field
+from ..io import atomic_write, make_dirs
+from ..losses import (
+    LossWeights,
+    depth_loss,
+    freespace_and_occupancy_points,
+    freespace_loss,
+    image_gradient_loss,
+    jitter_points,
+    normal_smoothness_loss,
+    occupancy_loss,
+    rgb_loss,
+    total_loss,
+    world_point_loss,
+)
+from ..rays import intersect_box
+from ..raysampler import UNIT_CUBE_BOUNDS, SecantRaysampler
+from ..renderer import DVRRenderer
+from ..sampling import gather, sample_pixels
+from ..schedule import StepSchedule
+from ..visualize import save_png
+from .checkpoint import (
+    capture_rng_state,
+    checkpoint_exists,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .config import FitConfig, resolve_device
+from .data import check_training_views
+from .evaluation import comparison_grid, image_metrics, orbit_settings, render_views
+from .logs import CsvLog, TensorBoardLog, plot_curves
+
+CHECKPOINT_NAME = "checkpoint.pt"
+TRAIN_LOG_NAME = "train_log.csv"
+VAL_LOG_NAME = "val_log.csv"
+CURVES_NAME = "curves.png"
+VAL_DIR_NAME = "val"
+TERMS = LossWeights.names()
+
+
+def build_field(config: FitConfig) -> OccupancyTextureField:
+    """The field of ``config.model`` (initialised from the global torch RNG)."""
+    model = config.model
+    return OccupancyTextureField(
+        hidden_size=model.hidden_size,
+        n_blocks=model.n_blocks,
+        n_frequencies=model.n_frequencies,
+        field_type=model.field_type,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """
+    Fits a DVR field to multi-view images and masks.
+
+    Args (keyword-only):
+        config: the :class:`FitConfig` (its ``device`` may be ``"auto"``).
+        train_data: the training views (:class:`dvr_plugin.data.MultiViewData`).
+        val_data: held-out views for validation renders and metrics, or ``None``.
+        out_dir: folder (or iopath URI) for the checkpoint, logs, validation grids and curves;
+            ``None`` writes nothing.
+        resume: continue from ``out_dir/checkpoint.pt`` (or ``resume_from``).
+        resume_from: an explicit checkpoint to continue from.
+        progress: show a tqdm progress bar.
+
+    Raises:
+        ValueError: for inconsistent data (image / mask / camera counts, non-finite cameras,
+            empty masks), options that cannot work together, or an unreadable checkpoint.
+        FileNotFoundError: when resuming without a checkpoint.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: FitConfig,
+        train_data: MultiViewData,
+        val_data: Optional[MultiViewData] = None,
+        out_dir: Optional[str] = None,
+        resume: bool = False,
+        resume_from: Optional[str] = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.out_dir = None if out_dir is None else str(out_dir)
+        self.progress = progress
+        check_training_views(train_data, empty_masks=config.data.empty_masks, what="training")
+        if val_data is not None:
+            check_training_views(val_data, empty_masks="ignore", what="held-out")
+            if val_data.image_size != train_data.image_size:
+                raise ValueError(
+                    f"Held-out views are {val_data.image_size} but training views "
+                    f"{train_data.image_size}; use one image size."
+                )
+        self.train_data = train_data.to(self.device)
+        self.val_data = None if val_data is None else val_data.to(self.device)
+        self.weights = config.loss.weights()
+        self.has_depth = self.train_data.depths is not None
+        if self.weights.image_gradient > 0 and config.train.sampling != "patch":
+            raise ValueError(
+                "loss.image_gradient > 0 needs train.sampling=patch (2x2 pixel patches)."
+            )
+        height, width = self.train_data.image_size
+        if config.train.sampling != "foreground_balanced":
+            if config.train.rays_per_image > height * width:
+                raise ValueError(
+                    f"train.rays_per_image={config.train.rays_per_image} exceeds the "
+                    f"{height}x{width} pixels of an image."
+                )
+        self.amp = bool(config.mixed_precision) and self.device.type == "cuda"
+
+        seed_everything(config.seed)
+        self.field = build_field(config).to(self.device)
+        self.renderer = DVRRenderer(
+            field=self.field,
+            raysampler=SecantRaysampler(
+                n_steps=config.train.step_milestones[0],
+                n_secant_steps=config.train.n_secant_steps,
+                compute_normals=False,
+            ),
+            background_color=config.background,
+        )
+        self.schedule = StepSchedule(config.train.step_milestones)
+        self.optimizer = torch.optim.Adam(
+            self.field.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=config.optim.lr_milestones, gamma=config.optim.lr_gamma
+        )
+        self.image_generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        box = torch.tensor(UNIT_CUBE_BOUNDS, dtype=torch.float32, device=self.device)
+        self.box_min, self.box_max = box[0], box[1]
+        self.step = 0
+        self.train_seconds = 0.0
+        self.last_validation: Optional[dict[str, Any]] = None
+        self.stopped_early = False
+
+        resumed = False
+        if resume or resume_from is not None:
+            path = resume_from or self._path(CHECKPOINT_NAME)
+            if path is None:
+                raise ValueError("resume needs out_dir or resume_from.")
+            if not checkpoint_exists(path):
+                raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
+            self.load_state(load_checkpoint(path, map_location=self.device))
+            resumed = True
+        elif self.out_dir is not None and checkpoint_exists(self._path(CHECKPOINT_NAME)):
+            raise ValueError(
+                f"{self.out_dir} already holds a checkpoint; resume from it (--resume) or choose "
+                "another output folder. Nothing was overwritten."
+            )
+
+        self.train_log = self.val_log = None
+        self.tensorboard = None
+        if self.out_dir is not None:
+            make_dirs(self.out_dir)
+            make_dirs(self._path(VAL_DIR_NAME))
+            resume_step = self.step if resumed else None
+            self.train_log = CsvLog(
+                path=self._path(TRAIN_LOG_NAME),
+                columns=[
+                    "step", "loss", *TERMS, "lr", "n_steps", "hit_rate",
+                    "train_mask_agreement", "seconds",
+                ],
+                resume_step=resume_step,
+            )
+            self.val_log = CsvLog(
+                path=self._path(VAL_LOG_NAME),
+                columns=["step", "psnr", "psnr_masked", "ssim", "mask_iou", "seconds"],
+                resume_step=resume_step,
+            )
+            self.tensorboard = TensorBoardLog(
+                log_dir=self._path("tensorboard"), enabled=config.eval.tensorboard
+            )
+            import yaml
+
+            with atomic_write(self._path("config.yaml"), "w") as handle:
+                yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+    # -----------------------------------------------------------------------------------------
+    # One step
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _field_values(self, points: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """`(B, R)` field values at the selected `(B, R, 3)` points (0 elsewhere)."""
+        rows, cols = select.nonzero(as_tuple=True)
+        full = torch.zeros(select.shape, dtype=torch.float32, device=points.device)
+        if rows.numel() == 0:
+            return full
+        with self._autocast():
+            values = evaluate_field(self.field, points[rows, cols][None]).values[0]
+        return full.index_put((rows, cols), values.float())
+
+    def _normal_term(self, surface: torch.Tensor, hit: torch.Tensor) -> Optional[torch.Tensor]:
+        """Normal smoothness at the (detached) surface points and jittered neighbours."""
+        rows, cols = hit.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return None
+        points = surface.detach()[rows, cols]
+        neighbours = jitter_points(points, self.config.loss.normal_jitter, self.generator)
+        both = torch.cat([points, neighbours]).requires_grad_(True)
+        with self._autocast():
+            values = evaluate_field(self.field, both[None]).values[0]
+        (gradient,) = torch.autograd.grad(values.sum(), both, create_graph=True)
+        gradient = gradient.float()
+        count = rows.numel()
+        zeros = torch.zeros(*hit.shape, 3, dtype=torch.float32, device=hit.device)
+        normals = zeros.index_put((rows, cols), gradient[:count])
+        normals_jittered = zeros.index_put((rows, cols), gradient[count:])
+        return normal_smoothness_loss(normals, normals_jittered, hit)
+
+    def train_step(self) -> dict[str, float]:
+        """
+        Run one optimisation step and advance ``step``.
+
+        Returns:
+            ``loss``, one entry per computed term, ``lr``, ``n_steps``, ``hit_rate`` (share of
+            sampled rays that found a surface) and ``train_mask_agreement`` (share of sampled
+            rays whose hit agrees with the mask).
+        """
+        cfg = self.config
+        data = self.train_data
+        n_images = len(data)
+        batch = min(cfg.train.images_per_batch, n_images)
+        index = torch.randperm(n_images, generator=self.image_generator)[:batch]
+        index_device = index.to(self.device)
+        images = data.images[index_device]
+        masks = data.masks[index_device]
+        sample = sample_pixels(
+            masks,
+            cfg.train.rays_per_image,
+            mode=cfg.train.sampling,
+            foreground_fraction=cfg.train.foreground_fraction,
+            continuous=cfg.train.continuous_pixels,
+            generator=self.generator,
+        )
+        gt_rgb = gather(images, sample)
+        gt_mask = gather(masks, sample)
+        gt_depth = gather(data.depths[index_device], sample) if self.has_depth else None
+        cameras = index_cameras(data.cameras, index)
+        n_steps = self.schedule.n_steps(self.step)
+        field_type = cfg.model.field_type
+
+        self.field.train()
+        with self._autocast():
+            out = self.renderer(cameras, xys=sample.xys, n_steps=n_steps)
+        bundle = out.ray_bundle
+        hit = out.hit
+        pred_rgb = out.images.float()
+        pred_depth = out.depths.float()
+        terms: dict[str, Optional[torch.Tensor]] = {}
+        if self.weights.rgb > 0:
+            terms["rgb"] = rgb_loss(pred_rgb, gt_rgb, hit, gt_mask)
+        if gt_depth is not None:
+            valid = gt_mask & (gt_depth > 0)
+            if self.weights.depth > 0:
+                terms["depth"] = depth_loss(pred_depth, gt_depth, valid, hit)
+            if self.weights.world_point > 0:
+                gt_points = bundle.origins + gt_depth[..., None] * bundle.directions
+                terms["world_point"] = world_point_loss(
+                    out.surface_points.float(), gt_points, valid, pred_hit=hit
+                )
+        if self.weights.freespace > 0 or self.weights.occupancy > 0:
+            origins, directions = bundle.origins.detach(), bundle.directions.detach()
+            near, far, _ = intersect_box(origins, directions, self.box_min, self.box_max)
+            hull = None
+            if gt_depth is not None and cfg.loss.visual_hull_depth:
+                hull = torch.where(gt_mask & (gt_depth > 0), gt_depth, torch.zeros_like(gt_depth))
+            points = freespace_and_occupancy_points(
+                origins,
+                directions,
+                pred_depth.detach(),
+                hit,
+                gt_mask,
+                near,
+                far,
+                generator=self.generator,
+                visual_hull_depth=hull,
+            )
+            chosen = torch.where(
+                points.freespace_select[..., None],
+                points.freespace_points,
+                points.occupancy_points,
+            )
+            values = self._field_values(
+                chosen, points.freespace_select | points.occupancy_select
+            )
+            options = {"field_type": field_type, "sdf_beta": cfg.loss.sdf_beta}
+            terms["freespace"] = freespace_loss(values, points.freespace_select, **options)
+            terms["occupancy"] = occupancy_loss(values, points.occupancy_select, **options)
+        if self.weights.normal > 0:
+            terms["normal"] = self._normal_term(out.surface_points, hit)
+        if self.weights.image_gradient > 0:
+            terms["image_gradient"] = image_gradient_loss(pred_rgb, gt_rgb, hit & gt_mask)
+
+        loss = total_loss(terms, self.weights)
+        if not bool(torch.isfinite(loss)):
+            values = {k: float(v) for k, v in terms.items() if v is not None}
+            raise FloatingPointError(
+                f"The loss became non-finite at step {self.step}: {values}. Try a lower "
+                "optim.lr or optim.grad_clip."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.field.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+
+        stats: dict[str, float] = {"loss": float(loss.detach())}
+        for name, value in terms.items():
+            if value is not None:
+                stats[name] = float(value.detach())
+        stats["lr"] = float(lr)
+        stats["n_steps"] = float(n_steps)
+        stats["hit_rate"] = float(hit.float().mean())
+        stats["train_mask_agreement"] = float((hit == gt_mask).float().mean())
+        return stats
+
+    # -----------------------------------------------------------------------------------------
+    # Validation, checkpoints
+
+    @torch.no_grad()
+    def validate(self, *, save_grid: bool = True) -> Optional[dict[str, Any]]:
+        """
+        Render the held-out views; log PSNR, SSIM and mask IoU; save the comparison grid
+        (ground truth | render | depth | normals) as ``val/step_XXXXXX.png``.
+
+        Returns:
+            The metrics (``None`` without held-out views).
+        """
+        if self.val_data is None:
+            return None
+        self.field.eval()
+        start = time.perf_counter()
+        rendered = render_views(
+            self.field,
+            self.val_data.cameras,
+            self.val_data.image_size,
+            n_steps=self.config.eval.n_steps,
+            n_secant_steps=self.config.train.n_secant_steps,
+            background=self.config.background,
+            batch_size=4 if self.device.type == "cuda" else 1,
+        )
+        metrics = image_metrics(rendered, self.val_data.images, self.val_data.masks)
+        metrics["step"] = self.step
+        metrics["seconds"] = time.perf_counter() - start
+        if self.out_dir is not None and save_grid:
+            grid = comparison_grid(
+                rendered,
+                self.val_data.images,
+                self.val_data.masks,
+                max_views=self.config.eval.max_views,
+            )
+            save_png(grid, self._path(VAL_DIR_NAME, f"step_{self.step:06d}.png"))
+        if self.val_log is not None:
+            self.val_log.append(metrics)
+        if self.tensorboard is not None:
+            self.tensorboard.add("val", metrics, self.step)
+        self.last_validation = metrics
+        self.field.train()
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs."""
+        return {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "model": self.field.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(self._generators()),
+            "train_seconds": self.train_seconds,
+            "image_size": list(self.train_data.image_size),
+            "orbit": orbit_settings(self.train_data.cameras),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (model, optimiser, schedule, step, RNG)."""
+        try:
+            self.field.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(
+                f"The checkpoint's model does not match the configured one ({error}). Resume "
+                "with the configuration stored in the checkpoint."
+            ) from error
+        for key in ("optimizer", "scheduler", "rng"):
+            if key not in state:
+                raise ValueError(f"The checkpoint lacks {key!r}; it cannot be resumed exactly.")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"], self._generators())
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+    def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
+        """Write the checkpoint atomically (default ``out_dir/checkpoint.pt``)."""
+        path = path or self._path(CHECKPOINT_NAME)
+        if path is None:
+            return None
+        save_checkpoint(path, self.state_dict())
+        return path
+
+    # -----------------------------------------------------------------------------------------
+    # The loop
+
+    def fit(self) -> dict[str, Any]:
+        """
+        Train until ``train.iterations`` (or ``train.time_budget_s``), validating, logging and
+        checkpointing on the way; the checkpoint, a last validation and the curves plot are
+        written at the end.
+
+        Returns:
+            ``step``, ``train_seconds``, ``stopped_early``, ``last`` (the last step's losses)
+            and ``validation`` (the last validation metrics or ``None``).
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        total = cfg.train.iterations
+        budget = cfg.train.time_budget_s
+        if self.step == 0 and cfg.eval.validate_every > 0:
+            self.validate()
+        last: dict[str, float] = {}
+        interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            disable=not self.progress,
+            desc="fit",
+            unit="it",
+            dynamic_ncols=True,
+            mininterval=0.2 if interactive else 30.0,
+        )
+        try:
+            while self.step < total:
+                if budget is not None and self.train_seconds >= budget:
+                    self.stopped_early = True
+                    break
+                start = time.perf_counter()
+                last = self.train_step()
+                self.train_seconds += time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{last['loss']:.4g}",
+                    rgb=f"{last.get('rgb', 0.0):.3g}",
+                    fs=f"{last.get('freespace', 0.0):.3g}",
+                    occ=f"{last.get('occupancy', 0.0):.3g}",
+                    hit=f"{last['hit_rate']:.2f}",
+                    n=int(last["n_steps"]),
+                    refresh=False,
+                )
+                if self.step % cfg.eval.log_every == 0 or self.step == total:
+                    row = {**last, "step": self.step, "seconds": self.train_seconds}
+                    if self.train_log is not None:
+                        self.train_log.append(row)
+                    if self.tensorboard is not None:
+                        self.tensorboard.add("train", row, self.step)
+                if cfg.eval.validate_every and self.step % cfg.eval.validate_every == 0:
+                    self.validate()
+                    if self.last_validation is not None:
+                        bar.write(
+                            f"step {self.step}: held-out PSNR "
+                            f"{self.last_validation['psnr']:.2f} dB, mask IoU "
+                            f"{self.last_validation['mask_iou']:.3f}"
+                        )
+                if cfg.eval.checkpoint_every and self.step % cfg.eval.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        self.save_checkpoint()
+        if self.last_validation is None or self.last_validation["step"] != self.step:
+            self.validate()
+        if self.out_dir is not None:
+            try:
+                plot_curves(
+                    self._path(TRAIN_LOG_NAME),
+                    self._path(VAL_LOG_NAME),
+                    self._path(CURVES_NAME),
+                    terms=[t for t in TERMS if getattr(self.weights, t) > 0],
+                )
+            except Exception as error:  # noqa: BLE001 - a plot must not fail a finished fit
+                import warnings
+
+                warnings.warn(f"Could not plot the training curves: {error}", stacklevel=2)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        return {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "stopped_early": self.stopped_early,
+            "last": last,
+            "validation": self.last_validation,
+        }
+
+    # -----------------------------------------------------------------------------------------
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"images": self.image_generator, "sampling": self.generator}
+
+    def _path(self, *parts: str) -> Optional[str]:
+        if self.out_dir is None:
+            return None
+        return os.path.join(self.out_dir, *parts)
