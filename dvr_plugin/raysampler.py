@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from ._pytorch3d import require_pytorch3d
+from .acceleration import OccupancyGrid
 from .field import FIELD_TYPES
 from .implicit_gradient import attach_implicit_gradient
 from .rays import image_size_hw, intersect_box, ndc_grid, rays_from_cameras
-from .root_finding import find_surface
+from .root_finding import MARCH_PRECISIONS, REFINE_PRECISIONS, find_surface
 from .surface_query import FieldQuery, VolumetricFunctionQuery
 
 require_pytorch3d()
@@ -93,14 +94,29 @@ class SecantRaysampler(nn.Module):
         field_type: ``"occupancy"`` (inside above the level) or ``"sdf"`` (inside below);
             default: the ``field_type`` attribute of the field or volumetric function, else
             ``"occupancy"``.
-        chunk_size: the most points per field call while marching; ``None`` = all at once.
+        chunk_size: the most points per field call while marching; ``"auto"`` (default):
+            2^16 without gradients (rendering) and 2^15 with them (training, where the
+            march's peak memory then stays under that of the step's graph, at any step
+            count); ``None`` = all at once.
         compute_normals: return outward unit normals in the bundle.
         differentiable_normals: keep the graph of the normals (for normal losses).
         grad_eps: the smallest magnitude of the implicit-gradient denominator.
         check_finite: raise ``ValueError`` if the field returns NaN / inf.
-        march_precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"``: the precision
-            of the march's matrix products on CUDA (the bracket ends, the secant steps and
-            everything with gradients stay in full precision).
+        march_precision: ``"auto"`` (default: TF32 on CUDA, float32 elsewhere),
+            ``"float32"``, ``"tf32"`` or ``"bfloat16"``: the precision of the march's matrix
+            products on CUDA (the bracket ends, the secant steps and everything with gradients
+            stay in full precision). TF32 agrees with the float32 march on >= 99.99% of the
+            hit flags of the benchmark scenes (docs/performance.md).
+        refine_precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"``: the precision
+            of the secant steps on CUDA; their result is finished by two full-precision
+            evaluations (a Newton step and a secant).
+        early_exit: march in blocks of ``block_size`` steps and stop each ray at its first
+            sample inside (exact: the same bracket as marching every sample).
+        block_size: the least samples per ray per march block (occupied samples with a
+            grid); default :func:`dvr_plugin.root_finding.default_block_size`.
+        occupancy_grid: an :class:`dvr_plugin.acceleration.OccupancyGrid` over the scene:
+            samples in cells it marks empty are skipped and count as outside (refresh it from
+            the field; during training every few steps). ``None`` (default) skips nothing.
     """
 
     def __init__(
@@ -115,12 +131,16 @@ class SecantRaysampler(nn.Module):
         min_depth: float = 0.0,
         level: float | None = None,
         field_type: str | None = None,
-        chunk_size: int | None = 2**16,
+        chunk_size: int | str | None = "auto",
         compute_normals: bool = True,
         differentiable_normals: bool = False,
         grad_eps: float = 1e-4,
         check_finite: bool = True,
-        march_precision: str = "float32",
+        march_precision: str = "auto",
+        refine_precision: str = "float32",
+        early_exit: bool = True,
+        block_size: int | None = None,
+        occupancy_grid: OccupancyGrid | None = None,
     ) -> None:
         super().__init__()
         if (image_width is None) != (image_height is None):
@@ -132,8 +152,11 @@ class SecantRaysampler(nn.Module):
         _check_steps(n_steps, n_secant_steps)
         if field_type is not None and field_type not in FIELD_TYPES:
             raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive or None, got {chunk_size}.")
+        if chunk_size is not None and chunk_size != "auto":
+            if not isinstance(chunk_size, int) or chunk_size < 1:
+                raise ValueError(
+                    f"chunk_size must be a positive integer, 'auto' or None, got {chunk_size!r}."
+                )
         box = torch.tensor(bounds, dtype=torch.float32)
         if box.shape != (2, 3) or not bool((box[1] > box[0]).all()):
             raise ValueError(f"bounds must be (min_xyz, max_xyz) with min < max, got {bounds}.")
@@ -151,12 +174,27 @@ class SecantRaysampler(nn.Module):
         self.differentiable_normals = differentiable_normals
         self.grad_eps = grad_eps
         self.check_finite = check_finite
-        if march_precision not in ("float32", "tf32", "bfloat16"):
+        if march_precision not in MARCH_PRECISIONS:
             raise ValueError(
-                "march_precision must be 'float32', 'tf32' or 'bfloat16', "
-                f"got {march_precision!r}."
+                f"march_precision must be one of {MARCH_PRECISIONS}, got {march_precision!r}."
+            )
+        if refine_precision not in REFINE_PRECISIONS:
+            raise ValueError(
+                f"refine_precision must be one of {REFINE_PRECISIONS}, "
+                f"got {refine_precision!r}."
+            )
+        if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+            raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}.")
+        if occupancy_grid is not None and not isinstance(occupancy_grid, OccupancyGrid):
+            raise ValueError(
+                "occupancy_grid must be a dvr_plugin.acceleration.OccupancyGrid or None, "
+                f"got {type(occupancy_grid).__name__}."
             )
         self.march_precision = march_precision
+        self.refine_precision = refine_precision
+        self.early_exit = early_exit
+        self.block_size = block_size
+        self.occupancy_grid = occupancy_grid
 
     def forward(
         self,
@@ -217,10 +255,14 @@ class SecantRaysampler(nn.Module):
                 far[active],
                 n_steps=n_steps,
                 n_secant_steps=self.n_secant_steps,
-                chunk_size=self.chunk_size,
+                chunk_size=self._march_chunk_size(),
                 check_finite=self.check_finite,
                 ray_ids=active,
                 march_precision=self.march_precision,
+                refine_precision=self.refine_precision,
+                early_exit=self.early_exit,
+                block_size=self.block_size,
+                occupancy_grid=self.occupancy_grid,
             )
             hit[active] = search.hit
             started_inside[active] = search.started_inside
@@ -247,6 +289,11 @@ class SecantRaysampler(nn.Module):
             missed_box=missed.reshape(shape),
             normals=None if geometry.normals is None else geometry.normals.reshape(*shape, 3),
         )
+
+    def _march_chunk_size(self) -> int | None:
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        return 2**15 if torch.is_grad_enabled() else 2**16
 
     def _ray_positions(
         self, cameras: CamerasBase, xys: torch.Tensor | None, n_rays_per_image: int | None

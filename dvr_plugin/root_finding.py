@@ -6,44 +6,89 @@ kept for backward (the depth gradient is attached afterwards by
 :mod:`dvr_plugin.implicit_gradient` from one evaluation at the surface).
 
 Given an inside function ``s`` along a ray (positive inside, see :mod:`dvr_plugin.surface_query`)
-sampled at ``n_steps`` equally spaced depths between the ray's entry into and exit from the
-bounding box:
+sampled at ``n_steps`` equally spaced depths ``d_i`` between the ray's entry into and exit from
+the bounding box:
 
-1. the first sample already inside (``s > 0``) means the ray *started inside*: it is flagged
+1. the first sample already inside (``s_0 > 0``) means the ray *started inside*: it is flagged
    and gets no surface;
-2. otherwise the first interval ``[d_i, d_{i+1}]`` with ``s_i <= 0 < s_{i+1}`` is the bracket;
-   a ray with no such interval has no surface (a crossing narrower than the step spacing, e.g. a
-   grazing ray, can be missed: more steps find more of them);
+2. otherwise the first sample inside, ``s_i > 0``, closes the bracket ``[d_{i-1}, d_i]`` (its
+   predecessor is outside, or it would have been first); a ray with no sample inside has no
+   surface (a crossing narrower than the step spacing, e.g. a grazing ray, can be missed: more
+   steps find more of them);
 3. the bracket is refined by ``n_secant_steps`` steps of the secant method in its bracketing form
    (regula falsi with the Illinois modification, which halves the value kept at an end retained
    twice in a row so the bracket shrinks from both sides); the result is the secant estimate of
    the final bracket.
 
-The march visits rays in chunks of at most ``chunk_size`` points (``chunk_size // n_steps`` rays)
-and keeps only each ray's bracket; all bracketed rays are then refined together, ``chunk_size``
-rays at a time. Peak memory is set by ``chunk_size``, not by the number of rays or steps.
-``chunk_size=None`` evaluates all points at once (the reference implementation's "dense"
-behaviour, kept for benchmarks).
+How the march is carried out (none of this changes which bracket is found, except where noted):
+
+- **Bounded memory.** Rays are visited in chunks of at most ``MARCH_SAMPLE_BUDGET`` samples
+  (``MARCH_SAMPLE_BUDGET // n_steps`` rays) and every call of the query holds at most
+  ``chunk_size`` points; only a few numbers per ray are kept. Peak memory is set by
+  ``chunk_size``, not by the number of rays or steps. ``chunk_size=None`` evaluates all points
+  at once (the reference implementation's "dense" behaviour, kept for benchmarks).
+- **Early exit** (``early_exit=True``, exact). Samples are visited in blocks of ``block_size``
+  steps, all rays of a chunk together; a ray leaves the march as soon as one of its samples is
+  inside, so the samples behind the surface are never evaluated. Blocks grow when few rays
+  remain, so that a round holds about ``MARCH_ROUND_POINTS`` points (fewer rounds, hence fewer
+  kernel launches, for small batches such as training steps).
+- **Empty-space skipping** (``occupancy_grid=...``, exact where the grid is right). Samples in
+  cells that the grid marks empty are not evaluated and count as outside; the remaining samples
+  are visited in blocks of ``block_size`` occupied samples per ray, with early exit. A crossing
+  is lost only where the grid wrongly marks as empty a cell that holds the first inside sample
+  (see :class:`dvr_plugin.acceleration.OccupancyGrid` for how it is kept conservative).
+- **Reduced precision** (``march_precision``, CUDA only). The march's matrix products run in
+  TF32 or bfloat16; the two bracket ends are then re-evaluated and refined in full precision,
+  so only the choice of the bracket can change (a crossing thinner than the reduced-precision
+  error of the field); a bracket that full precision does not confirm is finished like the
+  reduced-precision secant steps below, within one step of it. ``refine_precision`` runs the
+  secant steps in reduced precision too; their estimate (off by about the field's
+  reduced-precision error over its slope) is then finished in full precision: one evaluation
+  there, a Newton step with the bracket's slope, a second evaluation, and the secant through
+  the two full-precision points.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .acceleration import OccupancyGrid
+
 InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
+MARCH_PRECISIONS = ("auto", "float32", "tf32", "bfloat16")
+REFINE_PRECISIONS = ("float32", "tf32", "bfloat16")
 
-MARCH_PRECISIONS = ("float32", "tf32", "bfloat16")
+# The most samples whose bookkeeping (a few bytes each) is held at once during the march.
+MARCH_SAMPLE_BUDGET = 2**22
+# Early-exit blocks grow when few rays remain, so that a round holds about this many points
+# (fewer rounds, hence fewer kernel launches, for small batches such as training steps).
+MARCH_ROUND_POINTS = 2**16
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """
+    The precision actually used on ``device``: ``"auto"`` is ``"tf32"`` on CUDA and
+    ``"float32"`` elsewhere; reduced precisions are ``"float32"`` off CUDA.
+    """
+    if precision not in MARCH_PRECISIONS:
+        raise ValueError(f"precision must be one of {MARCH_PRECISIONS}, got {precision!r}.")
+    if torch.device(device).type != "cuda":
+        return "float32"
+    return "tf32" if precision == "auto" else precision
 
 
 @contextmanager
-def _reduced_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """TF32 matmuls or bfloat16 autocast on CUDA for the march; a no-op elsewhere."""
-    if precision == "float32" or device.type != "cuda":
+def reduced_precision(precision: str, device: torch.device | str) -> Iterator[None]:
+    """TF32 matmuls or bfloat16 autocast on CUDA for the code inside; a no-op elsewhere."""
+    precision = resolve_precision(precision, device)
+    if precision == "float32":
         yield
         return
     if precision == "bfloat16":
@@ -56,6 +101,9 @@ def _reduced_precision(precision: str, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+_reduced_precision = reduced_precision  # the earlier private name
 
 
 class SurfaceSearch(NamedTuple):
@@ -82,51 +130,204 @@ def _check_finite(values: torch.Tensor, what: str) -> None:
         )
 
 
-class _Brackets(NamedTuple):
-    """Per-ray march result: flags and the bracketing interval (undefined where not ``hit``)."""
+def _evaluate(
+    query: InsideQuery,
+    ray_ids: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    lengths: torch.Tensor,
+    check_finite: bool,
+    what: str,
+) -> torch.Tensor:
+    """``query`` on `(r, k)` lengths, shape-checked; `(r, k)` values in the rays' dtype."""
+    values = query(ray_ids, origins, directions, lengths)
+    if values.shape != lengths.shape:
+        raise ValueError(
+            f"The surface query returned shape {tuple(values.shape)}, "
+            f"expected {tuple(lengths.shape)}."
+        )
+    if check_finite:
+        _check_finite(values, what)
+    return values.to(lengths.dtype)
 
-    hit: torch.Tensor
-    started_inside: torch.Tensor
-    d_out: torch.Tensor
-    s_out: torch.Tensor
-    d_in: torch.Tensor
-    s_in: torch.Tensor
+
+class _FirstInside(NamedTuple):
+    """
+    Per-ray march result.
+
+    Members:
+        index: `(M,)` long, the first sample inside (``n_steps`` where there is none).
+        value: `(M,)` the inside value there (march precision).
+        previous: `(M,)` the inside value at ``index - 1`` where it was evaluated, else NaN.
+    """
+
+    index: torch.Tensor
+    value: torch.Tensor
+    previous: torch.Tensor
 
 
-def _march_chunk(
+def _round_block(block: int, n_active: int) -> int:
+    """A round's block: at least ``block``, and enough to give ~MARCH_ROUND_POINTS points."""
+    return max(block, MARCH_ROUND_POINTS // max(n_active, 1))
+
+
+def _march_chunk_dense(
     query: InsideQuery,
     ray_ids: torch.Tensor,
     origins: torch.Tensor,
     directions: torch.Tensor,
     near: torch.Tensor,
-    far: torch.Tensor,
+    spacing: torch.Tensor,
     n_steps: int,
+    block: int,
+    chunk_size: int | None,
     check_finite: bool,
-) -> _Brackets:
-    steps = torch.linspace(0.0, 1.0, n_steps, device=near.device, dtype=near.dtype)
-    depths = near[:, None] + (far - near)[:, None] * steps  # (r, n)
-    inside = query(ray_ids, origins, directions, depths)
-    if inside.shape != depths.shape:
-        raise ValueError(
-            f"The surface query returned shape {tuple(inside.shape)}, "
-            f"expected {tuple(depths.shape)}."
+) -> _FirstInside:
+    """Every sample of every ray, a block of steps at a time, with early exit between blocks."""
+    n_rays = near.shape[0]
+    index = torch.full((n_rays,), n_steps, dtype=torch.long, device=near.device)
+    value = near.new_zeros(n_rays)
+    previous = torch.full_like(value, math.nan)
+    last = torch.full_like(value, math.nan)  # each active ray's value at the block's start - 1
+    active = torch.arange(n_rays, device=near.device)
+    start = 0
+    while start < n_steps:
+        stop = min(start + _round_block(block, active.shape[0]), n_steps)
+        steps = torch.arange(start, stop, device=near.device, dtype=near.dtype)
+        depths = near[active, None] + spacing[active, None] * steps  # (a, k)
+        k = stop - start
+        rows = active.shape[0] if chunk_size is None else max(1, chunk_size // k)
+        parts = []
+        for i in range(0, active.shape[0], rows):
+            sub = active[i : i + rows]
+            parts.append(
+                _evaluate(
+                    query, ray_ids[sub], origins[sub], directions[sub], depths[i : i + rows],
+                    check_finite, "marching points",
+                )
+            )
+        values = torch.cat(parts) if len(parts) > 1 else parts[0]
+        inside = values > 0
+        found = inside.any(dim=1)
+        first = torch.argmax(inside.to(torch.uint8), dim=1, keepdim=True)  # first True
+        before = torch.where(
+            first[:, 0] > 0, values.gather(1, (first - 1).clamp(min=0))[:, 0], last[active]
         )
-    if check_finite:
-        _check_finite(inside, "marching points")
-    occupied = inside > 0
-    started_inside = occupied[:, 0]
-    crossing = ~occupied[:, :-1] & occupied[:, 1:]  # (r, n - 1)
-    hit = crossing.any(dim=1) & ~started_inside
-    first = torch.argmax(crossing.to(torch.uint8), dim=1, keepdim=True)  # first True
-    following = first + 1
-    return _Brackets(
-        hit=hit,
-        started_inside=started_inside,
-        d_out=depths.gather(1, first)[:, 0],
-        s_out=inside.gather(1, first)[:, 0],
-        d_in=depths.gather(1, following)[:, 0],
-        s_in=inside.gather(1, following)[:, 0],
-    )
+        index[active] = torch.where(found, start + first[:, 0], index[active])
+        value[active] = torch.where(found, values.gather(1, first)[:, 0], value[active])
+        previous[active] = torch.where(found, before, previous[active])
+        start = stop
+        if stop == n_steps:
+            break
+        last[active] = values[:, -1]
+        active = active[~found]
+        if active.numel() == 0:
+            break
+    return _FirstInside(index, value, previous)
+
+
+def _march_chunk_grid(
+    query: InsideQuery,
+    ray_ids: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    near: torch.Tensor,
+    spacing: torch.Tensor,
+    n_steps: int,
+    block: int,
+    chunk_size: int | None,
+    check_finite: bool,
+    grid: OccupancyGrid,
+) -> _FirstInside:
+    """
+    Only the samples in occupied cells, a block of them per ray at a time, with early exit.
+    The value before the first inside sample is kept where the same round evaluated it (NaN
+    otherwise: that end is evaluated with the refinement).
+    """
+    n_rays = near.shape[0]
+    device = near.device
+    index = torch.full((n_rays,), n_steps, dtype=torch.long, device=device)
+    value = near.new_zeros(n_rays)
+    previous = torch.full_like(value, math.nan)
+    # rank[r, i]: how many occupied samples ray r has before sample i; -1 where i is skipped
+    occupied = torch.empty(n_rays, n_steps, dtype=torch.bool, device=device)
+    per_block = max(1, MARCH_SAMPLE_BUDGET // (8 * max(n_rays, 1)))
+    for start in range(0, n_steps, per_block):
+        stop = min(start + per_block, n_steps)
+        steps = torch.arange(start, stop, device=device, dtype=near.dtype)
+        depths = near[:, None] + spacing[:, None] * steps
+        points = origins[:, None, :] + depths[..., None] * directions[:, None, :]
+        occupied[:, start:stop] = grid.occupied_at(points)
+        del depths, points
+    counts = occupied.sum(dim=1)
+    rank = torch.cumsum(occupied, dim=1, dtype=torch.int32)
+    rank.sub_(1).masked_fill_(~occupied, -1)
+    del occupied
+    rank = rank.to(torch.int16 if n_steps < 2**15 else torch.int32)
+    active = torch.nonzero(counts > 0, as_tuple=True)[0]
+    low = 0
+    while active.numel() > 0:
+        high = min(low + _round_block(block, active.shape[0]), n_steps)  # fits in `rank`
+        ranks = rank[active]
+        local, step = torch.nonzero((ranks >= low) & (ranks < high), as_tuple=True)
+        del ranks  # the pairs come sorted by (ray, step)
+        rays = active[local]
+        depths = near[rays] + spacing[rays] * step.to(near.dtype)
+        n_points = depths.shape[0]
+        size = n_points if chunk_size is None else chunk_size
+        parts = [
+            _evaluate(
+                query, ray_ids[rays[i : i + size]], origins[rays[i : i + size]],
+                directions[rays[i : i + size]], depths[i : i + size, None], check_finite,
+                "marching points",
+            )[:, 0]
+            for i in range(0, n_points, size)
+        ]
+        values = torch.cat(parts) if len(parts) > 1 else parts[0]
+        inside = values > 0
+        position = torch.arange(n_points, device=device)
+        first = torch.full((active.shape[0],), n_points, dtype=torch.long, device=device)
+        first.scatter_reduce_(0, local[inside], position[inside], reduce="amin")
+        found = first < n_points
+        at = first[found]
+        before = (at - 1).clamp(min=0)
+        rays_found = active[found]
+        index[rays_found] = step[at]
+        value[rays_found] = values[at]
+        same_round = (at > 0) & (local[before] == local[at]) & (step[before] == step[at] - 1)
+        previous[rays_found] = torch.where(same_round, values[before], math.nan)
+        low = high
+        active = active[~found & (counts[active] > low)]
+    return _FirstInside(index, value, previous)
+
+
+def _polish(
+    query: InsideQuery,
+    ray_ids: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    estimate: torch.Tensor,
+    slope: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    check_finite: bool,
+) -> torch.Tensor:
+    """
+    Full-precision finish of a reduced-precision root ``estimate`` (its error is about the
+    field's reduced-precision error over its slope): evaluate there, take a Newton step with
+    the approximate ``slope`` and return the secant through the two full-precision points,
+    kept within ``[low, high]``.
+    """
+    s_a = _evaluate(query, ray_ids, origins, directions, estimate[:, None], check_finite, "ends")
+    s_a = s_a[:, 0]
+    other = torch.minimum(torch.maximum(estimate - s_a / slope, low), high)
+    s_b = _evaluate(query, ray_ids, origins, directions, other[:, None], check_finite, "ends")
+    s_b = s_b[:, 0]
+    spread = s_b - s_a
+    usable = (spread != 0) & (other != estimate)
+    root = estimate - s_a * (other - estimate) / torch.where(usable, spread, 1.0)
+    root = torch.where(usable, root, estimate)
+    return torch.minimum(torch.maximum(root, low), high)
 
 
 def _refine(
@@ -140,37 +341,78 @@ def _refine(
     s_in: torch.Tensor,
     n_secant_steps: int,
     check_finite: bool,
+    precision: str = "float32",
+    *,
+    low: torch.Tensor | None = None,
+    high: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Illinois regula falsi on brackets with ``s_out <= 0 < s_in``; returns `(h,)` depths."""
-    w_out, w_in = s_out.clone(), s_in.clone()  # the (possibly halved) weights
-    last_side = torch.zeros_like(d_out, dtype=torch.int8)
-    for _ in range(n_secant_steps):
-        spread = w_in - w_out
-        valid = spread > 0  # False only for a bracket broken by a reduced-precision march
-        d_mid = torch.where(
-            valid,
-            d_out - w_out * (d_in - d_out) / torch.where(valid, spread, 1.0),
-            0.5 * (d_out + d_in),
-        )
-        s_mid = query(ray_ids, origins, directions, d_mid[:, None])[:, 0]
-        if check_finite:
-            _check_finite(s_mid, "secant points")
-        into = s_mid > 0
-        side = torch.where(into, 1, -1).to(torch.int8)
-        repeated = side == last_side
-        d_in = torch.where(into, d_mid, d_in)
-        s_in = torch.where(into, s_mid, s_in)
-        w_in = torch.where(into, s_mid, torch.where(repeated, 0.5 * w_in, w_in))
-        d_out = torch.where(into, d_out, d_mid)
-        s_out = torch.where(into, s_out, s_mid)
-        w_out = torch.where(into, torch.where(repeated, 0.5 * w_out, w_out), s_mid)
-        last_side = side
+    """
+    Illinois regula falsi on brackets with ``s_out <= 0 < s_in``; returns `(h,)` depths.
+
+    The state is kept as `(h, 2)` tensors (column 0 the outside end, column 1 the inside end)
+    so that a step is one field evaluation and a dozen small kernels. With a reduced
+    ``precision`` the secant steps run in it and the result is finished in full precision by
+    :func:`_polish` (two more evaluations), within ``[low, high]`` (default: the bracket).
+    """
+    precision = resolve_precision(precision, d_out.device)
+    ends = torch.stack([d_out, d_in], dim=1)
+    values = torch.stack([s_out, s_in], dim=1).to(ends.dtype)
+    weights = values.clone()  # the values, halved at an end kept twice in a row (Illinois)
+    last_side = torch.full_like(d_out, -1, dtype=torch.long)
+    with reduced_precision(precision, d_out.device):
+        for _ in range(n_secant_steps):
+            w_out, w_in = weights[:, 0], weights[:, 1]
+            spread = w_in - w_out
+            valid = spread > 0  # False only for a bracket broken by a reduced-precision march
+            secant = (ends[:, 0] * w_in - ends[:, 1] * w_out) / torch.where(valid, spread, 1.0)
+            d_mid = torch.where(valid, secant, ends.mean(dim=1))
+            s_mid = _evaluate(
+                query, ray_ids, origins, directions, d_mid[:, None], check_finite,
+                "secant points",
+            )
+            side = (s_mid > 0).long()  # (h, 1): the end the new point replaces
+            ends.scatter_(1, side, d_mid[:, None])
+            values.scatter_(1, side, s_mid)
+            weights.mul_(torch.where(side[:, 0] == last_side, 0.5, 1.0)[:, None])
+            weights.scatter_(1, side, s_mid)
+            last_side = side[:, 0]
+    estimate = _bracket_estimate(ends, values)
+    if precision == "float32":
+        return estimate
+    slope = _slope(torch.stack([s_out, s_in], dim=1), torch.stack([d_out, d_in], dim=1))
+    return _polish(
+        query, ray_ids, origins, directions, estimate, torch.where(slope > 0, slope, 1.0),
+        d_out if low is None else low, d_in if high is None else high, check_finite,
+    )
+
+
+def _slope(values: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """`(h,)` secant slope of `(h, 2)` brackets; 0 where it is not finite."""
+    width = (ends[:, 1] - ends[:, 0]).clamp(min=torch.finfo(ends.dtype).tiny)
+    slope = (values[:, 1] - values[:, 0]).to(ends.dtype) / width
+    return torch.where(torch.isfinite(slope), slope, 0.0)
+
+
+def _bracket_estimate(ends: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The secant estimate of `(h, 2)` brackets, kept inside; a broken one gives its middle."""
+    d_out, d_in = ends[:, 0], ends[:, 1]
+    s_out, s_in = values[:, 0], values[:, 1]
     denominator = s_in - s_out
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     estimate = d_out - s_out * (d_in - d_out) / safe
-    # inside the bracket (always true for a valid one; a broken one gets its nearest end)
     estimate = torch.minimum(torch.maximum(estimate, d_out), d_in)
     return torch.where(denominator > 0, estimate, 0.5 * (d_in + d_out))
+
+
+def default_block_size(n_steps: int, *, grid: bool) -> int:
+    """
+    The early-exit block: samples (or, with a grid, occupied samples) per ray per round.
+
+    Without a grid, ``max(16, n_steps // 8)`` steps (at most 8 rounds); with one,
+    ``max(8, n_steps // 16)`` occupied samples (a ray meets the surface a few cells after its
+    first occupied one).
+    """
+    return max(8, n_steps // 16) if grid else max(16, n_steps // 8)
 
 
 @torch.no_grad()
@@ -187,28 +429,43 @@ def find_surface(
     check_finite: bool = True,
     ray_ids: torch.Tensor | None = None,
     march_precision: str = "float32",
+    refine_precision: str = "float32",
+    early_exit: bool = True,
+    block_size: int | None = None,
+    occupancy_grid: OccupancyGrid | None = None,
 ) -> SurfaceSearch:
     """
     Find the first free -> occupied crossing along each of ``M`` rays (see the module docstring).
 
     Args:
         query: the inside function ``query(ray_ids, origins, directions, lengths) -> (r, n)``.
+            With an occupancy grid, one call may hold several points of one ray (as rows of
+            `(r, 1)` lengths); otherwise the rows of a call are distinct rays.
         origins, directions: `(M, 3)` rays.
         near, far: `(M,)` the part of each ray to search (``near < far``).
         n_steps: marching samples per ray (>= 2).
         n_secant_steps: refinement steps (0 = the secant estimate of the marching bracket).
-        chunk_size: the most points evaluated in one call of ``query`` during the march, or
-            ``None`` for all at once.
+        chunk_size: the most points evaluated in one call of ``query``, or ``None`` for all
+            points of a march round at once (with ``early_exit=False``: all at once).
         check_finite: raise ``ValueError`` when the field returns NaN or inf.
         ray_ids: `(M,)` the ids the query knows these rays by (default ``arange(M)``).
-        march_precision: ``"float32"``, ``"tf32"`` or ``"bfloat16"`` (CUDA) for the march
-            only; the bracket ends are then re-evaluated and refined in full precision.
+        march_precision: ``"float32"``, ``"tf32"``, ``"bfloat16"`` (CUDA) or ``"auto"`` (TF32
+            on CUDA, float32 elsewhere) for the march only; the bracket ends are then
+            re-evaluated and refined in full precision.
+        refine_precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"`` (CUDA) for the
+            secant steps; the result is finished by two full-precision evaluations.
+        early_exit: march in blocks and stop each ray at its first sample inside (exact).
+        block_size: the least samples per ray per block (occupied samples with a grid);
+            default :func:`default_block_size`.
+        occupancy_grid: skip samples in cells this grid marks empty
+            (:class:`dvr_plugin.acceleration.OccupancyGrid`); implies ``early_exit``.
 
     Returns:
         SurfaceSearch with `(M,)` tensors.
     """
-    if n_steps < 2:
-        raise ValueError(f"n_steps must be at least 2, got {n_steps}.")
+    if n_steps < 2 or int(n_steps) != n_steps:
+        raise ValueError(f"n_steps must be an integer >= 2, got {n_steps!r}.")
+    n_steps = int(n_steps)
     if n_secant_steps < 0:
         raise ValueError(f"n_secant_steps must be >= 0, got {n_secant_steps}.")
     if chunk_size is not None and chunk_size < 1:
@@ -217,37 +474,105 @@ def find_surface(
         raise ValueError(
             f"march_precision must be one of {MARCH_PRECISIONS}, got {march_precision!r}."
         )
+    if refine_precision not in REFINE_PRECISIONS:
+        raise ValueError(
+            f"refine_precision must be one of {REFINE_PRECISIONS}, got {refine_precision!r}."
+        )
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size must be positive or None, got {block_size}.")
+    if origins.dim() != 2 or origins.shape[-1] != 3 or directions.shape != origins.shape:
+        raise ValueError(
+            f"origins and directions must both have shape (M, 3), got {tuple(origins.shape)} "
+            f"and {tuple(directions.shape)}."
+        )
+    if near.shape != origins.shape[:1] or far.shape != near.shape:
+        raise ValueError(
+            f"near and far must have shape ({origins.shape[0]},), got {tuple(near.shape)} "
+            f"and {tuple(far.shape)}."
+        )
+    device = origins.device
+    march = resolve_precision(march_precision, device)
+    refine = resolve_precision(refine_precision, device)
     n_rays = origins.shape[0]
     if ray_ids is None:
-        ray_ids = torch.arange(n_rays, device=origins.device)
-    rays_per_chunk = n_rays if chunk_size is None else max(1, chunk_size // n_steps)
-    with _reduced_precision(march_precision, origins.device):
-        parts = [
-            _march_chunk(
-                query, ray_ids[sl], origins[sl], directions[sl], near[sl], far[sl],
-                n_steps, check_finite,
-            )
-            for sl in (slice(i, i + rays_per_chunk) for i in range(0, n_rays, rays_per_chunk))
-        ]
-    if not parts:
+        ray_ids = torch.arange(n_rays, device=device)
+    if n_rays == 0:
         empty = origins.new_zeros(0)
         return SurfaceSearch(empty, empty.bool(), empty.bool())
-    brackets = _Brackets(*(torch.cat(items) for items in zip(*parts, strict=True)))
+    grid = occupancy_grid
+    if grid is not None and bool(grid.all_occupied):
+        grid = None  # nothing to skip
+    if grid is not None or early_exit:
+        block = block_size or default_block_size(n_steps, grid=grid is not None)
+    else:
+        block = n_steps
+    if chunk_size is None:
+        rays_per_chunk = n_rays
+    else:
+        rays_per_chunk = max(1, MARCH_SAMPLE_BUDGET // n_steps)
+    spacing = (far - near) / (n_steps - 1)
+    parts = []
+    with reduced_precision(march, device):
+        for i in range(0, n_rays, rays_per_chunk):
+            sl = slice(i, i + rays_per_chunk)
+            args = (query, ray_ids[sl], origins[sl], directions[sl], near[sl], spacing[sl])
+            if grid is not None:
+                parts.append(
+                    _march_chunk_grid(
+                        *args, n_steps, block, chunk_size, check_finite, grid
+                    )
+                )
+            else:
+                parts.append(_march_chunk_dense(*args, n_steps, block, chunk_size, check_finite))
+    first = _FirstInside(*(torch.cat(items) for items in zip(*parts, strict=True)))
+    started_inside = first.index == 0
+    hit = (first.index > 0) & (first.index < n_steps)
 
     # refine all bracketed rays together (one point per ray per secant step)
     depth = far.clone()
-    rows = torch.nonzero(brackets.hit, as_tuple=True)[0]
-    refine_chunk = max(1, rows.numel() if chunk_size is None else chunk_size)
+    rows = torch.nonzero(hit, as_tuple=True)[0]
+    if rows.numel() == 0:
+        return SurfaceSearch(depth=depth, hit=hit, started_inside=started_inside)
+    step_in = first.index[rows].to(near.dtype)
+    d_in = near[rows] + spacing[rows] * step_in
+    d_out = near[rows] + spacing[rows] * (step_in - 1)
+    s_in, s_out = first.value[rows], first.previous[rows]
+    step = spacing[rows]
+    refine_chunk = rows.numel() if chunk_size is None else max(1, chunk_size // 2)
     for start in range(0, rows.numel(), refine_chunk):
-        r = rows[start : start + refine_chunk]
-        s_out, s_in = brackets.s_out[r].float(), brackets.s_in[r].float()
-        if march_precision != "float32":  # the ends again, in full precision
-            ends = torch.stack([brackets.d_out[r], brackets.d_in[r]], dim=1)
-            values = query(ray_ids[r], origins[r], directions[r], ends)
-            s_out, s_in = values[:, 0], values[:, 1]
-        depth[r] = _refine(
-            query, ray_ids[r], origins[r], directions[r],
-            brackets.d_out[r], s_out.to(origins.dtype), brackets.d_in[r], s_in.to(origins.dtype),
-            n_secant_steps, check_finite,
+        part = slice(start, start + refine_chunk)
+        r = rows[part]
+        ids, o, w = ray_ids[r], origins[r], directions[r]
+        ends_d = torch.stack([d_out[part], d_in[part]], dim=1)
+        ends_s = torch.stack([s_out[part], s_in[part]], dim=1)
+        # a reduced-precision bracket may be off by a step: the finish may leave it by one
+        low, high = d_out[part] - step[part], d_in[part] + step[part]
+        if march != "float32" and refine == "float32":
+            marched = ends_s
+            ends_s = _evaluate(query, ids, o, w, ends_d, check_finite, "bracket ends")
+        else:  # keep the march's values; evaluate the ends it skipped (empty grid cells)
+            marched = None
+            missing = torch.isnan(ends_s[:, 0])
+            if bool(missing.any()):
+                lost = torch.nonzero(missing, as_tuple=True)[0]
+                with reduced_precision(refine, device):
+                    ends_s[lost, 0] = _evaluate(
+                        query, ids[lost], o[lost], w[lost], ends_d[lost, :1], check_finite,
+                        "bracket ends",
+                    )[:, 0]
+        found = _refine(
+            query, ids, o, w, ends_d[:, 0], ends_s[:, 0], ends_d[:, 1], ends_s[:, 1],
+            n_secant_steps, check_finite, refine, low=low, high=high,
         )
-    return SurfaceSearch(depth=depth, hit=brackets.hit, started_inside=brackets.started_inside)
+        if marched is not None:  # brackets that full precision does not confirm: finish them
+            broken = ~((ends_s[:, 0] <= 0) & (ends_s[:, 1] > 0))
+            if bool(broken.any()):
+                b = torch.nonzero(broken, as_tuple=True)[0]
+                slope = _slope(marched[b], ends_d[b])
+                slope = torch.where(slope > 0, slope, _slope(ends_s[b], ends_d[b]).abs())
+                found[b] = _polish(
+                    query, ids[b], o[b], w[b], found[b], torch.where(slope > 0, slope, 1.0),
+                    low[b], high[b], check_finite,
+                )
+        depth[r] = found
+    return SurfaceSearch(depth=depth, hit=hit, started_inside=started_inside)

@@ -1,18 +1,34 @@
 """
-Core renderer benchmark: ours (chunked march, optionally with a TF32 / bfloat16 march) against
-the dense mode that evaluates every marching point at once (what the reference implementation
-does), in one run.
+Core renderer benchmark: DVR's root finder in its accelerated modes against the dense mode that
+evaluates every marching point at once (what the reference implementation does) and against
+PyTorch3D's NeRF-style volume renderer on the same network, in one run.
 
 Workloads (the reference decoder, H=512, fitted to the demo scene; cameras 1.5 from the origin):
-  - render 256x256 (and 512x512), no grad, 8 secant steps;
-  - a training step on 4096 random rays with a depth L1 loss (forward, backward, Adam step);
-at n_steps 16 / 64 / 128 / 256 / 512. For each case: median time, peak GPU memory, speed-up and
-memory ratio against the dense mode, and for reduced-precision marches the agreement with the
-float32 march (share of rays with the same hit flag; median |depth difference| relative to the
-depth range). Prints markdown; writes JSON + markdown with ``--out``.
+  - render 256x256 and 512x512, no grad, 8 secant steps;
+  - a training step on 4096 and 65536 random rays with a depth L1 loss (forward, backward,
+    Adam step);
+at 16 ... 1024 marching steps (samples per ray for the volume renderer). For each case: median
+time, peak GPU memory, speed-up against the dense mode and the volume renderer, matmul TFLOP/s
+against the measured ceilings (fp32 51, tf32 384, bf16 647 TFLOP/s on an H100) and, for
+renders, the accuracy check against the float32 march without any acceleration at the same
+step count, on every second pixel in both directions: the share of rays with the same hit flag
+(>= 99.9% required) and the median |depth difference| over the depth range (<= 1e-4 required).
+
+Modes (``SecantRaysampler`` settings; see docs/performance.md):
+  dense          every point at once, float32 (the reference implementation's march)
+  chunked fp32   chunks of 2^16 points, float32, no early exit (this project's earlier default)
+  default        the defaults: TF32 march on CUDA, early exit, float32 secant steps, chunks
+                 of 2^16 points when rendering and 2^15 when training
+  grid           default + a 64^3 occupancy grid refreshed from the field
+  grid tf32      grid + TF32 secant steps (final bracket ends in float32)
+  grid bf16      grid + bfloat16 march + TF32 secant steps
+  volume         PyTorch3D ImplicitRenderer + EmissionAbsorptionRaymarcher (bench_volume.py)
+
+Prints markdown as it goes; ``--out`` writes bench_core.json / bench_core.md (rewritten after
+every case, so a run cut short keeps what it measured).
 
     python -m integration.benchmarks.bench_core --device cuda --out docs/benchmarks
-    python -m integration.benchmarks.bench_core --quick          # small CPU smoke run
+    python -m integration.benchmarks.bench_core --quick          # CPU smoke run (analytic scene)
 """
 
 from __future__ import annotations
@@ -20,62 +36,78 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from typing import Dict, List, Optional
 
 import torch
 
+from dvr_plugin.acceleration import OccupancyGrid
+from dvr_plugin.rays import ndc_grid
 from dvr_plugin.raysampler import SecantRaysampler
 from dvr_plugin.renderer import DVRRenderer
+from dvr_plugin.shapes import demo_scene
+from integration.benchmarks import bench_volume
 from integration.benchmarks.common import (
+    MATMUL_CEILINGS,
     cameras,
+    decoder_flops_per_point,
     device_name,
     fitted_reference_field,
     fmt_bytes,
     fmt_seconds,
     measure,
+    roofline,
 )
 
-MODES = {
-    "dense": dict(chunk_size=None, march_precision="float32"),
-    "ours": dict(chunk_size=2**16, march_precision="float32"),
-    "ours tf32": dict(chunk_size=2**16, march_precision="tf32"),
-    "ours bf16": dict(chunk_size=2**16, march_precision="bfloat16"),
+MODES: Dict[str, dict] = {
+    "dense": dict(chunk_size=None, early_exit=False, march_precision="float32"),
+    "chunked fp32": dict(chunk_size=2**16, early_exit=False, march_precision="float32"),
+    "default": dict(),
+    "grid": dict(grid=True),
+    "grid tf32": dict(grid=True, refine_precision="tf32"),
+    "grid bf16": dict(grid=True, march_precision="bfloat16", refine_precision="tf32"),
 }
+REFERENCE = dict(chunk_size=2**16, early_exit=True, march_precision="float32")
 
 
-def _sampler(n_steps: int, mode: str, image_size: Optional[int] = None) -> SecantRaysampler:
+def _sampler(mode: str, n_steps: int, grid: Optional[OccupancyGrid], image_size=None):
+    settings = dict(MODES[mode])
+    use_grid = settings.pop("grid", False)
     return SecantRaysampler(
         image_width=image_size,
         image_height=image_size,
         n_steps=n_steps,
         compute_normals=False,
         check_finite=False,
-        **MODES[mode],
+        occupancy_grid=grid if use_grid else None,
+        **settings,
     )
 
 
-def _render_case(field, device, image_size, n_steps, mode, repeats):
-    renderer = DVRRenderer(field=field, raysampler=_sampler(n_steps, mode, image_size))
+def _render_case(field, device, image_size, n_steps, mode, grid, flops):
+    if mode == "volume":
+        return bench_volume.render_case(field, device, image_size, n_steps, flops=flops)
     camera = cameras(1, device)
+    renderer = DVRRenderer(field=field, raysampler=_sampler(mode, n_steps, grid, image_size))
 
     def run():
         with torch.no_grad():
-            return renderer(camera)
+            out = renderer(camera)
+        return out.hit, out.depths
 
-    result = measure(run, device=device, repeats=repeats, warmup=1)
-    out = run()
-    result["_depths"], result["_hit"] = out.depths, out.hit
-    return result
+    return measure(run, device=device, flops=flops)
 
 
-def _train_case(field, device, n_rays, n_steps, mode, repeats):
-    renderer = DVRRenderer(field=field, raysampler=_sampler(n_steps, mode))
+def _train_case(field, device, n_rays, n_steps, mode, grid, flops):
+    if mode == "volume":
+        return bench_volume.train_case(field, device, n_rays, n_steps, flops=flops)
+    renderer = DVRRenderer(field=field, raysampler=_sampler(mode, n_steps, grid))
     optimizer = torch.optim.Adam(field.parameters(), lr=0.0)  # lr 0: the field stays fixed
     camera = cameras(1, device)
     generator = torch.Generator(device=device).manual_seed(0)
     xys = (torch.rand(1, n_rays, 2, device=device, generator=generator) * 2 - 1) * 0.6
     with torch.no_grad():
-        target = renderer(camera, xys=xys, n_steps=128).depths + 0.01
+        target = renderer(camera, xys=xys, n_steps=min(n_steps, 128)).depths + 0.01
 
     def run():
         out = renderer(camera, xys=xys)
@@ -84,95 +116,426 @@ def _train_case(field, device, n_rays, n_steps, mode, repeats):
         loss.backward()
         optimizer.step()
 
-    return measure(run, device=device, repeats=repeats)
+    try:
+        result = measure(run, device=device, flops=flops)
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+    result.pop("_output", None)
+    return result
 
 
-def _agreement(result: Dict, reference: Dict) -> None:
-    hit, ref_hit = result.pop("_hit"), reference["_hit"]
-    depth, ref_depth = result.pop("_depths"), reference["_depths"]
+def _reference(field, device, image_size, n_steps, stride):
+    """The float32 march without acceleration, on every ``stride``-th pixel of each axis."""
+    sampler = SecantRaysampler(n_steps=n_steps, compute_normals=False, **REFERENCE)
+    renderer = DVRRenderer(field=field, raysampler=sampler)
+    xys = ndc_grid((image_size, image_size), device=device)[::stride, ::stride][None]
+    with torch.no_grad():
+        out = renderer(cameras(1, device), xys=xys)
+    return out.hit, out.depths
+
+
+def _agreement(result: Dict, reference, stride: int) -> None:
+    hit, depth = result.pop("_output")
+    hit, depth = hit[:, ::stride, ::stride], depth[:, ::stride, ::stride]
+    ref_hit, ref_depth = reference
     result["hit_agreement"] = float((hit == ref_hit).float().mean())
+    result["hit_disagreements"] = int((hit != ref_hit).sum())
     both = hit & ref_hit
+    result["nonfinite_depths"] = int((~torch.isfinite(depth[hit])).sum())
     if bool(both.any()):
         depth_range = float(ref_depth[ref_hit].max() - ref_depth[ref_hit].min())
         diff = (depth - ref_depth)[both].abs()
         result["median_depth_diff_rel"] = float(diff.median()) / max(depth_range, 1e-12)
+        result["p99_depth_diff_rel"] = float(torch.quantile(diff.float(), 0.99)) / max(
+            depth_range, 1e-12
+        )
+    result["accuracy_ok"] = bool(
+        result["hit_agreement"] >= 0.999
+        and result.get("median_depth_diff_rel", 0.0) <= 1e-4
+        and result["nonfinite_depths"] == 0
+    )
+
+
+def _plan(quick: bool, cuda: bool) -> List[dict]:
+    """The cases: workload, size, step counts and which modes run at which step counts."""
+    grid_modes = ["grid", "grid tf32", "grid bf16"] if cuda else ["grid"]
+    if quick:
+        steps = [16, 64]
+        return [
+            dict(workload="render", size=32, steps=steps, modes={
+                "dense": steps, "volume": steps, "chunked fp32": steps, "default": steps,
+                **{m: steps for m in grid_modes}}),
+            dict(workload="train", size=128, steps=steps, modes={
+                "dense": steps, "volume": steps, "default": steps,
+                **{m: steps for m in grid_modes}}),
+        ]
+    all_steps = [16, 64, 128, 256, 512, 1024]
+    low = [16, 64, 128]
+    return [
+        dict(workload="render", size=256, steps=all_steps, modes={
+            "dense": low, "volume": low, "chunked fp32": [128], "default": all_steps,
+            **{m: all_steps for m in grid_modes}}),
+        dict(workload="render", size=512, steps=[16, 128], modes={
+            "dense": [16], "volume": [16], "default": [16, 128],
+            **{m: [16, 128] for m in grid_modes}}),
+        dict(workload="train", size=4096, steps=all_steps, modes={
+            "dense": all_steps, "volume": [16, 64, 128, 256], "chunked fp32": [16, 128],
+            "default": all_steps, **{m: all_steps for m in grid_modes}}),
+        dict(workload="train", size=65536, steps=[16, 128, 1024], modes={
+            "dense": [16], "volume": [16], "default": [16, 128],
+            **{m: [16, 128, 1024] for m in grid_modes}}),
+    ]
+
+
+def build_grid(field, device: str, resolution: int) -> tuple[OccupancyGrid, Dict]:
+    """A grid refreshed from ``field``, and the times of a full and a quarter refresh."""
+    grid = OccupancyGrid(resolution=resolution).to(device)
+    timings = {}
+    for name, fraction in (("refresh_seconds", 1.0), ("refresh_quarter_seconds", 0.25)):
+        result = measure(
+            lambda f=fraction: grid.refresh(field, fraction=f), device=device, repeats=3
+        )
+        timings[name] = result["seconds"]
+    grid.refresh(field)
+    timings["occupied_fraction"] = grid.occupied_fraction
+    timings["resolution"] = resolution
+    return grid, timings
 
 
 def run_benchmark(
     *,
     device: str,
-    image_sizes: List[int],
-    step_counts: List[int],
-    n_rays: int,
+    quick: bool,
     hidden_size: int,
     fit_steps: int,
-    repeats: int,
-    dense_limit_points: Optional[int],
-    modes: List[str],
+    fit_batch: int,
+    grid_resolution: int,
+    max_seconds: Optional[float],
+    profile: bool = False,
+    write=None,
 ) -> Dict:
-    field = fitted_reference_field(hidden_size=hidden_size, steps=fit_steps, device=device)
-    rows = []
-    cases = [("render", s) for s in image_sizes] + [("train", n_rays)]
-    for workload, size in cases:
-        for n_steps in step_counts:
-            if workload == "render" and size > 256 and n_steps > 128:
+    started = time.perf_counter()
+    cuda = device.startswith("cuda")
+    if quick:  # the analytic scene itself: exercises every path (hits included) in seconds
+        field = demo_scene().to(device)
+    else:
+        field = fitted_reference_field(
+            hidden_size=hidden_size, steps=fit_steps, batch=fit_batch, device=device
+        )
+    grid, grid_info = build_grid(field, device, grid_resolution)
+    report = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "hidden_size": hidden_size,
+        "flops_per_point": decoder_flops_per_point(hidden_size=hidden_size),
+        "matmul_ceilings_tflops": {k: v / 1e12 for k, v in MATMUL_CEILINGS.items()},
+        "grid": grid_info,
+        "fit_seconds": time.perf_counter() - started,
+        "rows": [],
+        "skipped": [],
+    }
+    print(f"grid: {grid_info}", flush=True)
+    print(HEADER, flush=True)
+    for case in _plan(quick, cuda):
+        workload, size = case["workload"], case["size"]
+        for n_steps in case["steps"]:
+            modes = [m for m, steps in case["modes"].items() if n_steps in steps]
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                report["skipped"].append(f"{workload} {size} {n_steps}: {modes}")
                 continue
-            n_points = (size * size if workload == "render" else size) * n_steps
+            stride = 2
+            reference = None
+            if workload == "render":
+                reference = _reference(field, device, size, n_steps, stride)
             results = {}
             for mode in modes:
-                if mode == "dense" and dense_limit_points and n_points > dense_limit_points:
-                    results[mode] = "skipped"
-                    continue
                 try:
-                    case = _render_case if workload == "render" else _train_case
-                    results[mode] = case(field, device, size, n_steps, mode, repeats)
+                    if workload == "render":
+                        result = _render_case(field, device, size, n_steps, mode, grid, True)
+                    else:
+                        result = _train_case(field, device, size, n_steps, mode, grid, True)
                 except torch.OutOfMemoryError:
-                    results[mode] = "out of memory"
+                    result = "out of memory"
+                if cuda:
                     torch.cuda.empty_cache()
-            reference = results.get("ours")
+                if isinstance(result, dict):
+                    if reference is not None and "_output" in result:
+                        _agreement(result, reference, stride)
+                    result.pop("_output", None)
+                    result.update(roofline(result.get("flops"), result["seconds"]))
+                results[mode] = result
             for mode, result in results.items():
-                if isinstance(result, dict) and "_hit" in result and mode != "ours":
-                    _agreement(result, reference)
-            if isinstance(reference, dict):
-                reference.pop("_hit", None)
-                reference.pop("_depths", None)
-            for mode, result in results.items():
-                row = {"workload": workload, "size": size, "n_steps": n_steps, "mode": mode}
-                row["result"] = result
-                row["dense"] = results.get("dense")
-                rows.append(row)
+                row = {
+                    "workload": workload, "size": size, "n_steps": n_steps, "mode": mode,
+                    "result": result, "dense": results.get("dense"),
+                    "volume": results.get("volume"),
+                }
+                report["rows"].append(row)
                 print(_row(row), flush=True)
-    return {"device": device_name(device), "hidden_size": hidden_size, "rows": rows}
+            report["elapsed_seconds"] = time.perf_counter() - started
+            if write is not None:
+                write(report)
+    report["summary"] = summarize(report)
+    if profile:
+        for mode in ("grid tf32",):
+            report.setdefault("profile", []).append(
+                profile_train_step(field, device, grid, mode=mode)
+            )
+            print(json.dumps(report["profile"][-1], indent=2), flush=True)
+    if write is not None:
+        write(report)
+    return report
 
 
 HEADER = (
-    "| workload | n_steps | mode | time | peak memory | speed-up vs dense | memory vs dense "
-    "| hits agree | median depth diff / range |\n|---|---|---|---|---|---|---|---|---|"
+    "| workload | n_steps | mode | time | peak memory | vs dense | vs volume | TFLOP/s "
+    "| of roofline | hits agree | median depth diff / range |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
+def _ratio(base, result) -> str:
+    if isinstance(base, dict) and base is not result:
+        return f"{base['seconds'] / result['seconds']:.1f}x"
+    return "-"
+
+
 def _row(row: Dict) -> str:
-    result, dense = row["result"], row["dense"]
+    result = row["result"]
     name = (
         f"render {row['size']}x{row['size']}"
         if row["workload"] == "render"
         else f"train step, {row['size']} rays"
     )
     if not isinstance(result, dict):
-        return f"| {name} | {row['n_steps']} | {row['mode']} | {result} | | | | | |"
-    speed = memory = "-"
-    if isinstance(dense, dict) and row["mode"] != "dense":
-        speed = f"{dense['seconds'] / result['seconds']:.2f}x"
-        if result["peak_bytes"] and dense["peak_bytes"]:
-            memory = f"{result['peak_bytes'] / dense['peak_bytes']:.3f}x"
+        return f"| {name} | {row['n_steps']} | {row['mode']} | {result} | | | | | | | |"
     agree = f"{100 * result['hit_agreement']:.3f}%" if "hit_agreement" in result else "-"
     diff = (
         f"{result['median_depth_diff_rel']:.1e}" if "median_depth_diff_rel" in result else "-"
     )
+    if result.get("accuracy_ok") is False:
+        agree += " (fails)"
+    tflops = f"{result['tflops_per_s']:.1f}" if "tflops_per_s" in result else "-"
+    share = f"{100 * result['of_roofline']:.0f}%" if "of_roofline" in result else "-"
     return (
         f"| {name} | {row['n_steps']} | {row['mode']} | {fmt_seconds(result['seconds'])} | "
-        f"{fmt_bytes(result['peak_bytes'])} | {speed} | {memory} | {agree} | {diff} |"
+        f"{fmt_bytes(result['peak_bytes'])} | {_ratio(row['dense'], result)} | "
+        f"{_ratio(row['volume'], result)} | {tflops} | {share} | {agree} | {diff} |"
     )
+
+
+def summarize(report: Dict) -> Dict:
+    """Targets and memory flatness, computed from the rows."""
+    rows = [r for r in report["rows"] if isinstance(r["result"], dict)]
+    summary: Dict = {}
+
+    def pick(workload, size, n_steps):
+        return {
+            r["mode"]: r["result"]
+            for r in rows
+            if (r["workload"], r["size"], r["n_steps"]) == (workload, size, n_steps)
+        }
+
+    render = pick("render", 256, 128)
+    train = pick("train", 4096, 128)
+    summary["render_256_128_ms"] = {m: 1000 * r["seconds"] for m, r in render.items()}
+    summary["train_4096_128"] = {
+        m: {"ms": 1000 * r["seconds"], "peak_mib": (r["peak_bytes"] or 0) / 2**20}
+        for m, r in train.items()
+    }
+    flat = {}
+    for mode in {r["mode"] for r in rows if r["workload"] == "train" and r["size"] == 4096}:
+        peaks = [
+            r["result"]["peak_bytes"]
+            for r in rows
+            if (r["workload"], r["size"], r["mode"]) == ("train", 4096, mode)
+            and r["result"]["peak_bytes"]
+        ]
+        if len(peaks) > 1:
+            flat[mode] = {
+                "min_mib": min(peaks) / 2**20,
+                "max_mib": max(peaks) / 2**20,
+                "spread": max(peaks) / min(peaks) - 1.0,
+            }
+    summary["train_4096_peak_over_steps"] = flat
+    failing = [
+        f"{r['workload']} {r['size']} {r['n_steps']} {r['mode']}"
+        for r in rows
+        if r["result"].get("accuracy_ok") is False
+    ]
+    summary["accuracy_failures"] = failing
+    return summary
+
+
+def _markdown(report: Dict) -> str:
+    lines = [
+        f"Device: {report['device']} (torch {report['torch']})",
+        "",
+        f"Network: reference decoder, H = {report['hidden_size']}, "
+        f"{report['flops_per_point']:,} matmul FLOPs per point. Matmul ceilings (TFLOP/s): "
+        + ", ".join(f"{k} {v:g}" for k, v in report["matmul_ceilings_tflops"].items())
+        + ".",
+        "",
+        f"Occupancy grid: {report['grid']}",
+        "",
+        HEADER,
+        *(_row(row) for row in report["rows"]),
+        "",
+    ]
+    if report.get("skipped"):
+        lines += ["Skipped (time budget): " + "; ".join(report["skipped"]), ""]
+    if "summary" in report:
+        lines += ["Summary:", "", "```", json.dumps(report["summary"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _writer(folder: Optional[str]):
+    if not folder:
+        return None
+    os.makedirs(folder, exist_ok=True)
+
+    def write(report: Dict) -> None:
+        with open(os.path.join(folder, "bench_core.json"), "w") as handle:
+            json.dump(report, handle, indent=2, default=_json_default)
+        with open(os.path.join(folder, "bench_core.md"), "w") as handle:
+            handle.write(_markdown(report))
+
+    return write
+
+
+def profile_train_step(
+    field, device: str, grid: Optional[OccupancyGrid], *, n_rays=4096, n_steps=128,
+    mode="grid tf32", repeats=10,
+) -> Dict:
+    """
+    Diagnostic: where a training step spends its time. Each stage is timed with a device
+    synchronisation around it (which itself costs a little), and its tensor operations are
+    counted (every operation is at least one kernel launch from Python).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import dvr_plugin.raysampler as raysampler_module
+    import dvr_plugin.root_finding as root_module
+
+    stages = {"other": 0.0}
+    operations = {"other": 0}
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    stack = ["other"]
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            operations[stack[-1]] = operations.get(stack[-1], 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    def timed(owner, name, label):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            stack.append(label)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                stack.pop()
+                sync()
+                stages[label] = stages.get(label, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
+        return owner, name, original
+
+    patches = [
+        timed(raysampler_module, "rays_from_cameras", "rays from cameras"),
+        timed(raysampler_module, "intersect_box", "box"),
+        timed(root_module, "_march_chunk_grid", "march"),
+        timed(root_module, "_march_chunk_dense", "march"),
+        timed(root_module, "_refine", "bracket ends + secant"),
+        timed(raysampler_module, "attach_implicit_gradient", "implicit gradient"),
+        timed(DVRRenderer, "_colour", "colour"),
+    ]
+    try:
+        renderer = DVRRenderer(field=field, raysampler=_sampler(mode, n_steps, grid))
+        optimizer = torch.optim.Adam(field.parameters(), lr=0.0)
+        camera = cameras(1, device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        xys = (torch.rand(1, n_rays, 2, device=device, generator=generator) * 2 - 1) * 0.6
+
+        def stage(label, fn):
+            sync()
+            start = time.perf_counter()
+            stack.append(label)
+            fn()
+            stack.pop()
+            sync()
+            stages[label] = stages.get(label, 0.0) + time.perf_counter() - start
+
+        def step():
+            out = renderer(camera, xys=xys)
+            loss = ((out.depths - 1.4).abs() * out.masks).sum() / n_rays
+            optimizer.zero_grad(set_to_none=True)
+            stage("backward", loss.backward)
+            stage("adam", optimizer.step)
+
+        step()
+        with _Count():
+            step()
+        for key in list(stages):
+            stages[key] = 0.0
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            stages["total (synchronised stages)"] = stages.get(
+                "total (synchronised stages)", 0.0
+            ) + time.perf_counter() - start
+    finally:
+        for owner, name, original in patches:
+            setattr(owner, name, original)
+        field.zero_grad(set_to_none=True)
+    return {
+        "mode": mode,
+        "n_rays": n_rays,
+        "n_steps": n_steps,
+        "ms": {k: 1000 * v / repeats for k, v in stages.items()},
+        "operations": operations,
+    }
+
+
+def compile_experiment(device: str, *, n_steps: int = 128) -> Dict:
+    """
+    Experiment: the same field through ``torch.compile(field, dynamic=True)`` (a user-side
+    choice; nothing in the library compiles). Reports the first call (compilation) and the
+    steady state, for the 4096-ray training step and the 256x256 render with the grid.
+    """
+    import torch._functorch.config
+
+    # the implicit gradient keeps the field's graph for a second backward (retain_graph)
+    torch._functorch.config.donated_buffer = False
+    field = fitted_reference_field(device=device, steps=200)
+    grid, _ = build_grid(field, device, 64)
+    compiled = torch.compile(field, dynamic=True)
+    results = {}
+    for workload in ("train", "render"):
+        start = time.perf_counter()
+        if workload == "train":
+            first = _train_case(compiled, device, 4096, n_steps, "grid tf32", grid, False)
+        else:
+            first = _render_case(compiled, device, 256, n_steps, "grid tf32", grid, False)
+        results[workload] = {
+            "first_call_and_measure_seconds": time.perf_counter() - start,
+            "ms": 1000 * first["seconds"],
+            "peak_mib": (first["peak_bytes"] or 0) / 2**20,
+        }
+        print(workload, results[workload], flush=True)
+    return results
+
+
+def _json_default(value):
+    return str(value)  # anything json cannot write (e.g. tensors left in a result)
 
 
 def main(argv=None) -> None:
@@ -180,29 +543,37 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes for a CPU smoke run")
     parser.add_argument("--out", default=None, help="folder for bench_core.json / .md")
+    parser.add_argument("--grid-resolution", type=int, default=64)
+    parser.add_argument(
+        "--max-seconds", type=float, default=None, help="skip the remaining cases after this"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also time the stages of a training step"
+    )
+    parser.add_argument(
+        "--compile-experiment",
+        action="store_true",
+        help="only run the torch.compile experiment (compiles; minutes on first use)",
+    )
     args = parser.parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    modes = ["dense", "ours"] + (["ours tf32", "ours bf16"] if cuda else [])
+    if args.compile_experiment:
+        print(json.dumps(compile_experiment(args.device), indent=2))
+        return
     if args.quick:
-        settings = dict(
-            image_sizes=[32], step_counts=[16, 64], n_rays=256, hidden_size=64, fit_steps=50,
-            repeats=2, dense_limit_points=None,
-        )
+        settings = dict(hidden_size=0, fit_steps=0, fit_batch=0)
     else:
-        settings = dict(
-            image_sizes=[256, 512], step_counts=[16, 64, 128, 256, 512], n_rays=4096,
-            hidden_size=512, fit_steps=400, repeats=3, dense_limit_points=2**27,
-        )
-    print(f"device: {device_name(args.device)}")
-    print(HEADER)
-    report = run_benchmark(device=args.device, modes=modes, **settings)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "bench_core.json"), "w") as handle:
-            json.dump(report, handle, indent=2)
-        with open(os.path.join(args.out, "bench_core.md"), "w") as handle:
-            handle.write(f"Device: {report['device']}\n\n{HEADER}\n")
-            handle.write("\n".join(_row(row) for row in report["rows"]) + "\n")
+        settings = dict(hidden_size=512, fit_steps=400, fit_batch=32768)
+    print(f"device: {device_name(args.device)}", flush=True)
+    report = run_benchmark(
+        device=args.device,
+        quick=args.quick,
+        grid_resolution=args.grid_resolution,
+        max_seconds=args.max_seconds,
+        profile=args.profile,
+        write=_writer(args.out),
+        **settings,
+    )
+    print(json.dumps(report["summary"], indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Shared pieces of the benchmarks: a fitted reference-size network, cameras, timing, memory."""
+"""
+Shared pieces of the benchmarks: a fitted reference-size network, cameras, timing, memory, and a
+count of matrix-product FLOPs split by the precision they ran in (for achieved TFLOP/s against
+measured matmul ceilings).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,25 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dvr_plugin.demo import orbit_cameras
 from dvr_plugin.field import OccupancyTextureField
 from dvr_plugin.shapes import demo_scene
+
+# Matmul ceilings measured on the H100 of the reference figures (docs/performance.md), FLOP/s.
+MATMUL_CEILINGS = {"fp32": 51e12, "tf32": 384e12, "bf16": 647e12}
+
+
+def decoder_flops_per_point(*, hidden_size: int = 512, n_blocks: int = 5, n_out: int = 4) -> int:
+    """
+    Matrix-product FLOPs of one point through the reference decoder's forward pass (a
+    multiply-add counts 2): ``Linear(3 -> H)``, ``n_blocks`` residual blocks of two
+    ``Linear(H -> H)``, ``Linear(H -> 4)``. For H = 512 and 5 blocks: 5,250,048. Biases, ReLUs
+    and residual additions add about ``6 H n_blocks`` element operations (0.3%), not counted.
+    """
+    h = hidden_size
+    return 2 * (3 * h + n_blocks * 2 * h * h + h * n_out)
 
 
 def fitted_reference_field(
@@ -38,6 +57,7 @@ def fitted_reference_field(
     field.eval()
     for parameter in field.parameters():
         parameter.requires_grad_(True)
+        parameter.grad = None
     return field
 
 
@@ -46,22 +66,105 @@ def cameras(n: int, device: str):
     return orbit_cameras(n, distance=1.5, device=device)
 
 
-def measure(fn: Callable[[], object], *, device: str, repeats: int = 5, warmup: int = 2) -> dict:
-    """Median wall time (s) over ``repeats`` runs and the peak memory of one run (bytes)."""
-    for _ in range(warmup):
-        fn()
+def _synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    device: str,
+    repeats: int = 10,
+    warmup: int = 1,
+    max_seconds: float = 1.5,
+    flops: bool = False,
+) -> dict:
+    """
+    Median wall time (s) of up to ``repeats`` runs (fewer once ``max_seconds`` are spent, at
+    least one) after ``warmup`` runs, the peak memory of the timed runs (bytes), the output of
+    the last run (key ``"_output"``) and, with ``flops``, the matmul FLOPs of one warm-up run
+    by precision (key ``"flops"``).
+    """
+    counted = None
+    for i in range(max(warmup, 1 if flops else 0)):
+        if flops and i == 0:
+            with MatmulFlops() as counter:
+                fn()
+            counted = counter.by_precision()
+        else:
+            fn()
+    _synchronize(device)
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times: list[float] = []
-    for _ in range(repeats):
+    output = None
+    spent = 0.0
+    while len(times) < repeats and (not times or spent < max_seconds):
+        output = None
         start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        output = fn()
+        _synchronize(device)
         times.append(time.perf_counter() - start)
+        spent += times[-1]
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return {"seconds": statistics.median(times), "peak_bytes": peak}
+    result = {"seconds": statistics.median(times), "runs": len(times), "peak_bytes": peak}
+    if counted is not None:
+        result["flops"] = counted
+    result["_output"] = output
+    return result
+
+
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "_addmm_activation"}
+
+
+class MatmulFlops(TorchDispatchMode):
+    """
+    Counts the FLOPs (2 per multiply-add) of matrix products run inside it, forward and
+    backward, by the precision they ran in: ``bf16`` (bfloat16 or float16 operands), ``tf32``
+    (float32 operands on CUDA while TF32 matmuls are allowed), ``fp32`` (otherwise).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts = {"fp32": 0, "tf32": 0, "bf16": 0}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.__name__.split(".")[0]
+        if name in _MATMULS:
+            a, b = (args[1], args[2]) if name in ("addmm", "baddbmm", "_addmm_activation") else (
+                args[0],
+                args[1],
+            )
+            batch = a.shape[0] if a.dim() == 3 else 1
+            m, k = a.shape[-2], a.shape[-1]
+            n = b.shape[-1]
+            if a.dtype in (torch.bfloat16, torch.float16):
+                bucket = "bf16"
+            elif a.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+                bucket = "tf32"
+            else:
+                bucket = "fp32"
+            self.counts[bucket] += 2 * batch * m * n * k
+        return func(*args, **kwargs)
+
+    def by_precision(self) -> dict:
+        return dict(self.counts)
+
+
+def roofline(flops: dict | None, seconds: float) -> dict:
+    """Achieved TFLOP/s and the time the same products need at the measured ceilings."""
+    if not flops:
+        return {}
+    total = sum(flops.values())
+    floor = sum(count / MATMUL_CEILINGS[bucket] for bucket, count in flops.items())
+    return {
+        "tflop": total / 1e12,
+        "tflops_per_s": total / seconds / 1e12,
+        "floor_seconds": floor,
+        "of_roofline": floor / seconds if seconds > 0 else float("nan"),
+    }
 
 
 def fmt_seconds(seconds: float) -> str:
