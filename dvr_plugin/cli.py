@@ -46,35 +46,54 @@ def _mesh(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from .io import make_dirs
     from .mesh_report import (
+        evaluate_held_out_views,
         evaluate_mesh_against,
         load_ground_truth,
         mesh_from_checkpoint,
         write_report,
     )
 
+    if args.gt is None and not args.views:
+        raise ValueError("Give --gt MESH and/or --views (held-out views of a checkpoint).")
+    is_checkpoint = args.prediction.endswith(".pt")
+    if args.views and not is_checkpoint:
+        raise ValueError("--views needs a `dvr fit` checkpoint (.pt) as the prediction.")
     device = _device(args.device)
-    longest_side = args.gt_longest_side
-    if args.prediction.endswith(".pt"):
-        extraction, config = mesh_from_checkpoint(
-            args.prediction, resolution=args.resolution, device=device
-        )
-        pred = extraction.mesh
-        data = config.get("data", {})
-        if longest_side is None and data.get("format") in ("mesh", "demo"):
-            longest_side = data.get("longest_side")
-    else:
-        from .meshing import load_mesh
+    report: dict = {"prediction": args.prediction}
+    pred = gt = None
+    if args.gt is not None:
+        longest_side = args.gt_longest_side
+        if is_checkpoint:
+            extraction, config = mesh_from_checkpoint(
+                args.prediction, resolution=args.resolution, device=device
+            )
+            pred = extraction.mesh
+            data = config.get("data", {})
+            if longest_side is None and data.get("format") in ("mesh", "demo"):
+                longest_side = data.get("longest_side")
+        else:
+            from .meshing import load_mesh
 
-        pred = load_mesh(args.prediction, device=device)
-    gt = load_ground_truth(args.gt, longest_side=longest_side, device=device)
-    report = evaluate_mesh_against(
-        pred.to(device),
-        gt,
-        n_points=args.points,
-        n_iou_points=0 if args.no_iou else args.points,
-    )
-    report.update({"prediction": args.prediction, "ground_truth": args.gt})
+            pred = load_mesh(args.prediction, device=device)
+        gt = load_ground_truth(args.gt, longest_side=longest_side, device=device)
+        report.update(
+            evaluate_mesh_against(
+                pred.to(device),
+                gt,
+                n_points=args.points,
+                n_iou_points=0 if args.no_iou else args.points,
+            )
+        )
+        report["ground_truth"] = args.gt
+    if args.views:
+        import os
+
+        make_dirs(args.out)
+        report["held_out"] = evaluate_held_out_views(
+            args.prediction, device=device, figure_path=os.path.join(args.out, "views.png")
+        )
     paths = write_report(report, args.out, pred=pred, gt=gt)
     print(open(paths["markdown"]).read())
     print("written:", ", ".join(paths.values()))
@@ -133,10 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a mesh or checkpoint against a ground-truth mesh (Chamfer-L1, normal "
         "consistency, F-score, IoU)",
         description="Occupancy Networks / DVR protocol: both meshes normalised by the ground "
-        "truth's bounding box (longest side 1); writes metrics.json, metrics.md and errors.png.",
+        "truth's bounding box (longest side 1); with --views, image metrics on the held-out "
+        "views of a checkpoint. Writes metrics.json, metrics.md, errors.png, views.png.",
     )
     evaluate.add_argument("prediction", help="a mesh file, or a `dvr fit` checkpoint (.pt)")
-    evaluate.add_argument("--gt", required=True, help="ground-truth mesh (.obj / .ply)")
+    evaluate.add_argument("--gt", default=None, help="ground-truth mesh (.obj / .ply)")
+    evaluate.add_argument(
+        "--views",
+        action="store_true",
+        help="also re-render the checkpoint's held-out views: PSNR, SSIM, mask IoU, depth error",
+    )
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.add_argument("--points", type=int, default=100_000, help="samples per surface")
     evaluate.add_argument(

@@ -64,7 +64,7 @@ def test_eval_missing_ground_truth(tmp_path):
               str(tmp_path / "r"), "--device", "cpu"])
 
 
-def _checkpoint(tmp_path, *, constant: bool):
+def _checkpoint(tmp_path, *, constant: bool, small_data: bool = False):
     from dvr_plugin.training.checkpoint import save_checkpoint
     from dvr_plugin.training.config import FitConfig
     from dvr_plugin.training.trainer import build_field
@@ -73,6 +73,10 @@ def _checkpoint(tmp_path, *, constant: bool):
     config.model.hidden_size = 16
     config.model.n_blocks = 1
     config.model.field_type = "occupancy" if constant else "sdf"
+    if small_data:
+        config.data.image_size = 24
+        config.data.n_views = 8
+        config.data.held_out_every = 4
     torch.manual_seed(0)
     field = build_field(config)
     with torch.no_grad():  # sdf: exactly |p| - 0.3; occupancy: a constant logit, no surface
@@ -105,3 +109,18 @@ def test_mesh_command_reports_an_empty_field(tmp_path):
     assert main(["mesh", str(checkpoint), "--out", str(tmp_path / "m.ply"), "--resolution",
                  "32", "--device", "cpu"]) == 1
     assert not (tmp_path / "m.ply").exists()
+
+
+def test_eval_held_out_views(tmp_path):
+    checkpoint = _checkpoint(tmp_path, constant=False, small_data=True)
+    out = tmp_path / "views"
+    assert main(["eval", str(checkpoint), "--views", "--out", str(out), "--device", "cpu"]) == 0
+    held_out = json.loads((out / "metrics.json").read_text())["held_out"]
+    assert held_out["views"] == 2
+    # a sphere of radius 0.3 against the demo scene: overlapping but far from equal
+    assert 0.2 < held_out["mask_iou"] < 0.95
+    assert 5.0 < held_out["psnr"] < 40.0
+    assert "held-out mask IoU" in (out / "metrics.md").read_text()
+    assert os.path.getsize(out / "views.png") > 500
+    with pytest.raises(ValueError, match="--gt MESH and/or --views"):
+        main(["eval", str(checkpoint), "--out", str(out)])
