@@ -9,6 +9,7 @@ import tempfile
 import unittest
 
 import pytest
+import torch
 
 from dvr_plugin.training.cli_commands import add_fit_parser, add_render_parser
 
@@ -25,6 +26,16 @@ def dvr(argv: list[str]) -> int:
 
 @pytest.mark.slow
 class TestFitEndToEnd(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        # Small tensors: one thread is as fast, and far faster when the cores are busy.
+        cls.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    @classmethod
+    def tearDownClass(cls):
+        torch.set_num_threads(cls.threads)
+
     def test_fit_and_render(self):
         with tempfile.TemporaryDirectory() as folder:
             out = os.path.join(folder, "fit")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import tempfile
@@ -13,17 +15,25 @@ from unittest import mock
 import torch
 
 from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, fibonacci_sphere
+from dvr_plugin.field import OccupancyTextureField
 from dvr_plugin.raysampler import SecantRaysampler
 from dvr_plugin.renderer import DVRRenderer
 from dvr_plugin.shapes import SphereField
 from dvr_plugin.training import checkpoint as checkpoint_module
 from dvr_plugin.training.checkpoint import load_checkpoint, save_checkpoint
 from dvr_plugin.training.cli_commands import add_demo_parser, add_fit_parser, add_render_parser
-from dvr_plugin.training.config import FitConfig, apply_overrides, load_config, parse_override
+from dvr_plugin.training.config import (
+    FitConfig,
+    apply_overrides,
+    load_config,
+    parse_override,
+    resolve_config,
+)
 from dvr_plugin.training.data import check_training_views
+from dvr_plugin.training.evaluation import orbit_cameras, orbit_settings
 from dvr_plugin.training.fit import render_checkpoint
 from dvr_plugin.training.logs import read_csv
-from dvr_plugin.training.trainer import CHECKPOINT_NAME, Trainer
+from dvr_plugin.training.trainer import CHECKPOINT_NAME, AutocastField, Trainer
 
 
 class TrainingFactory:
@@ -115,6 +125,23 @@ class TestConfig(unittest.TestCase):
         # The round trip through a dict (as stored in checkpoints) is lossless.
         self.assertEqual(FitConfig.from_dict(config.to_dict()), config)
 
+    def test_device_overrides(self):
+        data = {
+            "train": {"iterations": 10},
+            "device_overrides": {
+                "cpu": {"train.iterations": 20, "model": {"hidden_size": 16}},
+                "cuda": {"train.iterations": 30},
+            },
+        }
+        config, device = resolve_config(load_config(base=data, overrides=["device=cpu"]))
+        self.assertEqual(str(device), "cpu")
+        self.assertEqual((config.train.iterations, config.model.hidden_size), (20, 16))
+        # An explicit override beats the file's per-device value.
+        config, _ = resolve_config(
+            load_config(base=data, overrides=["device=cpu", "train.iterations=5"])
+        )
+        self.assertEqual((config.train.iterations, config.model.hidden_size), (5, 16))
+
     def test_parse_override(self):
         self.assertEqual(parse_override("a.b=1.5"), (["a", "b"], 1.5))
         self.assertEqual(parse_override("x=[1, 2]"), (["x"], [1, 2]))
@@ -180,8 +207,15 @@ class TestCheckpoint(unittest.TestCase):
 class TestTrainer(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
+        # Small tensors: one thread is as fast, and far faster when the cores are busy.
+        cls.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         views = TrainingFactory.sphere_views()
         cls.train, cls.val = views.split(every=4)
+
+    @classmethod
+    def tearDownClass(cls):
+        torch.set_num_threads(cls.threads)
 
     def _trainer(self, out_dir, *, resume=False, **overrides):
         return Trainer(
@@ -334,6 +368,59 @@ class TestTrainer(unittest.TestCase):
         self.assertEqual(trainer.step, 1)
 
 
+class TestAutocastField(unittest.TestCase):
+    def test_low_precision_network_float32_outputs(self):
+        torch.manual_seed(0)
+        field = OccupancyTextureField(hidden_size=32, n_blocks=2, n_frequencies=2)
+        wrapped = AutocastField(field=field, device_type="cpu")
+        points = (torch.rand(2, 50, 3) - 0.5).requires_grad_(True)
+        out = wrapped(points)
+        reference = field(points)
+        self.assertEqual(out.values.dtype, torch.float32)
+        self.assertEqual(out.rgb.dtype, torch.float32)
+        torch.testing.assert_close(out.values, reference.values, atol=0.05, rtol=0.05)
+        self.assertEqual(wrapped.field_type, "occupancy")
+        # Gradients reach the points (normals) and the parameters.
+        (grad,) = torch.autograd.grad(out.values.sum(), points, create_graph=True)
+        grad.norm().backward()
+        self.assertIsNotNone(field.fc_in.weight.grad)
+
+
+class TestOrbit(unittest.TestCase):
+    def test_orbit_cameras_look_at_origin(self):
+        axis = torch.tensor([0.3, -0.5, 0.8])
+        cameras = orbit_cameras(
+            6, image_size=20, distance=1.7, fov=40.0, elevation=35.0, axis=axis.tolist()
+        )
+        centres = cameras.get_camera_center()
+        torch.testing.assert_close(centres.norm(dim=-1), torch.full((6,), 1.7))
+        sine = centres @ (axis / axis.norm()) / 1.7
+        torch.testing.assert_close(sine, torch.full((6,), math.sin(math.radians(35.0))))
+        centre = cameras.transform_points_screen(torch.zeros(6, 1, 3))[..., :2]
+        torch.testing.assert_close(centre, torch.full((6, 1, 2), 10.0), atol=1e-4, rtol=0)
+
+    def test_orbit_settings_of_a_cap(self):
+        # Cameras on a cap around +Z: the orbit turns around +Z at their elevation.
+        azimuth = torch.linspace(0, 2 * math.pi, 9)[:-1]
+        elevation = math.radians(50.0)
+        eyes = 2.0 * torch.stack(
+            [
+                math.cos(elevation) * torch.cos(azimuth),
+                math.cos(elevation) * torch.sin(azimuth),
+                torch.full_like(azimuth, math.sin(elevation)),
+            ],
+            dim=-1,
+        )
+        cameras = cameras_looking_at_origin(eyes, image_size=16, fov=30.0)
+        settings = orbit_settings(cameras)
+        self.assertAlmostEqual(settings["distance"], 2.0, places=4)
+        self.assertAlmostEqual(settings["fov"], 30.0, places=3)
+        self.assertAlmostEqual(settings["elevation"], 50.0, places=3)
+        torch.testing.assert_close(
+            torch.tensor(settings["axis"]), torch.tensor([0.0, 0.0, 1.0]), atol=1e-5, rtol=0
+        )
+
+
 class TestCommandLine(unittest.TestCase):
     def test_parsers(self):
         parser = argparse.ArgumentParser(prog="dvr")
@@ -353,6 +440,25 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual((args.out, args.device), ("d", "auto"))
         with self.assertRaises(SystemExit):
             parser.parse_args(["fit", "--format", "obj", "--out", "o"])
+
+    def test_bad_input_is_one_line_and_exit_code_2(self):
+        parser = argparse.ArgumentParser(prog="dvr")
+        commands = parser.add_subparsers(dest="command", required=True)
+        add_fit_parser(commands)
+        with tempfile.TemporaryDirectory() as folder:
+            missing = os.path.join(folder, "no_such_scan")
+            args = parser.parse_args(
+                ["fit", "--format", "dtu", "--data", missing, "--out", folder, "--quiet"]
+            )
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr):
+                code = args.run(args)
+            self.assertEqual(code, 2)
+            self.assertIn("does not exist", stderr.getvalue())
+            self.assertEqual(os.listdir(folder), [])  # nothing written
+            args = parser.parse_args(["fit", "--out", folder, "--resume"])
+            with contextlib.redirect_stderr(io.StringIO()):
+                self.assertEqual(args.run(args), 2)
 
 
 if __name__ == "__main__":

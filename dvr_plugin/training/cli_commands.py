@@ -44,9 +44,9 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
         "fit",
         help="fit a DVR shape and texture to posed images with masks",
         description=(
-            "Fit an occupancy + texture field to posed images and object masks with "
-            "Differentiable Volumetric Rendering (no 3D supervision). Settings come from a YAML "
-            "config (default: the built-in defaults) plus key=value overrides."
+            "Fit an occupancy + texture field to posed images and object masks with\n"
+            "Differentiable Volumetric Rendering (no 3D supervision). Settings come from a\n"
+            "YAML config (default: the built-in defaults) plus key=value overrides."
         ),
         epilog=FIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -127,6 +127,22 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
+def _clean_errors(command):
+    """Report a bad input (``ValueError`` / ``FileNotFoundError``) as one line, exit code 2."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"dvr {args.command}: error: {error}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@_clean_errors
 def run_fit_command(args: argparse.Namespace) -> int:
     """``dvr fit``."""
     import os
@@ -156,6 +172,7 @@ def run_fit_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clean_errors
 def run_render_command(args: argparse.Namespace) -> int:
     """``dvr render``."""
     from .fit import render_checkpoint
@@ -179,6 +196,7 @@ def run_render_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clean_errors
 def run_demo_command(args: argparse.Namespace) -> int:
     """``dvr demo``."""
     report = run_fit_demo(

@@ -549,12 +549,10 @@ def _drop_device_override(data: dict, parts: list[str]) -> None:
     for kind, overrides in list((data.get("device_overrides") or {}).items()):
         if not isinstance(overrides, Mapping):
             continue
-        kept = [
-            (key, value)
-            for key, value in _flatten_overrides(overrides)
-            if key[: len(parts)] != parts
-        ]
-        data["device_overrides"][kind] = {".".join(key): value for key, value in kept}
+        flat = _flatten_overrides(overrides)
+        kept = [(key, value) for key, value in flat if key[: len(parts)] != parts]
+        if len(kept) != len(flat):
+            data["device_overrides"][kind] = {".".join(key): value for key, value in kept}
 
 
 def _check_key(parts: Sequence[str]) -> None:

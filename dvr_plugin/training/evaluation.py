@@ -151,24 +151,94 @@ def comparison_grid(
     return image_grid(rows)
 
 
-def orbit_settings(cameras) -> dict[str, float]:
+def orbit_settings(cameras, data_config=None) -> dict[str, Any]:
     """
-    Distance, field of view and elevation of an orbit that looks like a camera set: the median
-    camera distance from the origin, the median vertical field of view and the median elevation
-    (degrees, +Y up) of the camera centres.
+    An orbit that looks like a camera set (keyword arguments of :func:`orbit_cameras`).
+
+    For rendered data (``data_config.format`` ``"demo"`` / ``"mesh"``) these are the rendering
+    settings: ``camera_distance``, ``fov``, ``elevation``, around +Y. Otherwise they are
+    estimated: ``distance`` is the median camera distance from the origin, ``fov`` the median
+    field of view; when the cameras gather on one side (a spherical cap, as in DTU) the orbit
+    turns around the cap's axis at the cameras' median angle from it, else around the mean
+    camera up vector; ``up`` (the image's up direction) is the mean camera up vector.
     """
+    if data_config is not None and data_config.format in ("demo", "mesh"):
+        return {
+            "distance": float(data_config.camera_distance),
+            "fov": float(data_config.fov),
+            "elevation": float(data_config.elevation),
+            "axis": [0.0, 1.0, 0.0],
+            "up": [0.0, 1.0, 0.0],
+        }
     centres = cameras.get_camera_center().detach().cpu().double()
-    distance = float(centres.norm(dim=-1).median())
-    elevation = float(
-        torch.rad2deg(torch.asin((centres[:, 1] / centres.norm(dim=-1)).clamp(-1, 1))).median()
-    )
+    radius = centres.norm(dim=-1)
+    directions = centres / radius[:, None].clamp_min(1e-12)
+    # PyTorch3D: X_view = X_world @ R + T, so the camera's +Y axis in the world is R[:, :, 1].
+    up = cameras.R.detach().cpu().double()[:, :, 1].mean(dim=0)
+    up = up / up.norm().clamp_min(1e-12)
+    mean_direction = directions.mean(dim=0)
+    axis = mean_direction / mean_direction.norm() if mean_direction.norm() > 0.3 else up
+    sine = (directions @ axis).clamp(-1.0, 1.0)
     fov = 45.0
     focal = getattr(cameras, "focal_length", None)
     if focal is not None and cameras.in_ndc():
         f = float(focal.detach().cpu().reshape(len(cameras), -1)[:, -1].abs().median())
         if f > 0:
             fov = math.degrees(2.0 * math.atan(1.0 / f))
-    return {"distance": distance, "fov": fov, "elevation": elevation}
+    return {
+        "distance": float(radius.median()),
+        "fov": fov,
+        "elevation": float(torch.rad2deg(torch.asin(sine)).median()),
+        "axis": [float(v) for v in axis],
+        "up": [float(v) for v in up],
+    }
+
+
+def orbit_cameras(
+    n_frames: int,
+    *,
+    image_size: int,
+    distance: float,
+    fov: float,
+    elevation: float,
+    axis: Sequence[float] = (0.0, 1.0, 0.0),
+    up: Optional[Sequence[float]] = None,
+    device: torch.device | str = "cpu",
+):
+    """
+    ``n_frames`` NDC ``PerspectiveCameras`` on a circle around ``axis`` (through the origin) at
+    ``elevation`` degrees above the plane orthogonal to it, looking at the origin, with ``up``
+    (default: ``axis``) as the images' up direction.
+    """
+    from pytorch3d.renderer import PerspectiveCameras, look_at_view_transform
+
+    axis_t = torch.tensor(list(axis), dtype=torch.float64)
+    axis_t = axis_t / axis_t.norm().clamp_min(1e-12)
+    helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    if abs(float(axis_t @ helper)) > 0.9:
+        helper = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    first = torch.linalg.cross(axis_t, helper)
+    first = first / first.norm()
+    second = torch.linalg.cross(first, axis_t)
+    azimuth = torch.arange(n_frames, dtype=torch.float64) * (2.0 * math.pi / n_frames)
+    elev = math.radians(elevation)
+    ring = torch.cos(azimuth)[:, None] * second + torch.sin(azimuth)[:, None] * first
+    eyes = distance * (math.cos(elev) * ring + math.sin(elev) * axis_t)
+    up_t = axis_t if up is None else torch.tensor(list(up), dtype=torch.float64)
+    ups = up_t[None].expand(n_frames, 3).clone()
+    # An up vector (nearly) along the viewing direction leaves the roll undefined: use the axis.
+    along = ((eyes / eyes.norm(dim=-1, keepdim=True)) @ (up_t / up_t.norm())).abs() > 0.98
+    ups[along] = axis_t if bool((eyes @ axis_t).abs().max() < 0.98 * distance) else second
+    R, T = look_at_view_transform(eye=eyes.float(), at=((0.0, 0.0, 0.0),), up=ups.float())
+    focal = 1.0 / math.tan(math.radians(fov) / 2.0)
+    return PerspectiveCameras(
+        R=R,
+        T=T,
+        focal_length=torch.full((n_frames, 2), focal),
+        principal_point=torch.zeros(n_frames, 2),
+        image_size=torch.tensor([[image_size, image_size]] * n_frames),
+        device=device,
+    )
 
 
 @torch.no_grad()
@@ -180,20 +250,26 @@ def turntable_frames(
     distance: float,
     fov: float,
     elevation: float,
+    axis: Sequence[float] = (0.0, 1.0, 0.0),
+    up: Optional[Sequence[float]] = None,
     n_steps: int = 128,
     background: Sequence[float] = (1.0, 1.0, 1.0),
     device: torch.device | str = "cpu",
     with_normals: bool = True,
 ) -> list[torch.Tensor]:
     """
-    Frames of a turntable around the +Y axis: each `(S, S, 3)` (or `(S, 2S, 3)`: colour next to
-    normals when ``with_normals``).
+    Frames of a turntable (:func:`orbit_cameras`): each `(S, S, 3)`, or `(S, 2S, 3)` (colour next
+    to normals) when ``with_normals``.
     """
-    from ..data import cameras_looking_at_origin, turntable
-
-    eyes = distance * turntable(n_frames, elevation=elevation)
-    cameras = cameras_looking_at_origin(
-        eyes, image_size=image_size, fov=fov, device=device
+    cameras = orbit_cameras(
+        n_frames,
+        image_size=image_size,
+        distance=distance,
+        fov=fov,
+        elevation=elevation,
+        axis=axis,
+        up=up,
+        device=device,
     )
     rendered = render_views(
         field, cameras, (image_size, image_size), n_steps=n_steps, background=background

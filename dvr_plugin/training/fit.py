@@ -89,10 +89,10 @@ def fit(
     """
     wall_start = time.perf_counter()
     config, device = resolve_config(config)
-    make_dirs(out_dir)
     data_start = time.perf_counter()
     data = load_fit_data(config.data, background=config.background, device=device)
     data_seconds = time.perf_counter() - data_start
+    make_dirs(out_dir)
     trainer = Trainer(
         config=config,
         train_data=data.train,
@@ -162,7 +162,7 @@ def finish_fit(trainer: Trainer, *, out_dir: str, gt_mesh=None) -> dict[str, Any
 
     start = time.perf_counter()
     if config.eval.turntable_frames > 0:
-        orbit = orbit_settings(trainer.train_data.cameras)
+        orbit = orbit_settings(trainer.train_data.cameras, config.data)
         size = config.eval.turntable_size or trainer.train_data.image_size[0]
         frames = turntable_frames(
             field,
@@ -246,7 +246,10 @@ def render_checkpoint(
     written: list[str] = []
     result: dict[str, Any] = {"gif": None, "grid": None}
     if cameras == "orbit":
-        orbit = dict(state.get("orbit") or {"distance": 2.0, "fov": 40.0, "elevation": 30.0})
+        orbit = dict(state.get("orbit") or {})
+        orbit.setdefault("distance", 2.0)
+        orbit.setdefault("fov", 40.0)
+        orbit.setdefault("elevation", 30.0)
         for key, value in (("distance", distance), ("fov", fov), ("elevation", elevation)):
             if value is not None:
                 orbit[key] = float(value)

@@ -18,7 +18,6 @@ checkpoint continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -26,9 +25,10 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from ..data import MultiViewData, index_cameras
-from ..field import OccupancyTextureField, evaluate_field
+from ..field import FieldOutput, OccupancyTextureField, evaluate_field, field_type_of
 from ..io import atomic_write, make_dirs
 from ..losses import (
     LossWeights,
@@ -67,6 +67,35 @@ VAL_LOG_NAME = "val_log.csv"
 CURVES_NAME = "curves.png"
 VAL_DIR_NAME = "val"
 TERMS = LossWeights.names()
+
+
+class AutocastField(nn.Module):
+    """
+    Runs a field under ``torch.autocast`` (bfloat16 by default) and hands back float32 values
+    and colours, so that only the network runs in low precision: rays, root-finding brackets,
+    depths and losses stay in float32.
+
+    Args (keyword-only):
+        field: a field following :mod:`dvr_plugin.field`'s protocol.
+        device_type: ``"cuda"`` (or ``"cpu"``).
+        dtype: the autocast dtype.
+    """
+
+    def __init__(
+        self, *, field: nn.Module, device_type: str = "cuda", dtype: torch.dtype = torch.bfloat16
+    ) -> None:
+        super().__init__()
+        self.field = field
+        self.field_type = field_type_of(field)
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, points: torch.Tensor, latent: Optional[torch.Tensor] = None) -> FieldOutput:
+        """`(B, P, 3)` points -> float32 ``values`` `(B, P)` and ``rgb`` `(B, P, 3)` (or None)."""
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            out = evaluate_field(self.field, points, latent)
+        rgb = None if out.rgb is None else out.rgb.float()
+        return FieldOutput(out.values.float(), rgb)
 
 
 def build_field(config: FitConfig) -> OccupancyTextureField:
@@ -153,8 +182,12 @@ class Trainer:
 
         seed_everything(config.seed)
         self.field = build_field(config).to(self.device)
+        # The network as the renderer and the losses call it (under autocast with AMP).
+        self.network: nn.Module = self.field
+        if self.amp:
+            self.network = AutocastField(field=self.field, device_type=self.device.type)
         self.renderer = DVRRenderer(
-            field=self.field,
+            field=self.network,
             raysampler=SecantRaysampler(
                 n_steps=config.train.step_milestones[0],
                 n_secant_steps=config.train.n_secant_steps,
@@ -223,19 +256,13 @@ class Trainer:
     # -----------------------------------------------------------------------------------------
     # One step
 
-    def _autocast(self):
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _field_values(self, points: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
         """`(B, R)` field values at the selected `(B, R, 3)` points (0 elsewhere)."""
         rows, cols = select.nonzero(as_tuple=True)
         full = torch.zeros(select.shape, dtype=torch.float32, device=points.device)
         if rows.numel() == 0:
             return full
-        with self._autocast():
-            values = evaluate_field(self.field, points[rows, cols][None]).values[0]
+        values = evaluate_field(self.network, points[rows, cols][None]).values[0]
         return full.index_put((rows, cols), values.float())
 
     def _normal_term(self, surface: torch.Tensor, hit: torch.Tensor) -> Optional[torch.Tensor]:
@@ -246,8 +273,7 @@ class Trainer:
         points = surface.detach()[rows, cols]
         neighbours = jitter_points(points, self.config.loss.normal_jitter, self.generator)
         both = torch.cat([points, neighbours]).requires_grad_(True)
-        with self._autocast():
-            values = evaluate_field(self.field, both[None]).values[0]
+        values = evaluate_field(self.network, both[None]).values[0]
         (gradient,) = torch.autograd.grad(values.sum(), both, create_graph=True)
         gradient = gradient.float()
         count = rows.numel()
@@ -289,8 +315,7 @@ class Trainer:
         field_type = cfg.model.field_type
 
         self.field.train()
-        with self._autocast():
-            out = self.renderer(cameras, xys=sample.xys, n_steps=n_steps)
+        out = self.renderer(cameras, xys=sample.xys, n_steps=n_steps)
         bundle = out.ray_bundle
         hit = out.hit
         pred_rgb = out.images.float()
@@ -422,7 +447,7 @@ class Trainer:
             "rng": capture_rng_state(self._generators()),
             "train_seconds": self.train_seconds,
             "image_size": list(self.train_data.image_size),
-            "orbit": orbit_settings(self.train_data.cameras),
+            "orbit": orbit_settings(self.train_data.cameras, self.config.data),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
