@@ -110,7 +110,8 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="build a textured scene in code, render it, fit DVR and write the results",
         description=(
             "The self-contained demo: a textured scene built in code is rendered from 32 views "
-            "with PyTorch3D's MeshRenderer, DVR is fitted to 28 of them (images and masks only) "
+            "(48 on a GPU) with PyTorch3D's MeshRenderer, DVR is fitted to 7/8 of them (images "
+            "and masks only) "
             "and the checkpoint, a held-out comparison grid, a turntable GIF, the mesh and "
             "metrics.json (held-out mask IoU and PSNR, Chamfer-L1) are written to --out. About "
             "5-8 minutes on a 2-core CPU; larger settings on a GPU."
