@@ -27,10 +27,16 @@ require_pytorch3d()
 from pytorch3d.renderer.implicit.utils import RayBundle  # noqa: E402
 
 
-def _inside_sign(field_type: str) -> float:
+def inside_sign(field_type: str) -> float:
+    """+1 for occupancy (inside above the level), -1 for signed distances (inside below)."""
     if field_type not in FIELD_TYPES:
         raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
     return 1.0 if field_type == "occupancy" else -1.0
+
+
+def inside_values(values: torch.Tensor, *, field_type: str, level: float) -> torch.Tensor:
+    """Raw field values -> inside values (positive inside, zero on the surface)."""
+    return inside_sign(field_type) * (values - level)
 
 
 class FieldQuery:
@@ -55,7 +61,7 @@ class FieldQuery:
         self.field = field
         self.level = level
         self.field_type = field_type or field_type_of(field)
-        self.sign = _inside_sign(self.field_type)
+        inside_sign(self.field_type)  # validates
         self.latent = latent
 
     def __call__(
@@ -77,7 +83,7 @@ class FieldQuery:
         points = origins[:, None, :] + lengths[..., None] * directions[:, None, :]
         latent = None if self.latent is None else self.latent[ray_ids]
         values = evaluate_field(self.field, points, latent).values
-        return self.sign * (values - self.level)
+        return inside_values(values, field_type=self.field_type, level=self.level)
 
     def evaluate(
         self, ray_ids: torch.Tensor, points: torch.Tensor
@@ -113,7 +119,7 @@ class VolumetricFunctionQuery:
         self.volumetric_function = volumetric_function
         self.level = level
         self.field_type = field_type
-        self.sign = _inside_sign(field_type)
+        inside_sign(field_type)  # validates
         self.kwargs = kwargs or {}
 
     def __call__(
@@ -141,4 +147,4 @@ class VolumetricFunctionQuery:
                 f"shape (1, {n_rays}, {n_points}); expected (1, {n_rays}, {n_points}, 1)."
             )
         values = densities.reshape(1, n_rays, n_points, -1)[0, ..., 0]
-        return self.sign * (values - self.level)
+        return inside_values(values, field_type=self.field_type, level=self.level)

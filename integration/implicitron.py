@@ -52,6 +52,7 @@ import torch
 from dvr_plugin.implicit_gradient import attach_implicit_gradient
 from dvr_plugin.rays import intersect_box
 from dvr_plugin.root_finding import MARCH_PRECISIONS, find_surface
+from dvr_plugin.surface_query import inside_sign, inside_values
 
 _INSTALL_HINT = (
     "The Implicitron integration needs pytorch3d.implicitron and its imports omegaconf, "
@@ -167,7 +168,7 @@ class ImplicitronFunctionQuery:
         """+1 for occupancy (inside above the level), -1 for signed distances."""
         if self.field_type == "auto":
             raise ValueError("field_type is decided by the first evaluation; none happened yet.")
-        return 1.0 if self.field_type == "occupancy" else -1.0
+        return inside_sign(self.field_type)
 
     def _resolve(self, tensor_output: bool) -> None:
         if self.field_type == "auto":
@@ -196,7 +197,7 @@ class ImplicitronFunctionQuery:
 
     def inside(self, values: torch.Tensor) -> torch.Tensor:
         """Inside values (positive inside) from raw values of the value channel."""
-        return self.sign * (values - self.level)
+        return inside_values(values, field_type=self.field_type, level=self.level)
 
     def evaluate(
         self,
