@@ -88,11 +88,19 @@ def check_cameras(cameras: CamerasBase) -> None:
     """Raise ``ValueError`` when a camera batch holds non-finite parameters."""
     if not isinstance(cameras, CamerasBase):
         raise ValueError(f"cameras must be a pytorch3d CamerasBase, got {type(cameras).__name__}.")
+    names, flags = [], []
     for name in ("R", "T", "focal_length", "principal_point", "fov", "znear", "zfar", "K"):
         value = getattr(cameras, name, None)
         if isinstance(value, torch.Tensor) and value.is_floating_point():
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"The cameras' {name} holds non-finite values (NaN or inf).")
+            names.append(name)
+            flags.append(torch.isfinite(value).all())
+    if not flags:
+        return
+    finite = torch.stack([flag.to(flags[0].device) for flag in flags])
+    if bool(finite.all()):  # one host synchronisation for all parameters
+        return
+    bad = names[int(torch.nonzero(~finite)[0, 0])]
+    raise ValueError(f"The cameras' {bad} holds non-finite values (NaN or inf).")
 
 
 def rays_from_cameras(

@@ -22,6 +22,7 @@ from .acceleration import OccupancyGrid
 from .field import FIELD_TYPES
 from .implicit_gradient import attach_implicit_gradient
 from .rays import image_size_hw, intersect_box, ndc_grid, rays_from_cameras
+from .refine_graphs import RefinementGraphs
 from .root_finding import MARCH_PRECISIONS, REFINE_PRECISIONS, find_surface
 from .surface_query import FieldQuery, VolumetricFunctionQuery
 
@@ -117,6 +118,9 @@ class SecantRaysampler(nn.Module):
         occupancy_grid: an :class:`dvr_plugin.acceleration.OccupancyGrid` over the scene:
             samples in cells it marks empty are skipped and count as outside (refresh it from
             the field; during training every few steps). ``None`` (default) skips nothing.
+        cuda_graphs: replay the secant steps as CUDA graphs (one launch instead of ~100
+            kernels per step; :mod:`dvr_plugin.refine_graphs`). Needs a field that is a pure
+            function of its inputs, parameters and buffers; CUDA only (ignored elsewhere).
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class SecantRaysampler(nn.Module):
         early_exit: bool = True,
         block_size: int | None = None,
         occupancy_grid: OccupancyGrid | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         if (image_width is None) != (image_height is None):
@@ -195,6 +200,8 @@ class SecantRaysampler(nn.Module):
         self.early_exit = early_exit
         self.block_size = block_size
         self.occupancy_grid = occupancy_grid
+        self.cuda_graphs = cuda_graphs
+        self._refine_graphs = RefinementGraphs() if cuda_graphs else None
 
     def forward(
         self,
@@ -263,6 +270,7 @@ class SecantRaysampler(nn.Module):
                 early_exit=self.early_exit,
                 block_size=self.block_size,
                 occupancy_grid=self.occupancy_grid,
+                refine_graphs=self._refine_graphs,
             )
             hit[active] = search.hit
             started_inside[active] = search.started_inside

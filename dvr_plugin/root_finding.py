@@ -59,6 +59,7 @@ import torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .acceleration import OccupancyGrid
+    from .refine_graphs import RefinementGraphs
 
 InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -433,6 +434,7 @@ def find_surface(
     early_exit: bool = True,
     block_size: int | None = None,
     occupancy_grid: OccupancyGrid | None = None,
+    refine_graphs: RefinementGraphs | None = None,
 ) -> SurfaceSearch:
     """
     Find the first free -> occupied crossing along each of ``M`` rays (see the module docstring).
@@ -459,6 +461,10 @@ def find_surface(
             default :func:`default_block_size`.
         occupancy_grid: skip samples in cells this grid marks empty
             (:class:`dvr_plugin.acceleration.OccupancyGrid`); implies ``early_exit``.
+        refine_graphs: replay the secant steps as CUDA graphs from this cache
+            (:class:`dvr_plugin.refine_graphs.RefinementGraphs`; CUDA, float32 / TF32
+            refinement, a :class:`~dvr_plugin.surface_query.FieldQuery` on an ``nn.Module``
+            field; otherwise the steps run eagerly).
 
     Returns:
         SurfaceSearch with `(M,)` tensors.
@@ -560,10 +566,19 @@ def find_surface(
                         query, ids[lost], o[lost], w[lost], ends_d[lost, :1], check_finite,
                         "bracket ends",
                     )[:, 0]
-        found = _refine(
-            query, ids, o, w, ends_d[:, 0], ends_s[:, 0], ends_d[:, 1], ends_s[:, 1],
-            n_secant_steps, check_finite, refine, low=low, high=high,
-        )
+        if refine_graphs is not None and refine_graphs.supports(query, device, refine):
+            found = refine_graphs.refine(
+                _refine, query, ray_ids=ids, origins=o, directions=w, ends_d=ends_d,
+                ends_s=ends_s, low=low, high=high, n_secant_steps=n_secant_steps,
+                precision=refine,
+            )
+            if check_finite:
+                _check_finite(found, "refined depths")
+        else:
+            found = _refine(
+                query, ids, o, w, ends_d[:, 0], ends_s[:, 0], ends_d[:, 1], ends_s[:, 1],
+                n_secant_steps, check_finite, refine, low=low, high=high,
+            )
         if marched is not None:  # brackets that full precision does not confirm: finish them
             broken = ~((ends_s[:, 0] <= 0) & (ends_s[:, 1] > 0))
             if bool(broken.any()):

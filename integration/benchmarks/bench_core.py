@@ -66,7 +66,12 @@ MODES: Dict[str, dict] = {
     "grid": dict(grid=True),
     "grid tf32": dict(grid=True, refine_precision="tf32"),
     "grid bf16": dict(grid=True, march_precision="bfloat16", refine_precision="tf32"),
+    # the secant steps replayed as CUDA graphs (dvr_plugin.refine_graphs)
+    "graphs": dict(cuda_graphs=True),
+    "grid graphs": dict(grid=True, cuda_graphs=True),
+    "grid tf32 graphs": dict(grid=True, refine_precision="tf32", cuda_graphs=True),
 }
+GRAPH_MODES = ["graphs", "grid graphs", "grid tf32 graphs"]
 REFERENCE = dict(chunk_size=2**16, early_exit=True, march_precision="float32")
 
 
@@ -156,9 +161,21 @@ def _agreement(result: Dict, reference, stride: int) -> None:
     )
 
 
-def _plan(quick: bool, cuda: bool) -> List[dict]:
+def _plan(quick: bool, cuda: bool, targets: bool = False) -> List[dict]:
     """The cases: workload, size, step counts and which modes run at which step counts."""
     grid_modes = ["grid", "grid tf32", "grid bf16"] if cuda else ["grid"]
+    if cuda:
+        grid_modes += GRAPH_MODES
+    if targets:  # only what the performance targets are about (a few minutes on a GPU)
+        steps = [16, 128, 1024]
+        fast = ["default", "grid", "grid tf32", *(GRAPH_MODES if cuda else [])]
+        return [
+            dict(workload="render", size=256, steps=[128], modes={
+                "dense": [128], "volume": [128], **{m: [128] for m in fast},
+                **({"grid bf16": [128]} if cuda else {})}),
+            dict(workload="train", size=4096, steps=steps, modes={
+                "dense": [16, 128], "volume": [128], **{m: steps for m in fast}}),
+        ]
     if quick:
         steps = [16, 64]
         return [
@@ -213,6 +230,7 @@ def run_benchmark(
     max_seconds: Optional[float],
     profile: bool = False,
     write=None,
+    targets: bool = False,
 ) -> Dict:
     started = time.perf_counter()
     cuda = device.startswith("cuda")
@@ -236,7 +254,7 @@ def run_benchmark(
     }
     print(f"grid: {grid_info}", flush=True)
     print(HEADER, flush=True)
-    for case in _plan(quick, cuda):
+    for case in _plan(quick, cuda, targets):
         workload, size = case["workload"], case["size"]
         for n_steps in case["steps"]:
             modes = [m for m, steps in case["modes"].items() if n_steps in steps]
@@ -277,7 +295,7 @@ def run_benchmark(
                 write(report)
     report["summary"] = summarize(report)
     if profile:
-        for mode in ("grid tf32",):
+        for mode in ("grid tf32", "grid tf32 graphs") if cuda else ("grid",):
             report.setdefault("profile", []).append(
                 profile_train_step(field, device, grid, mode=mode)
             )
@@ -416,6 +434,7 @@ def profile_train_step(
 
     import dvr_plugin.raysampler as raysampler_module
     import dvr_plugin.root_finding as root_module
+    from dvr_plugin.refine_graphs import RefinementGraphs
 
     stages = {"other": 0.0}
     operations = {"other": 0}
@@ -452,7 +471,10 @@ def profile_train_step(
         timed(raysampler_module, "intersect_box", "box"),
         timed(root_module, "_march_chunk_grid", "march"),
         timed(root_module, "_march_chunk_dense", "march"),
-        timed(root_module, "_refine", "bracket ends + secant"),
+        # a graph must not record the profiler's synchronisations: time its replay instead
+        timed(RefinementGraphs, "refine", "bracket ends + secant")
+        if "graphs" in mode
+        else timed(root_module, "_refine", "bracket ends + secant"),
         timed(raysampler_module, "attach_implicit_gradient", "implicit gradient"),
         timed(DVRRenderer, "_colour", "colour"),
     ]
@@ -551,6 +573,11 @@ def main(argv=None) -> None:
         "--profile", action="store_true", help="also time the stages of a training step"
     )
     parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="only the cases of the performance targets (256x256 render, 4096-ray step)",
+    )
+    parser.add_argument(
         "--compile-experiment",
         action="store_true",
         help="only run the torch.compile experiment (compiles; minutes on first use)",
@@ -570,6 +597,7 @@ def main(argv=None) -> None:
         grid_resolution=args.grid_resolution,
         max_seconds=args.max_seconds,
         profile=args.profile,
+        targets=args.targets,
         write=_writer(args.out),
         **settings,
     )

@@ -1,0 +1,216 @@
+"""
+CUDA graphs for the secant refinement of the root finder.
+
+The refinement (:func:`dvr_plugin.root_finding._refine`) is a short sequential loop: per step one
+field evaluation on one point per ray and a dozen element-wise kernels. On a GPU a training step
+spends most of that time launching kernels, not computing (docs/performance.md). A CUDA graph
+records the whole loop once for a fixed number of rays and replays it with a single launch.
+
+How it stays exact and safe:
+
+- Shapes are static in a graph, so the rays are padded to a *bucket* (the next power of two, at
+  least ``min_bucket``); the padding repeats the first ray and its result is dropped.
+- A graph reads its inputs from fixed buffers: the rays, brackets and (for a conditioned field)
+  the rays' latent codes are copied in before each replay. The field's parameters and buffers
+  are read in place, which is what ``optimizer.step()`` and ``load_state_dict`` keep; a graph is
+  keyed by their storage addresses, so replacing a parameter tensor (``.to()``, re-assignment)
+  records a new graph instead of reading stale memory.
+- Only :class:`dvr_plugin.surface_query.FieldQuery` on an ``nn.Module`` field, on CUDA, in
+  float32 or TF32, is graphed: everything else runs eagerly. The field must be a pure function
+  of its inputs, parameters and buffers (no random numbers, no host synchronisation, no Python
+  side effects). Any error while recording turns graphs off for that configuration and falls
+  back to the eager loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .surface_query import FieldQuery
+
+RefineFunction = Callable[..., torch.Tensor]
+
+
+class _Recorded:
+    """One recorded refinement: its input buffers, its output and the graph."""
+
+    def __init__(self, *, graph: torch.cuda.CUDAGraph, inputs: dict, output: torch.Tensor):
+        self.graph = graph
+        self.inputs = inputs
+        self.output = output
+
+
+class RefinementGraphs:
+    """
+    A cache of CUDA graphs of the secant refinement, one per (field, bucket, settings).
+
+    Args (keyword-only):
+        min_bucket: the smallest number of rays a graph is recorded for.
+        max_graphs: the most graphs kept (least recently used dropped first).
+    """
+
+    def __init__(self, *, min_bucket: int = 256, max_graphs: int = 16) -> None:
+        if min_bucket < 1 or max_graphs < 1:
+            raise ValueError(
+                f"min_bucket and max_graphs must be positive, got {min_bucket}, {max_graphs}."
+            )
+        self.min_bucket = min_bucket
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, _Recorded] = OrderedDict()
+        self._failed: set[tuple] = set()
+        self._pool: Any = None
+        self.replays = 0
+        self.recordings = 0
+
+    def supports(self, query: Any, device: torch.device, precision: str) -> bool:
+        """Whether :meth:`refine` would replay a graph for this query (else: run eagerly)."""
+        return (
+            device.type == "cuda"
+            and precision in ("float32", "tf32")
+            and type(query) is FieldQuery
+            and isinstance(query.field, torch.nn.Module)
+        )
+
+    def bucket(self, n_rays: int) -> int:
+        """The padded ray count a graph is recorded for."""
+        size = self.min_bucket
+        while size < n_rays:
+            size *= 2
+        return size
+
+    def refine(
+        self,
+        refine: RefineFunction,
+        query: FieldQuery,
+        *,
+        ray_ids: torch.Tensor,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        ends_d: torch.Tensor,
+        ends_s: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        n_secant_steps: int,
+        precision: str,
+    ) -> torch.Tensor:
+        """
+        ``refine(query, ...)`` (the eager refinement, see :func:`_refine`) through a graph.
+
+        Args:
+            refine: the eager refinement function, recorded into the graph.
+            query: the field query (its ``latent`` rows are looked up by ``ray_ids``).
+            ray_ids: `(h,)` ids of the rays in ``query``.
+            origins, directions: `(h, 3)`.
+            ends_d, ends_s: `(h, 2)` bracket depths and inside values (outside end first).
+            low, high: `(h,)` the interval the result is kept in.
+
+        Returns:
+            `(h,)` refined depths.
+        """
+        n_rays = origins.shape[0]
+        latent = None if query.latent is None else query.latent[ray_ids]
+        bucket = self.bucket(n_rays)
+        key = self._key(query, bucket, origins.dtype, latent, n_secant_steps, precision)
+        arrays = dict(
+            origins=origins, directions=directions, ends_d=ends_d, ends_s=ends_s.to(ends_d.dtype),
+            low=low, high=high,
+        )
+        if latent is not None:
+            arrays["latent"] = latent
+        if key in self._failed:
+            return self._eager(refine, query, arrays, n_secant_steps, precision)
+        recorded = self._graphs.get(key)
+        if recorded is None:
+            try:
+                recorded = self._record(refine, query, arrays, bucket, n_secant_steps, precision)
+            except Exception as error:  # noqa: BLE001 - any failure: fall back, say why once
+                self._failed.add(key)
+                warnings.warn(
+                    f"Recording a CUDA graph of the secant refinement failed ({error}); "
+                    "running it eagerly for this field and batch size.",
+                    stacklevel=3,
+                )
+                return self._eager(refine, query, arrays, n_secant_steps, precision)
+            self._graphs[key] = recorded
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        _fill(recorded.inputs, arrays, n_rays)
+        recorded.graph.replay()
+        self.replays += 1
+        return recorded.output[:n_rays].clone()
+
+    # -----------------------------------------------------------------------------------------
+
+    def _key(self, query, bucket, dtype, latent, n_secant_steps, precision) -> tuple:
+        tensors = list(query.field.parameters()) + list(query.field.buffers())
+        storage = tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
+        latent_key = None if latent is None else (latent.shape[1], latent.dtype)
+        return (
+            id(query.field), storage, bucket, dtype, latent_key, n_secant_steps, precision,
+            float(query.level), query.field_type,
+        )
+
+    @staticmethod
+    def _run(refine, query, buffers, n_secant_steps, precision) -> torch.Tensor:
+        n_rays = buffers["origins"].shape[0]
+        inner = FieldQuery(
+            field=query.field, level=query.level, field_type=query.field_type,
+            latent=buffers.get("latent"),
+        )
+        ids = torch.arange(n_rays, device=buffers["origins"].device)
+        ends_d, ends_s = buffers["ends_d"], buffers["ends_s"]
+        return refine(
+            inner, ids, buffers["origins"], buffers["directions"], ends_d[:, 0], ends_s[:, 0],
+            ends_d[:, 1], ends_s[:, 1], n_secant_steps, False, precision,
+            low=buffers["low"], high=buffers["high"],
+        )
+
+    def _eager(self, refine, query, arrays, n_secant_steps, precision) -> torch.Tensor:
+        return self._run(refine, query, arrays, n_secant_steps, precision)
+
+    def _record(self, refine, query, arrays, bucket, n_secant_steps, precision) -> _Recorded:
+        n_rays = arrays["origins"].shape[0]
+        inputs = {
+            name: value.new_empty((bucket, *value.shape[1:])) for name, value in arrays.items()
+        }
+        _fill(inputs, arrays, n_rays)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # warm up on a side stream (allocator and library handles), as CUDA graphs require
+        side = _side_stream(arrays["origins"].device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._run(refine, query, inputs, n_secant_steps, precision)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = self._run(refine, query, inputs, n_secant_steps, precision)
+        self.recordings += 1
+        return _Recorded(graph=graph, inputs=inputs, output=output)
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One warm-up stream per device (each new stream would hold its own cuBLAS workspace)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
+
+
+def _fill(buffers: dict, arrays: dict, n_rays: int) -> None:
+    """Copy ``arrays`` into the first rows of ``buffers``; repeat the first row after them."""
+    for name, value in arrays.items():
+        buffer = buffers[name]
+        buffer[:n_rays].copy_(value)
+        if buffer.shape[0] > n_rays:
+            buffer[n_rays:].copy_(value[:1].expand(buffer.shape[0] - n_rays, *value.shape[1:]))
