@@ -168,7 +168,7 @@ class DVRRenderer(nn.Module):
             n_rays_per_image=n_rays_per_image,
         )
         points = bundle.origins + bundle.lengths * bundle.directions
-        rgb = self._colour(points, latent)
+        rgb = self._colour(points, latent, bundle.hit)
         channels = self.raymarcher(
             rays_densities=bundle.lengths[..., None],
             rays_features=rgb[..., None, :],
@@ -184,17 +184,29 @@ class DVRRenderer(nn.Module):
             ray_bundle=bundle,
         )
 
-    def _colour(self, points: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
+    def _colour(
+        self, points: torch.Tensor, latent: torch.Tensor | None, hit: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        `(B, ..., 3)` colours at `(B, ..., 3)` surface points (white without a texture head).
+        With gradients every ray is evaluated in one call (a few kernels for a training
+        batch); without them only the rays that ``hit`` `(B, ...)`, in chunks (the others are
+        background in the image whatever their colour).
+        """
         batch = points.shape[0]
         flat = points.reshape(batch, -1, 3)
         if torch.is_grad_enabled():
             rgb = evaluate_field(self.field, flat, latent).rgb
-        else:
-            parts = [
-                evaluate_field(self.field, flat[:, i : i + self.chunk_size], latent).rgb
-                for i in range(0, flat.shape[1], self.chunk_size)
-            ]
-            rgb = None if any(p is None for p in parts) else torch.cat(parts, dim=1)
-        if rgb is None:
-            rgb = torch.ones_like(flat)
+            return (torch.ones_like(flat) if rgb is None else rgb).reshape(points.shape)
+        rgb = torch.ones_like(flat)
+        hits = hit.reshape(batch, -1)
+        for b in range(batch):
+            rows = torch.nonzero(hits[b], as_tuple=True)[0]
+            code = None if latent is None else latent[b : b + 1]
+            for i in range(0, rows.shape[0], self.chunk_size):
+                part = rows[i : i + self.chunk_size]
+                colour = evaluate_field(self.field, flat[b : b + 1, part], code).rgb
+                if colour is None:
+                    break
+                rgb[b, part] = colour[0].to(rgb.dtype)
         return rgb.reshape(points.shape)

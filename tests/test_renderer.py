@@ -149,3 +149,31 @@ def test_geometry_only_field_renders_white():
         out = renderer(_cameras(1))
     assert bool(out.hit.any())
     assert torch.allclose(out.images[out.hit], torch.ones(1, 3))
+
+
+def test_rendering_without_gradients_colours_only_hits_and_matches():
+    """The no-grad path evaluates colour at hit rays only (in chunks); images are unchanged."""
+    field = SphereMLPField(latent_size=4)
+    latent = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def counting_field(points, latent=None):
+        calls.append(points.shape[1])
+        return field(points, latent)
+
+    renderer = DVRRenderer(
+        field=counting_field,
+        raysampler=SecantRaysampler(image_width=20, image_height=16, n_steps=32),
+        background_color=0.25,
+        chunk_size=50,
+    )
+    with_grad = renderer(_cameras(), latent=latent)
+    with torch.no_grad():
+        without = renderer(_cameras(), latent=latent)
+        hit = without.ray_bundle.hit
+        hits = int(hit.sum())
+        assert 0 < hits < 2 * 16 * 20
+        calls.clear()
+        renderer._colour(without.surface_points, latent, hit)
+    assert sum(calls) == hits and max(calls) <= 50
+    torch.testing.assert_close(without.images, with_grad.images.detach(), rtol=0, atol=1e-6)
