@@ -190,7 +190,8 @@ class RefinementGraphs:
                 self._run(refine, query, inputs, n_secant_steps, precision)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # record on the warm-up stream too: each stream holds its own cuBLAS workspace
+        with torch.cuda.graph(graph, pool=self._pool, stream=side):
             output = self._run(refine, query, inputs, n_secant_steps, precision)
         self.recordings += 1
         return _Recorded(graph=graph, inputs=inputs, output=output)

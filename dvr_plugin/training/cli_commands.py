@@ -28,6 +28,8 @@ examples:
   dvr fit --config dvr_plugin/configs/dtu.yaml --data ../shared/data/dtu_scan24_384/scan24 \\
       --format monosdf --out outputs/dtu24
   dvr fit --out outputs/cow --resume train.iterations=6000     # continue (and extend) a fit
+  torchrun --standalone --nproc_per_node=4 -m dvr_plugin.cli fit --config cow --out outputs/cow
+      # 4 GPUs: train.images_per_batch is the global batch, split across the ranks
 
 Overrides are dotted keys of the config (values parsed as YAML), e.g. train.iterations=2000,
 optim.lr=1e-3, loss.depth=1.0, train.step_milestones="{0: 16, 2000: 32}". Sections: data,
@@ -169,7 +171,8 @@ def run_fit_command(args: argparse.Namespace) -> int:
         base = state["config"]
     config = load_config(config_path, overrides, base=base)
     report = fit(config, args.out, resume=args.resume, progress=not args.quiet)
-    _print_summary(report, args.out)
+    if report.get("rank", 0) == 0:  # under torchrun rank 0 reports
+        _print_summary(report, args.out)
     return 0
 
 
@@ -203,7 +206,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     report = run_fit_demo(
         args.out, args.device, overrides=args.overrides, progress=not args.quiet
     )
-    _print_summary(report, args.out)
+    if report.get("rank", 0) == 0:
+        _print_summary(report, args.out)
     return 0
 
 

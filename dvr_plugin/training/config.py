@@ -194,6 +194,9 @@ class TrainConfig:
         time_budget_s: stop (and save) once training took this many seconds (``None`` = no
             limit). Used by the demo so it ends in time on slow machines; a run cut short this
             way is not reproducible step for step.
+        cuda_graphs: replay the secant refinement as CUDA graphs on a GPU
+            (``SecantRaysampler(cuda_graphs=True)``, exact; docs/performance.md); ignored on
+            a CPU.
     """
 
     iterations: int = 2000
@@ -205,6 +208,7 @@ class TrainConfig:
     step_milestones: dict = field(default_factory=lambda: {0: 16, 1000: 32})
     n_secant_steps: int = 8
     time_budget_s: Optional[float] = None
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 0:

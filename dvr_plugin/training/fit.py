@@ -16,6 +16,9 @@ final outputs into one folder:
 ``mesh.ply``           the extracted surface (when ``eval.mesh_resolution > 0``)
 ``metrics.json``       held-out metrics (final and untrained), 3D metrics, timings
 =====================  ==========================================================================
+
+Under ``torchrun`` :func:`fit` trains on every rank and rank 0 writes these files (see
+``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..visualize import save_gif, save_png
 from .checkpoint import load_checkpoint
 from .config import FitConfig, load_config, resolve_config, resolve_device
 from .data import load_fit_data, load_views
+from .distributed import DistributedContext, environment_rank, process_group_from_environment
 from .evaluation import (
     comparison_grid,
     image_metrics,
@@ -84,15 +88,48 @@ def fit(
         resume: continue from ``out_dir/checkpoint.pt``.
         progress: show a progress bar.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every rank calls this: it joins
+    the process group for the fit (``nccl`` on CUDA, with ``cuda:LOCAL_RANK``; ``gloo`` on the
+    CPU), loads the data, trains its share of every global batch, and rank 0 writes every
+    output. Without that environment nothing changes.
+
     Returns:
-        The report also written to ``metrics.json``.
+        The report also written to ``metrics.json``; on ranks other than 0 only ``rank``,
+        ``world_size`` and ``train`` (iterations and seconds).
     """
     wall_start = time.perf_counter()
     config, device = resolve_config(config)
+    with process_group_from_environment(device) as context:
+        if context is not None:
+            device = context.device_for(device)
+        return _fit(
+            config,
+            device,
+            out_dir,
+            resume=resume,
+            progress=progress,
+            context=context,
+            wall_start=wall_start,
+        )
+
+
+def _fit(
+    config: FitConfig,
+    device: torch.device,
+    out_dir: str,
+    *,
+    resume: bool,
+    progress: bool,
+    context: Optional[DistributedContext],
+    wall_start: float,
+) -> dict[str, Any]:
+    """The body of :func:`fit` (in the process group when there is one)."""
+    is_main = context is None or context.is_main
     data_start = time.perf_counter()
     data = load_fit_data(config.data, background=config.background, device=device)
     data_seconds = time.perf_counter() - data_start
-    make_dirs(out_dir)
+    if is_main:
+        make_dirs(out_dir)
     trainer = Trainer(
         config=config,
         train_data=data.train,
@@ -102,7 +139,16 @@ def fit(
         progress=progress,
     )
     summary = trainer.fit()
+    if not is_main:
+        return {
+            "rank": context.rank,
+            "world_size": context.world_size,
+            "train": {"iterations": trainer.step, "seconds": trainer.train_seconds},
+        }
     report = finish_fit(trainer, out_dir=out_dir, gt_mesh=data.mesh)
+    if context is not None:
+        report["train"]["world_size"] = context.world_size
+        report["train"]["backend"] = context.backend
     report["timing"]["data_seconds"] = data_seconds
     report["timing"]["wall_seconds"] = time.perf_counter() - wall_start
     report["stopped_early"] = summary["stopped_early"]
@@ -328,7 +374,8 @@ def run_fit_demo(
         The report written to ``metrics.json``.
     """
     config = load_config(packaged_config("demo"), [f"device={device}", *overrides])
-    _clear_previous_demo(out_dir)
+    if environment_rank() == 0:  # under torchrun rank 0 alone touches the folder
+        _clear_previous_demo(out_dir)
     return fit(config, out_dir, progress=progress)
 
 

@@ -14,14 +14,20 @@ Everything random in the loop draws from two ``torch.Generator`` objects of the 
 (image choice on the CPU, pixels / loss points / jitter on the training device), which the
 checkpoint saves together with the global torch, CUDA, NumPy and Python states: resuming from a
 checkpoint continues exactly as the uninterrupted run would have.
+
+Under ``torchrun`` (a process group with several ranks) the same loop runs on every rank, each on
+its share of the global batch, with DistributedDataParallel: see :mod:`.distributed` and
+``docs/distributed.md``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 import torch
@@ -58,6 +64,7 @@ from .checkpoint import (
 )
 from .config import FitConfig, resolve_device
 from .data import check_training_views
+from .distributed import BatchShard, StepForward, current_context, parameters_anchor
 from .evaluation import comparison_grid, image_metrics, orbit_settings, render_views
 from .logs import CsvLog, TensorBoardLog, plot_curves
 
@@ -133,6 +140,9 @@ class Trainer:
         resume: continue from ``out_dir/checkpoint.pt`` (or ``resume_from``).
         resume_from: an explicit checkpoint to continue from.
         progress: show a tqdm progress bar.
+        distributed: train on the ranks of the initialised ``torch.distributed`` process group
+            (``None``: when there is one with several ranks; ``False``: never). Rank 0 alone
+            writes files and shows progress; see :mod:`dvr_plugin.training.distributed`.
 
     Raises:
         ValueError: for inconsistent data (image / mask / camera counts, non-finite cameras,
@@ -150,11 +160,21 @@ class Trainer:
         resume: bool = False,
         resume_from: Optional[str] = None,
         progress: bool = True,
+        distributed: Optional[bool] = None,
     ) -> None:
         self.config = config
+        self.dist = None if distributed is False else current_context()
+        if distributed and self.dist is None:
+            raise ValueError(
+                "distributed=True needs an initialised torch.distributed process group with "
+                "several ranks (start with torchrun)."
+            )
+        self.is_main = self.dist is None or self.dist.is_main
         self.device = resolve_device(config.device)
+        if self.dist is not None:
+            self.device = self.dist.device_for(self.device)
         self.out_dir = None if out_dir is None else str(out_dir)
-        self.progress = progress
+        self.progress = progress and self.is_main
         check_training_views(train_data, empty_masks=config.data.empty_masks, what="training")
         if val_data is not None:
             check_training_views(val_data, empty_masks="ignore", what="held-out")
@@ -165,6 +185,9 @@ class Trainer:
                 )
         self.train_data = train_data.to(self.device)
         self.val_data = None if val_data is None else val_data.to(self.device)
+        if self.dist is not None:
+            self.dist.check_same_data({"training": self.train_data, "held-out": self.val_data})
+            self.dist.shard(min(config.train.images_per_batch, len(train_data)))  # >= 1 each
         self.weights = config.loss.weights()
         self.has_depth = self.train_data.depths is not None
         if self.weights.image_gradient > 0 and config.train.sampling != "patch":
@@ -192,6 +215,7 @@ class Trainer:
                 n_steps=config.train.step_milestones[0],
                 n_secant_steps=config.train.n_secant_steps,
                 compute_normals=False,
+                cuda_graphs=config.train.cuda_graphs,
             ),
             background_color=config.background,
         )
@@ -216,11 +240,16 @@ class Trainer:
             path = resume_from or self._path(CHECKPOINT_NAME)
             if path is None:
                 raise ValueError("resume needs out_dir or resume_from.")
-            if not checkpoint_exists(path):
-                raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
-            self.load_state(load_checkpoint(path, map_location=self.device))
+            read = functools.partial(_read_for_resume, path)
+            if self.dist is None:
+                state = read(map_location=self.device)
+            else:  # rank 0 reads the file; every rank gets its contents
+                state = self.dist.from_main(read, map_location="cpu")
+            self.load_state(state)
             resumed = True
-        elif self.out_dir is not None and checkpoint_exists(self._path(CHECKPOINT_NAME)):
+        elif self.out_dir is not None and self._on_main(
+            checkpoint_exists, self._path(CHECKPOINT_NAME)
+        ):
             raise ValueError(
                 f"{self.out_dir} already holds a checkpoint; resume from it (--resume) or choose "
                 "another output folder. Nothing was overwritten."
@@ -228,7 +257,7 @@ class Trainer:
 
         self.train_log = self.val_log = None
         self.tensorboard = None
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             make_dirs(self.out_dir)
             make_dirs(self._path(VAL_DIR_NAME))
             resume_step = self.step if resumed else None
@@ -253,6 +282,14 @@ class Trainer:
             with atomic_write(self._path("config.yaml"), "w") as handle:
                 yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
 
+        # The forward pass of a step; on several ranks it runs inside DistributedDataParallel.
+        self.step_forward: Callable[..., Any] = self._forward_losses
+        self.shard: Optional[BatchShard] = None
+        if self.dist is not None:
+            self.step_forward = self.dist.wrap(
+                StepForward(field=self.field, forward=self._forward_losses)
+            )
+
     # -----------------------------------------------------------------------------------------
     # One step
 
@@ -268,10 +305,18 @@ class Trainer:
     def _normal_term(self, surface: torch.Tensor, hit: torch.Tensor) -> Optional[torch.Tensor]:
         """Normal smoothness at the (detached) surface points and jittered neighbours."""
         rows, cols = hit.nonzero(as_tuple=True)
+        jitter = jitter_points
+        if self.dist is not None:
+            # Every rank draws the offsets of all ranks' hit points (in rank order) and keeps
+            # its own, so that the generators stay in step; a rank without hits draws too.
+            hits = self.dist.ragged_shard(rows.numel())
+            jitter = hits.global_call(jitter_points)
+            if rows.numel() == 0 and hits.total > 0:
+                jitter(surface.detach()[rows, cols], self.config.loss.normal_jitter, self.generator)
         if rows.numel() == 0:
             return None
         points = surface.detach()[rows, cols]
-        neighbours = jitter_points(points, self.config.loss.normal_jitter, self.generator)
+        neighbours = jitter(points, self.config.loss.normal_jitter, self.generator)
         both = torch.cat([points, neighbours]).requires_grad_(True)
         values = evaluate_field(self.network, both[None]).values[0]
         (gradient,) = torch.autograd.grad(values.sum(), both, create_graph=True)
@@ -282,40 +327,26 @@ class Trainer:
         normals_jittered = zeros.index_put((rows, cols), gradient[count:])
         return normal_smoothness_loss(normals, normals_jittered, hit)
 
-    def train_step(self) -> dict[str, float]:
+    def _forward_losses(
+        self,
+        cameras: Any,
+        xys: torch.Tensor,
+        n_steps: int,
+        gt_rgb: torch.Tensor,
+        gt_mask: torch.Tensor,
+        gt_depth: Optional[torch.Tensor],
+    ) -> tuple[dict[str, Optional[torch.Tensor]], torch.Tensor]:
         """
-        Run one optimisation step and advance ``step``.
+        The forward pass of a step: render the `(B, R, 2)` rays ``xys`` of ``B`` cameras and
+        compute the loss terms against `(B, R, 3)` colours, `(B, R)` mask values and depths.
 
         Returns:
-            ``loss``, one entry per computed term, ``lr``, ``n_steps``, ``hit_rate`` (share of
-            sampled rays that found a surface) and ``train_mask_agreement`` (share of sampled
-            rays whose hit agrees with the mask).
+            ``(terms, hit)``: the loss terms (``None`` where nothing was selected) and the
+            `(B, R)` hit flags.
         """
         cfg = self.config
-        data = self.train_data
-        n_images = len(data)
-        batch = min(cfg.train.images_per_batch, n_images)
-        index = torch.randperm(n_images, generator=self.image_generator)[:batch]
-        index_device = index.to(self.device)
-        images = data.images[index_device]
-        masks = data.masks[index_device]
-        sample = sample_pixels(
-            masks,
-            cfg.train.rays_per_image,
-            mode=cfg.train.sampling,
-            foreground_fraction=cfg.train.foreground_fraction,
-            continuous=cfg.train.continuous_pixels,
-            generator=self.generator,
-        )
-        gt_rgb = gather(images, sample)
-        gt_mask = gather(masks, sample)
-        gt_depth = gather(data.depths[index_device], sample) if self.has_depth else None
-        cameras = index_cameras(data.cameras, index)
-        n_steps = self.schedule.n_steps(self.step)
         field_type = cfg.model.field_type
-
-        self.field.train()
-        out = self.renderer(cameras, xys=sample.xys, n_steps=n_steps)
+        out = self.renderer(cameras, xys=xys, n_steps=n_steps)
         bundle = out.ray_bundle
         hit = out.hit
         pred_rgb = out.images.float()
@@ -338,7 +369,11 @@ class Trainer:
             hull = None
             if gt_depth is not None and cfg.loss.visual_hull_depth:
                 hull = torch.where(gt_mask & (gt_depth > 0), gt_depth, torch.zeros_like(gt_depth))
-            points = freespace_and_occupancy_points(
+            loss_points = freespace_and_occupancy_points
+            if self.shard is not None:
+                # Drawn for the global batch (generators in step); this rank's rows kept.
+                loss_points = self.shard.global_call(loss_points)
+            points = loss_points(
                 origins,
                 directions,
                 pred_depth.detach(),
@@ -364,16 +399,84 @@ class Trainer:
             terms["normal"] = self._normal_term(out.surface_points, hit)
         if self.weights.image_gradient > 0:
             terms["image_gradient"] = image_gradient_loss(pred_rgb, gt_rgb, hit & gt_mask)
+        return terms, hit
 
+    def train_step(self) -> dict[str, float]:
+        """
+        Run one optimisation step and advance ``step``.
+
+        On several ranks every rank takes its block of the global batch, and the returned
+        values are those of the global batch (the same on every rank).
+
+        Returns:
+            ``loss``, one entry per computed term, ``lr``, ``n_steps``, ``hit_rate`` (share of
+            sampled rays that found a surface) and ``train_mask_agreement`` (share of sampled
+            rays whose hit agrees with the mask).
+        """
+        cfg = self.config
+        data = self.train_data
+        n_images = len(data)
+        batch = min(cfg.train.images_per_batch, n_images)
+        index = torch.randperm(n_images, generator=self.image_generator)[:batch]
+        index_device = index.to(self.device)
+        masks = data.masks[index_device]
+        sample = sample_pixels(
+            masks,
+            cfg.train.rays_per_image,
+            mode=cfg.train.sampling,
+            foreground_fraction=cfg.train.foreground_fraction,
+            continuous=cfg.train.continuous_pixels,
+            generator=self.generator,
+        )
+        if self.dist is not None:
+            # Every rank drew the whole global batch (generators in step); it keeps its images.
+            self.shard = self.dist.shard(batch)
+            index, index_device, masks, sample = (
+                self.shard.take(value) for value in (index, index_device, masks, sample)
+            )
+        images = data.images[index_device]
+        gt_rgb = gather(images, sample)
+        gt_mask = gather(masks, sample)
+        gt_depth = gather(data.depths[index_device], sample) if self.has_depth else None
+        cameras = index_cameras(data.cameras, index)
+        n_steps = self.schedule.n_steps(self.step)
+
+        self.field.train()
+        terms, hit = self.step_forward(cameras, sample.xys, n_steps, gt_rgb, gt_mask, gt_depth)
         loss = total_loss(terms, self.weights)
-        if not bool(torch.isfinite(loss)):
-            values = {k: float(v) for k, v in terms.items() if v is not None}
+        reduced: Optional[dict[str, Optional[float]]] = None
+        if self.dist is None:
+            finite, backward = bool(torch.isfinite(loss)), loss.requires_grad
+        else:
+            # The global batch's values (the same on every rank): the finiteness check, the
+            # decision to step and the logs agree across ranks.
+            reduced = self.dist.global_means(
+                {
+                    "loss": loss.detach(),
+                    **{k: None if v is None else v.detach() for k, v in terms.items()},
+                    "hit_rate": hit.float().mean(),
+                    "train_mask_agreement": (hit == gt_mask).float().mean(),
+                    "requires_grad": float(loss.requires_grad),
+                },
+                self.shard,
+            )
+            finite, backward = math.isfinite(reduced["loss"]), reduced["requires_grad"] > 0
+            # DDP averages the ranks' gradients: scale to the global batch, and let every
+            # parameter take part on every rank (a rank may select no term at all).
+            loss = loss * self.dist.loss_scale(self.shard) + parameters_anchor(
+                list(self.field.parameters())
+            )
+        if not finite:
+            if reduced is None:
+                values = {k: float(v) for k, v in terms.items() if v is not None}
+            else:
+                values = {k: reduced[k] for k in terms if reduced[k] is not None}
             raise FloatingPointError(
                 f"The loss became non-finite at step {self.step}: {values}. Try a lower "
                 "optim.lr or optim.grad_clip."
             )
         self.optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
+        if backward:
             loss.backward()
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.field.parameters(), cfg.optim.grad_clip)
@@ -382,14 +485,21 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
 
-        stats: dict[str, float] = {"loss": float(loss.detach())}
-        for name, value in terms.items():
-            if value is not None:
-                stats[name] = float(value.detach())
+        if reduced is None:
+            stats: dict[str, float] = {"loss": float(loss.detach())}
+            for name, value in terms.items():
+                if value is not None:
+                    stats[name] = float(value.detach())
+            hit_rate = float(hit.float().mean())
+            agreement = float((hit == gt_mask).float().mean())
+        else:
+            stats = {"loss": reduced["loss"]}
+            stats.update({name: reduced[name] for name in terms if reduced[name] is not None})
+            hit_rate, agreement = reduced["hit_rate"], reduced["train_mask_agreement"]
         stats["lr"] = float(lr)
         stats["n_steps"] = float(n_steps)
-        stats["hit_rate"] = float(hit.float().mean())
-        stats["train_mask_agreement"] = float((hit == gt_mask).float().mean())
+        stats["hit_rate"] = hit_rate
+        stats["train_mask_agreement"] = agreement
         return stats
 
     # -----------------------------------------------------------------------------------------
@@ -402,9 +512,9 @@ class Trainer:
         (ground truth | render | depth | normals) as ``val/step_XXXXXX.png``.
 
         Returns:
-            The metrics (``None`` without held-out views).
+            The metrics (``None`` without held-out views, and on ranks other than 0).
         """
-        if self.val_data is None:
+        if self.val_data is None or not self.is_main:
             return None
         self.field.eval()
         start = time.perf_counter()
@@ -469,9 +579,12 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
-        """Write the checkpoint atomically (default ``out_dir/checkpoint.pt``)."""
+        """
+        Write the checkpoint atomically (default ``out_dir/checkpoint.pt``); on several ranks
+        rank 0 writes it (its contents do not depend on the number of ranks).
+        """
         path = path or self._path(CHECKPOINT_NAME)
-        if path is None:
+        if path is None or not self.is_main:
             return None
         save_checkpoint(path, self.state_dict())
         return path
@@ -509,7 +622,7 @@ class Trainer:
         )
         try:
             while self.step < total:
-                if budget is not None and self.train_seconds >= budget:
+                if budget is not None and self._agree(self.train_seconds >= budget):
                     self.stopped_early = True
                     break
                 start = time.perf_counter()
@@ -546,7 +659,7 @@ class Trainer:
         self.save_checkpoint()
         if self.last_validation is None or self.last_validation["step"] != self.step:
             self.validate()
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             try:
                 plot_curves(
                     self._path(TRAIN_LOG_NAME),
@@ -570,6 +683,14 @@ class Trainer:
 
     # -----------------------------------------------------------------------------------------
 
+    def _on_main(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``; on several ranks run by rank 0 and its result given to every rank."""
+        return fn(*args) if self.dist is None else self.dist.from_main(fn, *args)
+
+    def _agree(self, flag: bool) -> bool:
+        """``flag``; on several ranks rank 0's (the ranks must stop at the same step)."""
+        return flag if self.dist is None else self.dist.broadcast_flag(flag)
+
     def _generators(self) -> dict[str, torch.Generator]:
         return {"images": self.image_generator, "sampling": self.generator}
 
@@ -577,3 +698,10 @@ class Trainer:
         if self.out_dir is None:
             return None
         return os.path.join(self.out_dir, *parts)
+
+
+def _read_for_resume(path: str, *, map_location: Any) -> dict[str, Any]:
+    """The checkpoint to resume from, with a clear error when there is none."""
+    if not checkpoint_exists(path):
+        raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
+    return load_checkpoint(path, map_location=map_location)
