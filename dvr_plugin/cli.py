@@ -117,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    from .single_view.cli import add_single_view_parsers, add_task_option
     from .training.cli_commands import add_demo_parser, add_fit_parser, add_render_parser
 
-    add_fit_parser(commands)
+    add_task_option(add_fit_parser(commands))  # dvr fit --task single-view
     add_render_parser(commands)
     add_demo_parser(commands)
+    add_single_view_parsers(commands)  # make-category, reconstruct, eval-category
 
     demo = commands.add_parser(
         "render-scene",

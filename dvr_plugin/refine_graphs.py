@@ -6,7 +6,8 @@ field evaluation on one point per ray and a dozen element-wise kernels. On a GPU
 spends most of that time launching kernels, not computing (docs/performance.md). A CUDA graph
 records the whole loop once for a fixed number of rays and replays it with a single launch.
 
-How it stays exact and safe:
+How it stays correct (the same computation up to floating-point rounding: the padded batch
+may select another matmul kernel) and safe:
 
 - Shapes are static in a graph, so the rays are padded to a *bucket* (the next power of two, at
   least ``min_bucket``); the padding repeats the first ray and its result is dropped.
@@ -191,7 +192,11 @@ class RefinementGraphs:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # record on the warm-up stream too: each stream holds its own cuBLAS workspace
-        with torch.cuda.graph(graph, pool=self._pool, stream=side):
+        # thread_local: other threads (data loading, a process group's watchdog) may keep
+        # using CUDA while this one records
+        with torch.cuda.graph(
+            graph, pool=self._pool, stream=side, capture_error_mode="thread_local"
+        ):
             output = self._run(refine, query, inputs, n_secant_steps, precision)
         self.recordings += 1
         return _Recorded(graph=graph, inputs=inputs, output=output)

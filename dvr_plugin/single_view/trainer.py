@@ -1,0 +1,812 @@
+"""
+Training single-view reconstruction across many objects (DVR's single-view setting).
+
+One iteration::
+
+    pick B objects -> for each an input view (random; or a fixed index) and, independently, a
+    supervision view (random)
+    -> encoder(input images) = codes (B, C)
+    -> sample R pixels in each supervision view (dvr_plugin.sampling)
+    -> DVRRenderer(cameras of the supervision views, xys, n_steps, latent=codes)
+    -> losses (dvr_plugin.losses): rgb and / or depth (train.supervision), free space, occupancy,
+       normal smoothness; the field is evaluated with each object's code
+    -> backward (the implicit depth gradient carries d(loss)/d(code) into the encoder)
+    -> Adam step on encoder and field -> learning-rate step decay
+
+Random draws come from two ``torch.Generator`` objects of the trainer (objects and views on the
+CPU; pixels, loss points and jitter on the training device); the checkpoint saves them with the
+global states, so ``--resume`` continues where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import torch
+
+from ..field import evaluate_field
+from ..io import atomic_write, make_dirs
+from ..losses import (
+    depth_loss,
+    freespace_and_occupancy_points,
+    freespace_loss,
+    jitter_points,
+    normal_smoothness_loss,
+    occupancy_loss,
+    rgb_loss,
+    total_loss,
+)
+from ..rays import intersect_box
+from ..raysampler import UNIT_CUBE_BOUNDS, SecantRaysampler
+from ..renderer import DVRRenderer
+from ..sampling import gather, sample_pixels
+from ..schedule import StepSchedule
+from ..training.checkpoint import (
+    capture_rng_state,
+    checkpoint_exists,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ..training.evaluation import RenderedViews, image_metrics, orbit_settings
+from ..training.logs import CsvLog, TensorBoardLog, plot_curves
+from ..visualize import colorize_normals, image_grid, save_png
+from .config import (
+    TASK_NAME,
+    SingleViewConfig,
+    config_from_dict,
+    resolve_single_view_config,
+)
+from .dataset import CategoryData, dataset_summary, load_category
+from .model import SingleViewModel, build_model, describe_model
+
+CHECKPOINT_NAME = "checkpoint.pt"
+TRAIN_LOG_NAME = "train_log.csv"
+VAL_LOG_NAME = "val_log.csv"
+CURVES_NAME = "curves.png"
+VAL_DIR_NAME = "val"
+TERMS = ("rgb", "depth", "freespace", "occupancy", "normal")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def render_with_codes(
+    field,
+    cameras,
+    codes: torch.Tensor,
+    image_size: Sequence[int],
+    *,
+    n_steps: int = 64,
+    n_secant_steps: int = 8,
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    batch_size: int = 4,
+) -> RenderedViews:
+    """
+    Render camera ``i`` of a batch with code ``codes[i]`` (full images, no gradients).
+
+    Args:
+        field: a conditioned field (``field(points, latent)``).
+        cameras: ``N`` PyTorch3D cameras.
+        codes: `(N, C)` latent codes.
+        image_size: ``(H, W)``.
+        n_steps, n_secant_steps: root finding.
+        background: RGB behind the object.
+        batch_size: cameras per call.
+
+    Returns:
+        :class:`dvr_plugin.training.RenderedViews` on the CPU.
+    """
+    if codes.dim() != 2 or codes.shape[0] != len(cameras):
+        raise ValueError(
+            f"codes must have shape ({len(cameras)}, C) for {len(cameras)} cameras, got "
+            f"{tuple(codes.shape)}."
+        )
+    height, width = int(image_size[0]), int(image_size[1])
+    renderer = DVRRenderer(
+        field=field,
+        raysampler=SecantRaysampler(
+            image_width=width,
+            image_height=height,
+            n_steps=n_steps,
+            n_secant_steps=n_secant_steps,
+            compute_normals=True,
+        ),
+        background_color=list(background),
+    )
+    parts = []
+    for start in range(0, len(cameras), batch_size):
+        index = list(range(start, min(start + batch_size, len(cameras))))
+        out = renderer(cameras[index], latent=codes[index])
+        parts.append((out.images.cpu(), out.masks.cpu(), out.depths.cpu(), out.normals.cpu()))
+    images, masks, depths, normals = (torch.cat(p) for p in zip(*parts, strict=True))
+    return RenderedViews(images=images, masks=masks, depths=depths, normals=normals)
+
+
+def spread_objects(data: CategoryData, count: int) -> list[int]:
+    """Up to ``count`` object indices taken in turn from each class (first objects first)."""
+    per_class = [
+        [i for i in range(len(data)) if int(data.object_class[i]) == c]
+        for c in range(len(data.classes))
+    ]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < min(count, len(data)):
+        for members in per_class:
+            if depth < len(members) and len(chosen) < count:
+                chosen.append(members[depth])
+        depth += 1
+    return chosen
+
+
+class SingleViewTrainer:
+    """
+    Trains an image encoder and a conditioned DVR field on a category of objects.
+
+    Args (keyword-only):
+        config: the :class:`SingleViewConfig` (``device`` may be ``"auto"``).
+        train_data: the training objects (:class:`CategoryData`).
+        val_data: validation objects (input view ``eval.input_view``, rendered from
+            ``eval.target_view``) or ``None``.
+        out_dir: folder for checkpoint, logs, grids and curves; ``None`` writes nothing.
+        resume: continue from ``out_dir/checkpoint.pt`` (or ``resume_from``).
+        resume_from: an explicit checkpoint to continue from.
+        progress: show a tqdm progress bar.
+
+    Raises:
+        ValueError: inconsistent data or options (depth supervision without depth maps, image
+            sizes that differ, too many rays), or an unreadable / mismatched checkpoint.
+        FileNotFoundError: when resuming without a checkpoint.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SingleViewConfig,
+        train_data: CategoryData,
+        val_data: Optional[CategoryData] = None,
+        out_dir: Optional[str] = None,
+        resume: bool = False,
+        resume_from: Optional[str] = None,
+        progress: bool = True,
+    ) -> None:
+        config, self.device = resolve_single_view_config(config)
+        self.config = config
+        self.out_dir = None if out_dir is None else str(out_dir)
+        self.progress = progress
+        self.weights = config.loss_weights()
+        supervision = config.train.supervision
+        if supervision in ("depth", "both") and not train_data.has_true_depth:
+            raise ValueError(
+                f"train.supervision={supervision} needs true depth maps (depth/ folders); the "
+                f"training data has {train_data.depth_kind or 'no depth'}."
+            )
+        if val_data is not None and val_data.image_size != train_data.image_size:
+            raise ValueError(
+                f"Validation images are {val_data.image_size} but training images "
+                f"{train_data.image_size}; use one image size."
+            )
+        height, width = train_data.image_size
+        if config.train.sampling != "foreground_balanced" and (
+            config.train.rays_per_image > height * width
+        ):
+            raise ValueError(
+                f"train.rays_per_image={config.train.rays_per_image} exceeds the {height}x{width} "
+                "pixels of an image."
+            )
+        if not bool(train_data.masks.any()):
+            raise ValueError("Every training mask is empty: there is no object to learn.")
+        self.train_data = train_data.to(self.device)
+        self.val_data = None if val_data is None else val_data.to(self.device)
+        self.use_depth = self.train_data.depths is not None
+
+        resuming = resume or resume_from is not None
+        if not resuming and self.out_dir is not None:
+            if checkpoint_exists(self._path(CHECKPOINT_NAME)):
+                raise ValueError(
+                    f"{self.out_dir} already holds a checkpoint; resume from it (--resume) or "
+                    "choose another output folder. Nothing was overwritten."
+                )
+        seed_everything(config.seed)
+        self.model: SingleViewModel = build_model(config, load_weights=not resuming).to(self.device)
+        self.renderer = DVRRenderer(
+            field=self.model.field,
+            raysampler=SecantRaysampler(
+                n_steps=config.train.step_milestones[0],
+                n_secant_steps=config.train.n_secant_steps,
+                compute_normals=False,
+            ),
+            background_color=config.background,
+        )
+        self.schedule = StepSchedule(config.train.step_milestones)
+        self.optimizer = torch.optim.Adam(
+            [
+                {
+                    "params": list(self.model.encoder.parameters()),
+                    "lr": config.optim.lr * config.encoder.lr_scale,
+                },
+                {"params": list(self.model.field.parameters()), "lr": config.optim.lr},
+            ],
+            weight_decay=config.optim.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=config.optim.lr_milestones, gamma=config.optim.lr_gamma
+        )
+        self.object_generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        box = torch.tensor(UNIT_CUBE_BOUNDS, dtype=torch.float32, device=self.device)
+        self.box_min, self.box_max = box[0], box[1]
+        self.step = 0
+        self.train_seconds = 0.0
+        self.last_validation: Optional[dict[str, Any]] = None
+        self.stopped_early = False
+        self.encoder_info = describe_model(self.model)["encoder"]
+        self.val_objects = (
+            [] if self.val_data is None else spread_objects(self.val_data, config.eval.max_objects)
+        )
+
+        if resuming:
+            path = resume_from or self._path(CHECKPOINT_NAME)
+            if path is None:
+                raise ValueError("resume needs out_dir or resume_from.")
+            if not checkpoint_exists(path):
+                raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
+            self.load_state(load_checkpoint(path, map_location=self.device))
+
+        self.train_log = self.val_log = None
+        self.tensorboard = None
+        if self.out_dir is not None:
+            make_dirs(self.out_dir)
+            make_dirs(self._path(VAL_DIR_NAME))
+            resume_step = self.step if resuming else None
+            self.train_log = CsvLog(
+                path=self._path(TRAIN_LOG_NAME),
+                columns=[
+                    "step",
+                    "loss",
+                    *TERMS,
+                    "lr",
+                    "n_steps",
+                    "hit_rate",
+                    "train_mask_agreement",
+                    "seconds",
+                ],
+                resume_step=resume_step,
+            )
+            self.val_log = CsvLog(
+                path=self._path(VAL_LOG_NAME),
+                columns=["step", "psnr", "psnr_masked", "ssim", "mask_iou", "seconds"],
+                resume_step=resume_step,
+            )
+            self.tensorboard = TensorBoardLog(
+                log_dir=self._path("tensorboard"), enabled=config.eval.tensorboard
+            )
+            import yaml
+
+            with atomic_write(self._path("config.yaml"), "w") as handle:
+                yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+    # -----------------------------------------------------------------------------------------
+    # One step
+
+    def _pick_objects(self) -> torch.Tensor:
+        n = len(self.train_data)
+        batch = self.config.train.objects_per_batch
+        if n >= batch:
+            return torch.randperm(n, generator=self.object_generator)[:batch]
+        return torch.randint(0, n, (batch,), generator=self.object_generator)
+
+    def _input_views(self, objects: torch.Tensor) -> torch.Tensor:
+        choice = self.config.train.input_view
+        if choice == "random":
+            return self.train_data.random_views(objects, self.object_generator)
+        return self.train_data.view_index(objects, int(choice))
+
+    def _values_at(
+        self, points: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Field values at `(M, 3)` points, point ``m`` with the code of batch row ``rows[m]``."""
+        return evaluate_field(self.model.field, points[:, None, :], codes[rows]).values[:, 0]
+
+    def _normal_term(
+        self, surface: torch.Tensor, hit: torch.Tensor, codes: torch.Tensor
+    ) -> Optional[torch.Tensor]:
+        rows, cols = hit.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return None
+        points = surface.detach()[rows, cols]
+        neighbours = jitter_points(points, self.config.loss.normal_jitter, self.generator)
+        both = torch.cat([points, neighbours]).requires_grad_(True)
+        values = self._values_at(both, codes, torch.cat([rows, rows]))
+        (gradient,) = torch.autograd.grad(values.sum(), both, create_graph=True)
+        count = rows.numel()
+        zeros = torch.zeros(*hit.shape, 3, dtype=gradient.dtype, device=hit.device)
+        normals = zeros.index_put((rows, cols), gradient[:count])
+        normals_jittered = zeros.index_put((rows, cols), gradient[count:])
+        return normal_smoothness_loss(normals, normals_jittered, hit)
+
+    def train_step(self) -> dict[str, float]:
+        """
+        One optimisation step; advances ``step``.
+
+        Returns:
+            ``loss``, each computed term, ``lr``, ``n_steps``, ``hit_rate`` and
+            ``train_mask_agreement`` (share of sampled rays whose hit agrees with the mask).
+        """
+        cfg = self.config
+        data = self.train_data
+        objects = self._pick_objects()
+        input_views = self._input_views(objects)
+        target_views = data.random_views(objects, self.object_generator)
+        target_device = target_views.to(self.device)
+        inputs = data.float_images(input_views)
+        images = data.float_images(target_views)
+        masks = data.masks[target_device]
+        sample = sample_pixels(
+            masks,
+            cfg.train.rays_per_image,
+            mode=cfg.train.sampling,
+            foreground_fraction=cfg.train.foreground_fraction,
+            generator=self.generator,
+        )
+        gt_rgb = gather(images, sample)
+        gt_mask = gather(masks, sample)
+        gt_depth = gather(data.depths[target_device], sample) if self.use_depth else None
+        cameras = data.view_cameras(target_views)
+        n_steps = self.schedule.n_steps(self.step)
+
+        self.model.train()
+        codes = self.model.encode(inputs)
+        out = self.renderer(cameras, xys=sample.xys, n_steps=n_steps, latent=codes)
+        bundle = out.ray_bundle
+        hit = out.hit
+        terms: dict[str, Optional[torch.Tensor]] = {}
+        if self.weights.rgb > 0:
+            terms["rgb"] = rgb_loss(out.images, gt_rgb, hit, gt_mask)
+        if self.weights.depth > 0 and gt_depth is not None:
+            terms["depth"] = depth_loss(out.depths, gt_depth, gt_mask & (gt_depth > 0), hit)
+        if self.weights.freespace > 0 or self.weights.occupancy > 0:
+            origins, directions = bundle.origins.detach(), bundle.directions.detach()
+            near, far, _ = intersect_box(origins, directions, self.box_min, self.box_max)
+            hull = None
+            if gt_depth is not None and cfg.loss.visual_hull_depth:
+                hull = torch.where(gt_mask & (gt_depth > 0), gt_depth, torch.zeros_like(gt_depth))
+            points = freespace_and_occupancy_points(
+                origins,
+                directions,
+                out.depths.detach(),
+                hit,
+                gt_mask,
+                near,
+                far,
+                generator=self.generator,
+                visual_hull_depth=hull,
+            )
+            chosen = torch.where(
+                points.freespace_select[..., None], points.freespace_points, points.occupancy_points
+            )
+            values = evaluate_field(self.model.field, chosen, codes).values
+            terms["freespace"] = freespace_loss(values, points.freespace_select)
+            terms["occupancy"] = occupancy_loss(values, points.occupancy_select)
+        if self.weights.normal > 0:
+            terms["normal"] = self._normal_term(out.surface_points, hit, codes)
+
+        loss = total_loss(terms, self.weights)
+        if not bool(torch.isfinite(loss)):
+            values_now = {k: float(v) for k, v in terms.items() if v is not None}
+            raise FloatingPointError(
+                f"The loss became non-finite at step {self.step}: {values_now}. Try a lower "
+                "optim.lr or optim.grad_clip."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+        lr = self.optimizer.param_groups[1]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        stats: dict[str, float] = {"loss": float(loss.detach())}
+        for name, value in terms.items():
+            if value is not None:
+                stats[name] = float(value.detach())
+        stats["lr"] = float(lr)
+        stats["n_steps"] = float(n_steps)
+        stats["hit_rate"] = float(hit.float().mean())
+        stats["train_mask_agreement"] = float((hit == gt_mask).float().mean())
+        return stats
+
+    # -----------------------------------------------------------------------------------------
+    # Validation
+
+    @torch.no_grad()
+    def encode_views(self, data: CategoryData, views: torch.Tensor, batch_size: int = 64):
+        """`(N, C)` codes of flat views `(N,)` of ``data`` (model in eval mode)."""
+        self.model.eval()
+        codes = [
+            self.model.encode(data.float_images(views[i : i + batch_size]))
+            for i in range(0, len(views), batch_size)
+        ]
+        return torch.cat(codes)
+
+    @torch.no_grad()
+    def validate(
+        self, *, save_grid: bool = True, grid_path: Optional[str] = None, log: bool = True
+    ):
+        """
+        Reconstruct the validation objects from view ``eval.input_view`` and render them from
+        ``eval.target_view``: PSNR, SSIM, mask IoU against that view, and a grid (input | truth |
+        render | normals) saved as ``val/step_NNNNNN.png`` (or ``grid_path``); ``log=False``
+        keeps the metrics out of the logs (a repeat at the same step).
+
+        Returns:
+            The metrics, or ``None`` without validation data.
+        """
+        if self.val_data is None or not self.val_objects:
+            return None
+        start = time.perf_counter()
+        data = self.val_data
+        objects = torch.tensor(self.val_objects)
+        inputs = data.view_index(objects, self.config.eval.input_view)
+        target = self.config.eval.target_view
+        counts = data.n_views[objects]
+        targets = torch.where(
+            counts > 1, data.view_index(objects, torch.remainder(target, counts)), inputs
+        )
+        codes = self.encode_views(data, inputs)
+        rendered = render_with_codes(
+            self.model.field,
+            data.view_cameras(targets),
+            codes,
+            data.image_size,
+            n_steps=self.config.eval.n_steps,
+            n_secant_steps=self.config.train.n_secant_steps,
+            background=self.config.background,
+            batch_size=8 if self.device.type == "cuda" else 2,
+        )
+        truth = data.float_images(targets).cpu()
+        metrics = image_metrics(rendered, truth, data.masks[targets.to(data.device)].cpu())
+        metrics.pop("per_view", None)
+        metrics["step"] = self.step
+        metrics["seconds"] = time.perf_counter() - start
+        if self.out_dir is not None and save_grid:
+            grid = validation_grid(data.float_images(inputs).cpu(), truth, rendered)
+            save_png(grid, grid_path or self._path(VAL_DIR_NAME, f"step_{self.step:06d}.png"))
+        if self.val_log is not None and log:
+            self.val_log.append(metrics)
+        if self.tensorboard is not None and log:
+            self.tensorboard.add("val", metrics, self.step)
+        self.last_validation = metrics
+        self.model.train()
+        return metrics
+
+    # -----------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, plus what ``dvr reconstruct`` / evaluation read."""
+        return {
+            "task": TASK_NAME,
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(self._generators()),
+            "train_seconds": self.train_seconds,
+            "image_size": list(self.train_data.image_size),
+            "orbit": orbit_settings(self.train_data.cameras),
+            "classes": list(self.train_data.classes),
+            "encoder": self.encoder_info,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore model, optimiser, schedule, step and random states."""
+        if state.get("task") != TASK_NAME:
+            raise ValueError("The checkpoint is not a single-view checkpoint (dvr fit --task).")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(
+                f"The checkpoint's model does not match the configured one ({error}). Resume "
+                "with the configuration stored in the checkpoint."
+            ) from error
+        for key in ("optimizer", "scheduler", "rng"):
+            if key not in state:
+                raise ValueError(f"The checkpoint lacks {key!r}; it cannot be resumed.")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"], self._generators())
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        if state.get("encoder"):
+            self.encoder_info = dict(state["encoder"])
+
+    def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
+        """Write the checkpoint atomically (default ``out_dir/checkpoint.pt``)."""
+        path = path or self._path(CHECKPOINT_NAME)
+        if path is None:
+            return None
+        save_checkpoint(path, self.state_dict())
+        return path
+
+    # -----------------------------------------------------------------------------------------
+    # The loop
+
+    def fit(self) -> dict[str, Any]:
+        """
+        Train to ``train.iterations`` (or ``train.time_budget_s``), validating, logging and
+        checkpointing on the way; at the end the checkpoint, a last validation
+        (``comparison.png``) and ``curves.png`` are written.
+
+        Returns:
+            ``step``, ``train_seconds``, ``stopped_early``, ``last`` (last losses),
+            ``validation`` (last metrics or ``None``).
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        total = cfg.train.iterations
+        budget = cfg.train.time_budget_s
+        if self.step == 0 and cfg.eval.validate_every > 0:
+            self.validate()
+        last: dict[str, float] = {}
+        interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            disable=not self.progress,
+            desc="fit single-view",
+            unit="it",
+            dynamic_ncols=True,
+            mininterval=0.2 if interactive else 30.0,
+        )
+        try:
+            while self.step < total:
+                if budget is not None and self.train_seconds >= budget:
+                    self.stopped_early = True
+                    break
+                start = time.perf_counter()
+                last = self.train_step()
+                self.train_seconds += time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{last['loss']:.4g}",
+                    fs=f"{last.get('freespace', 0.0):.3g}",
+                    occ=f"{last.get('occupancy', 0.0):.3g}",
+                    hit=f"{last['hit_rate']:.2f}",
+                    agree=f"{last['train_mask_agreement']:.2f}",
+                    refresh=False,
+                )
+                if self.step % cfg.eval.log_every == 0 or self.step == total:
+                    row = {**last, "step": self.step, "seconds": self.train_seconds}
+                    if self.train_log is not None:
+                        self.train_log.append(row)
+                    if self.tensorboard is not None:
+                        self.tensorboard.add("train", row, self.step)
+                if cfg.eval.validate_every and self.step % cfg.eval.validate_every == 0:
+                    metrics = self.validate()
+                    if metrics is not None:
+                        bar.write(
+                            f"step {self.step}: validation PSNR {metrics['psnr']:.2f} dB, "
+                            f"mask IoU {metrics['mask_iou']:.3f}"
+                        )
+                if cfg.eval.checkpoint_every and self.step % cfg.eval.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        self.save_checkpoint()
+        if self.out_dir is not None and self.val_data is not None:
+            done = self.last_validation is not None and self.last_validation["step"] == self.step
+            self.validate(grid_path=self._path("comparison.png"), log=not done)
+        if self.out_dir is not None:
+            try:
+                plot_curves(
+                    self._path(TRAIN_LOG_NAME),
+                    self._path(VAL_LOG_NAME),
+                    self._path(CURVES_NAME),
+                    terms=[t for t in TERMS if getattr(self.weights, t) > 0],
+                )
+            except Exception as error:  # noqa: BLE001 - a plot must not fail a finished fit
+                import warnings
+
+                warnings.warn(f"Could not plot the training curves: {error}", stacklevel=2)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        return {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "stopped_early": self.stopped_early,
+            "last": last,
+            "validation": self.last_validation,
+        }
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"objects": self.object_generator, "sampling": self.generator}
+
+    def _path(self, *parts: str) -> Optional[str]:
+        if self.out_dir is None:
+            return None
+        return os.path.join(self.out_dir, *parts)
+
+
+def validation_grid(
+    inputs: torch.Tensor, truth: torch.Tensor, rendered: RenderedViews, *, zoom: int = 0
+) -> torch.Tensor:
+    """
+    One row per object: input view | true target view | DVR render | normals.
+
+    Args:
+        inputs: `(N, H, W, 3)` input images.
+        truth: `(N, H, W, 3)` true target views.
+        rendered: renders of the target views.
+        zoom: nearest-neighbour enlargement (0: up to about 128 pixels).
+
+    Returns:
+        `(H', W', 3)` image.
+    """
+    rows = []
+    for i in range(inputs.shape[0]):
+        rows.append(
+            [
+                inputs[i],
+                truth[i],
+                rendered.images[i].clamp(0, 1),
+                colorize_normals(rendered.normals[i], rendered.masks[i]),
+            ]
+        )
+    grid = image_grid(rows)
+    zoom = zoom or max(1, 128 // max(inputs.shape[1:3]))
+    return grid.repeat_interleave(zoom, dim=0).repeat_interleave(zoom, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load_training_data(config: SingleViewConfig, device: torch.device):
+    """The training split and the (optional) validation split of ``config.data``."""
+    data_cfg = config.data
+    if not data_cfg.path:
+        raise ValueError("data.path is required: the category root (dvr make-category output).")
+    options = dict(
+        classes=data_cfg.classes,
+        depth=data_cfg.depth,
+        max_objects_per_class=data_cfg.max_objects_per_class,
+        max_views=data_cfg.max_views,
+        empty_masks=data_cfg.empty_masks,
+        workers=data_cfg.workers,
+    )
+    train = load_category(data_cfg.path, data_cfg.train_split, device=device, **options)
+    val = load_category(
+        data_cfg.path,
+        data_cfg.val_split,
+        device=device,
+        required=False,
+        image_size=train.image_size,
+        **options,
+    )
+    return train, val
+
+
+def fit_single_view(
+    config: SingleViewConfig,
+    out_dir: str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """
+    Load the category of ``config.data``, train, and write checkpoint, logs, ``curves.png``,
+    ``comparison.png`` (validation objects) and ``summary.json`` into ``out_dir``.
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    wall = time.perf_counter()
+    config, device = resolve_single_view_config(config)
+    checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
+    if resume and not checkpoint_exists(checkpoint):
+        raise FileNotFoundError(f"Cannot resume: no checkpoint at {checkpoint}.")
+    if not resume and checkpoint_exists(checkpoint):
+        raise ValueError(
+            f"{out_dir} already holds a checkpoint; resume from it (--resume) or choose another "
+            "output folder. Nothing was overwritten."
+        )
+    start = time.perf_counter()
+    train, val = load_training_data(config, device)
+    data_seconds = time.perf_counter() - start
+    make_dirs(out_dir)
+    trainer = SingleViewTrainer(
+        config=config,
+        train_data=train,
+        val_data=val,
+        out_dir=out_dir,
+        resume=resume,
+        progress=progress,
+    )
+    result = trainer.fit()
+    summary = {
+        "task": TASK_NAME,
+        "data": {
+            "train": dataset_summary(train),
+            "val": None if val is None else dataset_summary(val),
+        },
+        "model": {**describe_model(trainer.model), "encoder": trainer.encoder_info},
+        "supervision": config.train.supervision,
+        "loss_weights": trainer.weights.to_dict(),
+        "train": {
+            "iterations": result["step"],
+            "seconds": result["train_seconds"],
+            "seconds_per_iteration": result["train_seconds"] / max(result["step"], 1),
+            "stopped_early": result["stopped_early"],
+            "device": str(device),
+            "last": result["last"],
+        },
+        "validation": result["validation"],
+        "timing": {"data_seconds": data_seconds, "wall_seconds": time.perf_counter() - wall},
+    }
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary
+
+
+def model_from_checkpoint(
+    path: str, *, device: torch.device | str = "cpu"
+) -> tuple[SingleViewModel, SingleViewConfig, dict[str, Any]]:
+    """
+    The model of a single-view checkpoint, in eval mode.
+
+    Returns:
+        ``(model, config, state)``.
+
+    Raises:
+        FileNotFoundError / ValueError: a missing or unreadable checkpoint, or one of another task.
+    """
+    state = load_checkpoint(path, map_location=device)
+    if state.get("task") != TASK_NAME:
+        raise ValueError(
+            f"{path} is not a single-view checkpoint (train one with dvr fit --task single-view)."
+        )
+    config = config_from_dict(state["config"])
+    model = build_model(config, load_weights=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"The checkpoint {path} does not fit its configuration: {error}"
+        ) from error
+    return model.to(device).eval(), config, state
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write JSON atomically (NaN / inf become ``null``)."""
+
+    def safe(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): safe(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [safe(v) for v in value]
+        if isinstance(value, torch.Tensor):
+            return safe(value.tolist())
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    with atomic_write(path, "w") as handle:
+        json.dump(safe(data), handle, indent=2)
+        handle.write("\n")
