@@ -110,6 +110,8 @@ class TestMultiViewData(unittest.TestCase):
         both = small.masks & exact.masks & (small.depths > 0)
         err = (small.depths - exact.depths)[both].abs()
         self.assertLess(float(err.median()), 5e-3)
+        # depth and mask follow the same coverage rule: no depth outside the mask
+        self.assertFalse(bool(((small.depths > 0) & ~small.masks).any()))
         self.assertIs(data.downscale(1).images, data.images)
         with self.assertRaisesRegex(ValueError, "factor"):
             data.downscale(0)

@@ -259,8 +259,9 @@ class MultiViewData:
         Rows / columns beyond a multiple of ``factor`` are cropped at the bottom / right. Pixel
         coordinates (corner convention) scale by ``1 / factor``, so the intrinsics become
         ``K' = diag(1/f, 1/f, 1) K`` and projections stay consistent. Masks keep pixels more than
-        half covered; depth is the mean of the known depths in each block, kept where at least
-        half of the block has depth (0 elsewhere).
+        half covered; depth is the mean of the known depths in each block, kept where more than
+        half of the block has depth (0 elsewhere), the same rule as the masks, so that a block
+        exactly half covered is background in both.
         """
         if not isinstance(factor, int) or factor < 1:
             raise ValueError(f"factor must be a positive int, got {factor!r}.")
@@ -283,7 +284,7 @@ class MultiViewData:
             covered = pool(valid)[:, 0]
             total = pool(self.depths[:, None] * valid)[:, 0]
             depths = torch.where(
-                covered >= 0.5, total / covered.clamp_min(1e-12), torch.zeros_like(total)
+                covered > 0.5, total / covered.clamp_min(1e-12), torch.zeros_like(total)
             )
         R, t, K = opencv_from_cameras(self.cameras, image_size=(height, width))
         K = K.clone()
