@@ -412,10 +412,12 @@ def render_object(
     # known exactly there: the mean depth of its covered sub-pixels.
     coverage = F.avg_pool2d(hit[:, None].float(), supersample)[:, 0]
     masks = coverage >= 0.5
+    covered_depth = F.avg_pool2d(data.depths[:, None], supersample)[:, 0]
+    depths = covered_depth / coverage.clamp_min(1e-12)
     return MultiViewData(
         images=small.images,
         masks=masks,
-        depths=torch.where(masks, small.depths, torch.zeros_like(small.depths)),
+        depths=torch.where(masks, depths, torch.zeros_like(depths)),
         cameras=small.cameras,
         names=small.names,
         info=small.info,
