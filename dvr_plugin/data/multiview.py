@@ -57,7 +57,25 @@ def as_ndc_perspective(
     return cameras_from_opencv(R, t, K, image_size, dtype=dtype, device=cameras.device)
 
 
-class MultiViewData:
+class ImageStack:
+    """
+    ``image_size`` and ``device`` of a container holding `(N, H, W, 3)` ``images``
+    (:class:`MultiViewData`, :class:`dvr_plugin.single_view.CategoryData`).
+    """
+
+    images: torch.Tensor
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+
+class MultiViewData(ImageStack):
     """
     Posed multi-view images of one object in a normalised object frame.
 
@@ -170,15 +188,6 @@ class MultiViewData:
             f"MultiViewData({len(self)} views, {height}x{width}, {depth}, "
             f"device={self.device}, format={self.info.get('format', '?')})"
         )
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """``(H, W)``."""
-        return int(self.images.shape[1]), int(self.images.shape[2])
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
 
     def _replace(self, **changes: Any) -> MultiViewData:
         fields = {

@@ -15,28 +15,14 @@ says ``task: single-view``, or ``--resume`` finds a single-view run in ``--out``
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Optional
+
+from ..training.cli_commands import clean_errors
 
 TASKS = ("multi-view", "single-view")
 PACKAGED_CONFIG = "single_view"
-
-
-def _clean_errors(command: Callable[[argparse.Namespace], int]):
-    """Report bad input (``ValueError`` / ``FileNotFoundError``) as one line, exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"dvr {args.command}: error: {error}", file=sys.stderr)
-            return 2
-
-    return wrapper
 
 
 def _device(name: str | None) -> str:
@@ -97,18 +83,22 @@ def wants_single_view(args: argparse.Namespace) -> bool:
     return False
 
 
-def _packaged(name: str) -> str | None:
-    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
-    path = os.path.join(folder, name if name.endswith(".yaml") else f"{name}.yaml")
-    return path if os.path.exists(path) else None
+def _packaged(name: str) -> Optional[str]:
+    """The packaged config ``name`` (``dvr_plugin/configs``), or ``None`` when there is none."""
+    from ..training.fit import packaged_config
+
+    try:
+        return packaged_config(name)
+    except FileNotFoundError:
+        return None
 
 
-@_clean_errors
+@clean_errors
 def run_single_view_fit(args: argparse.Namespace) -> int:
     """``dvr fit --task single-view``."""
-    from ..training.checkpoint import load_checkpoint
+    from ..training.cli_commands import fit_config_source, fit_overrides
     from .config import load_single_view_config
-    from .trainer import CHECKPOINT_NAME, fit_single_view
+    from .trainer import fit_single_view
 
     _show_notices()
     if args.format is not None:
@@ -116,22 +106,10 @@ def run_single_view_fit(args: argparse.Namespace) -> int:
             "--format does not apply to --task single-view: the data is a category in the "
             "reference DVR layout (--data ROOT)."
         )
-    overrides = list(args.overrides)
-    if args.data is not None:
-        overrides.append(f"data.path={json.dumps(args.data)}")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
-    config_path = args.config
-    if config_path is not None and not os.path.exists(config_path):
-        config_path = _packaged(config_path)
-        if config_path is None:
-            raise FileNotFoundError(f"No config file {args.config}.")
-    base = None
-    if args.resume and config_path is None:
-        base = load_checkpoint(os.path.join(args.out, CHECKPOINT_NAME))["config"]
-    elif config_path is None:
+    config_path, base = fit_config_source(args)
+    if config_path is None and base is None:
         config_path = _packaged(PACKAGED_CONFIG)
-    config = load_single_view_config(config_path, overrides, base=base)
+    config = load_single_view_config(config_path, fit_overrides(args), base=base)
     summary = fit_single_view(config, args.out, resume=args.resume, progress=not args.quiet)
     train = summary["train"]
     lines = [
@@ -222,7 +200,7 @@ def add_single_view_parsers(subparsers: Any) -> None:
     evaluate.set_defaults(run=run_eval_category)
 
 
-@_clean_errors
+@clean_errors
 def run_make_category(args: argparse.Namespace) -> int:
     """``dvr make-category``."""
     from .category import CategorySettings, make_category
@@ -259,7 +237,7 @@ def run_make_category(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clean_errors
+@clean_errors
 def run_reconstruct(args: argparse.Namespace) -> int:
     """``dvr reconstruct``."""
     from .reconstruct import reconstruct_image
@@ -280,7 +258,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     return 0 if summary["mesh"] else 1
 
 
-@_clean_errors
+@clean_errors
 def run_eval_category(args: argparse.Namespace) -> int:
     """``dvr eval-category``."""
     from .evaluate import evaluate_category

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -32,8 +31,15 @@ from typing import Any, Optional, Union
 import torch
 
 from ..losses import LossWeights
-from ..sampling import SAMPLING_MODES
-from ..schedule import StepSchedule
+from ..training.config import (
+    OptimConfig,
+    apply_device_overrides,
+    build_config,
+    check_rays_and_marching,
+    check_top_level,
+    load_config_data,
+    resolve_device,
+)
 from .dataset import DEPTH_MODES
 from .encoder import BACKBONES
 
@@ -142,38 +148,6 @@ class SingleViewModelConfig:
 
 
 @dataclass
-class SingleViewOptimConfig:
-    """
-    Adam with a step-decay learning rate.
-
-    Members:
-        lr: learning rate of the decoder (the encoder's is ``lr * encoder.lr_scale``).
-        lr_milestones: iterations at which the rates are multiplied by ``lr_gamma``.
-        lr_gamma: the decay factor.
-        weight_decay: Adam's weight decay.
-        grad_clip: gradient-norm clipping (0 = off).
-    """
-
-    lr: float = 5e-4
-    lr_milestones: list = field(default_factory=list)
-    lr_gamma: float = 0.5
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"optim.lr must be a positive number, got {self.lr}.")
-        if not 0 < self.lr_gamma <= 1:
-            raise ValueError(f"optim.lr_gamma must lie in (0, 1], got {self.lr_gamma}.")
-        milestones = [int(m) for m in self.lr_milestones]
-        if milestones != sorted(milestones) or any(m < 1 for m in milestones):
-            raise ValueError(f"optim.lr_milestones must be increasing and >= 1, got {milestones}.")
-        self.lr_milestones = milestones
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("optim.weight_decay and optim.grad_clip must be >= 0.")
-
-
-@dataclass
 class SingleViewTrainConfig:
     """
     Members:
@@ -213,16 +187,7 @@ class SingleViewTrainConfig:
             )
         if self.rays_per_image < 1:
             raise ValueError(f"train.rays_per_image must be >= 1, got {self.rays_per_image}.")
-        if self.sampling not in SAMPLING_MODES:
-            raise ValueError(
-                f"train.sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}."
-            )
-        if self.sampling == "patch" and self.rays_per_image % 4:
-            raise ValueError("train.sampling=patch needs train.rays_per_image divisible by 4.")
-        if not 0 <= self.foreground_fraction <= 1:
-            raise ValueError(
-                f"train.foreground_fraction must lie in [0, 1], got {self.foreground_fraction}."
-            )
+        check_rays_and_marching(self)
         if self.supervision not in SUPERVISIONS:
             raise ValueError(
                 f"train.supervision must be one of {SUPERVISIONS}, got {self.supervision!r}."
@@ -231,11 +196,6 @@ class SingleViewTrainConfig:
             raise ValueError(
                 f"train.input_view must be 'random' or a view index, got {self.input_view!r}."
             )
-        self.step_milestones = StepSchedule(self.step_milestones).milestones
-        if self.n_secant_steps < 0:
-            raise ValueError(f"train.n_secant_steps must be >= 0, got {self.n_secant_steps}.")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise ValueError(f"train.time_budget_s must be > 0, got {self.time_budget_s}.")
 
 
 @dataclass
@@ -333,7 +293,9 @@ class SingleViewConfig:
 
     Members:
         task: always ``single-view`` (marks the file for ``dvr fit``).
-        data, encoder, model, optim, train, loss, eval: the sections.
+        data, encoder, model, optim, train, loss, eval: the sections; ``optim`` is the
+            multi-view :class:`dvr_plugin.training.config.OptimConfig` (its ``lr`` is the
+            decoder's, the encoder's is ``lr * encoder.lr_scale``).
         seed: seeds initialisation and every draw of the training loop.
         device: ``auto`` (CUDA when available) or a torch device string.
         background: RGB behind objects in renders (must match the data's background).
@@ -345,7 +307,7 @@ class SingleViewConfig:
     data: SingleViewDataConfig = field(default_factory=SingleViewDataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     model: SingleViewModelConfig = field(default_factory=SingleViewModelConfig)
-    optim: SingleViewOptimConfig = field(default_factory=SingleViewOptimConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     train: SingleViewTrainConfig = field(default_factory=SingleViewTrainConfig)
     loss: SingleViewLossConfig = field(default_factory=SingleViewLossConfig)
     eval: SingleViewEvalConfig = field(default_factory=SingleViewEvalConfig)
@@ -359,17 +321,7 @@ class SingleViewConfig:
             raise ValueError(
                 f"task must be {TASK_NAME!r} in a single-view config, got {self.task!r}."
             )
-        if len(self.background) != 3:
-            raise ValueError(f"background must be an RGB triple, got {self.background!r}.")
-        self.background = [float(v) for v in self.background]
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError as error:
-                raise ValueError(f"device {self.device!r} is not a torch device.") from error
-        for kind, overrides in self.device_overrides.items():
-            if not isinstance(overrides, Mapping):
-                raise ValueError(f"device_overrides.{kind} must map dotted keys to values.")
+        check_top_level(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML / JSON / checkpoint friendly)."""
@@ -381,153 +333,13 @@ class SingleViewConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.iterations=200"`` -> ``(["train", "iterations"], 200)`` (value parsed as YAML)."""
-    import yaml
-
-    if not isinstance(text, str) or "=" not in text:
-        raise ValueError(f"An override must look like section.key=value, got {text!r}.")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ValueError(f"An override needs a dotted key before '=', got {text!r}.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as error:
-        raise ValueError(f"Cannot parse the value of override {text!r}: {error}") from error
-    return key.split("."), value
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _section(cls: Any, name: str) -> Optional[type]:
-    hint = _hints(cls).get(name) if dataclasses.is_dataclass(cls) else None
-    return hint if dataclasses.is_dataclass(hint) else None
-
-
-def _set(data: dict, parts: list[str], value: Any) -> None:
-    """Set a dotted key in a nested dict, checking it names a config field."""
-    cls: Any = SingleViewConfig
-    node = data
-    for depth, part in enumerate(parts):
-        if dataclasses.is_dataclass(cls):
-            names = [f.name for f in dataclasses.fields(cls)]
-            if part not in names:
-                where = ".".join(parts[:depth]) or "the top level"
-                raise ValueError(
-                    f"Unknown config key {'.'.join(parts)!r}: {where} has keys {names}."
-                )
-            sub = _section(cls, part)
-            if sub is None and depth < len(parts) - 1:
-                origin = typing.get_origin(_hints(cls)[part]) or _hints(cls)[part]
-                if origin is not dict:
-                    raise ValueError(
-                        f"Unknown config key {'.'.join(parts)!r}: "
-                        f"{'.'.join(parts[: depth + 1])} is a value, not a section."
-                    )
-            cls = sub
-        if depth == len(parts) - 1:
-            node[part] = value
-        else:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-
-
-def _flatten(overrides: Mapping[str, Any], prefix: Optional[list[str]] = None) -> list:
-    """``{"train.iterations": 5}`` or ``{"train": {"iterations": 5}}`` -> ``[(parts, value)]``."""
-    prefix = prefix or []
-    out = []
-    for key, value in overrides.items():
-        parts = prefix + str(key).split(".")
-        target: Any = SingleViewConfig
-        for part in parts:
-            target = _section(target, part)
-        if isinstance(value, Mapping) and target is not None:
-            out.extend(_flatten(value, parts))
-        else:
-            out.append((parts, value))
-    return out
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in [a for a in args if a is not type(None)]:
-            try:
-                return _coerce(value, option, key)
-            except ValueError as error:
-                errors.append(str(error))
-        raise ValueError(errors[-1])
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"Config key {key} must be true or false, got {value!r}.")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"Config key {key} must be an integer, got {value!r}.")
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"Config key {key} must be a number, got {value!r}.")
-        try:
-            return float(value)
-        except ValueError as error:
-            raise ValueError(f"Config key {key} must be a number, got {value!r}.") from error
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"Config key {key} must be a string, got {value!r}.")
-    if hint is list or origin is list:
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        raise ValueError(f"Config key {key} must be a list, got {value!r}.")
-    if hint is dict or origin is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise ValueError(f"Config key {key} must be a mapping, got {value!r}.")
-    return value
-
-
-def _build(cls: type, data: Any, prefix: str = "") -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"Config section {prefix.rstrip('.') or 'top level'} must be a mapping.")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        where = prefix.rstrip(".") or "the top level"
-        raise ValueError(
-            f"Unknown config key(s) {[prefix + str(k) for k in unknown]}: {where} has keys "
-            f"{sorted(fields)}."
-        )
-    hints = _hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix + name + ".")
-        else:
-            kwargs[name] = _coerce(value, hint, prefix + name)
-    return cls(**kwargs)
+# Reading, overrides and device resolution are those of the multi-view configuration
+# (:mod:`dvr_plugin.training.config`), with keys checked against :class:`SingleViewConfig`.
 
 
 def config_from_dict(data: Mapping[str, Any]) -> SingleViewConfig:
     """Build a :class:`SingleViewConfig` from a nested dict (checked)."""
-    return _build(SingleViewConfig, dict(data))
+    return build_config(SingleViewConfig, dict(data))
 
 
 def load_single_view_config(
@@ -541,46 +353,13 @@ def load_single_view_config(
 
     Keys given as overrides win over the file's ``device_overrides`` for the same key.
     """
-    import copy
-
-    import yaml
-
-    data: dict = copy.deepcopy(dict(base)) if base is not None else {}
-    if path is not None:
-        try:
-            with open(path) as handle:
-                loaded = yaml.safe_load(handle) or {}
-        except OSError as error:
-            raise FileNotFoundError(f"Cannot read the config {path}: {error}") from error
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path} must hold a mapping of config sections.")
-        for key, value in loaded.items():
-            if isinstance(value, Mapping) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **copy.deepcopy(dict(value))}
-            else:
-                data[key] = copy.deepcopy(value)
-    parsed = [parse_override(o) if isinstance(o, str) else o for o in overrides]
-    for parts, value in parsed:
-        _set(data, list(parts), value)
-        for kind, extra in list((data.get("device_overrides") or {}).items()):
-            if isinstance(extra, Mapping) and parts[0] != "device_overrides":
-                kept = [(k, v) for k, v in _flatten(extra) if k[: len(parts)] != list(parts)]
-                data["device_overrides"][kind] = {".".join(k): v for k, v in kept}
-    return config_from_dict(data)
+    return config_from_dict(load_config_data(path, overrides, base=base, root=SingleViewConfig))
 
 
 def resolve_single_view_config(config: SingleViewConfig) -> tuple[SingleViewConfig, torch.device]:
     """Resolve ``device`` (``auto``) and apply its ``device_overrides``."""
-    if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {config.device!r} was asked for but CUDA is not available.")
-    data = config.to_dict()
-    for parts, value in _flatten(data.get("device_overrides", {}).get(device.type, {})):
-        _set(data, parts, value)
-    data["device"] = str(device)
+    device = resolve_device(config.device)
+    data = apply_device_overrides(config.to_dict(), device, root=SingleViewConfig)
     return config_from_dict(data), device
 
 

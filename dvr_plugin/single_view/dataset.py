@@ -39,6 +39,7 @@ from .._pytorch3d import require_pytorch3d
 from ..cameras import cameras_from_opencv, opencv_from_cameras
 from ..data import MultiViewData, index_cameras, load_dvr_layout
 from ..data.io import IMAGE_EXTENSIONS, list_files
+from ..data.multiview import ImageStack
 
 require_pytorch3d()
 from pytorch3d.renderer import PerspectiveCameras  # noqa: E402
@@ -201,7 +202,7 @@ def _stack_cameras(cameras: Sequence[PerspectiveCameras], image_size: tuple[int,
     return PerspectiveCameras(image_size=torch.tensor([list(image_size)] * n), **fields)
 
 
-class CategoryData:
+class CategoryData(ImageStack):
     """
     All views of the objects of one split, in memory.
 
@@ -282,15 +283,6 @@ class CategoryData:
             f"{height}x{width}, classes {self.classes}, depth {self.depth_kind}, "
             f"device={self.device})"
         )
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """``(H, W)``."""
-        return int(self.images.shape[1]), int(self.images.shape[2])
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
 
     @property
     def n_views(self) -> torch.Tensor:

@@ -34,8 +34,9 @@ import torch
 
 from ..io import atomic_write, make_dirs
 from ..metrics import evaluate_pointclouds, sample_surface
+from ..training.fit import write_json
 from .dataset import CategoryData, GroundTruth, load_category
-from .trainer import model_from_checkpoint, render_with_codes, spread_objects, write_json
+from .trainer import encode_views, model_from_checkpoint, render_with_codes, spread_objects
 
 METRICS = ("chamfer_l1", "normal_consistency", "f_score")
 METRIC_TITLES = {
@@ -197,15 +198,6 @@ def _fmt(value: Optional[float], metric: str) -> str:
     return f"{value:.4f}" if metric == "chamfer_l1" else f"{value:.3f}"
 
 
-@torch.no_grad()
-def _encode(model, data: CategoryData, views: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    codes = [
-        model.encode(data.float_images(views[i : i + batch_size]))
-        for i in range(0, len(views), batch_size)
-    ]
-    return torch.cat(codes)
-
-
 def evaluate_category(
     checkpoint: str,
     out_dir: str,
@@ -294,11 +286,11 @@ def evaluate_category(
     start = time.perf_counter()
     test_objects = torch.arange(len(test))
     input_views = test.view_index(test_objects, input_view)
-    test_codes = _encode(model, test, input_views)
+    test_codes = encode_views(model, test, input_views, batch_size=128)
     train_codes = train_owner = None
     if retrieval and train is not None:
         train_views = torch.arange(int(train.view_offsets[-1]))
-        train_codes = _encode(model, train, train_views)
+        train_codes = encode_views(model, train, train_views, batch_size=128)
         train_owner = torch.repeat_interleave(torch.arange(len(train)), train.n_views)
     timing["encode_seconds"] = time.perf_counter() - start
 

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from ..data.io import read_rgb
 from ..io import make_dirs
 from ..training.evaluation import orbit_cameras
+from ..training.fit import write_json
 from ..visualize import colorize_normals, image_grid, save_gif, save_png
-from .trainer import model_from_checkpoint, render_with_codes, write_json
+from .trainer import model_from_checkpoint, render_with_codes
 
 
 def read_input_image(

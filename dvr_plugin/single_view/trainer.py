@@ -20,10 +20,7 @@ global states, so ``--resume`` continues where the run stopped.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -31,7 +28,7 @@ from typing import Any, Optional
 import torch
 
 from ..field import evaluate_field
-from ..io import atomic_write, make_dirs
+from ..io import make_dirs
 from ..losses import (
     depth_loss,
     freespace_and_occupancy_points,
@@ -51,11 +48,20 @@ from ..training.checkpoint import (
     capture_rng_state,
     checkpoint_exists,
     load_checkpoint,
-    restore_rng_state,
     save_checkpoint,
 )
-from ..training.evaluation import RenderedViews, image_metrics, orbit_settings
-from ..training.logs import CsvLog, TensorBoardLog, plot_curves
+from ..training.evaluation import RenderedViews, image_metrics, orbit_settings, render_views
+from ..training.fit import write_json
+from ..training.trainer import (
+    CHECKPOINT_NAME,
+    VAL_DIR_NAME,
+    log_train_row,
+    open_run_outputs,
+    plot_run_curves,
+    progress_bar,
+    restore_training_state,
+    seed_everything,
+)
 from ..visualize import colorize_normals, image_grid, save_png
 from .config import (
     TASK_NAME,
@@ -66,23 +72,7 @@ from .config import (
 from .dataset import CategoryData, dataset_summary, load_category
 from .model import SingleViewModel, build_model, describe_model
 
-CHECKPOINT_NAME = "checkpoint.pt"
-TRAIN_LOG_NAME = "train_log.csv"
-VAL_LOG_NAME = "val_log.csv"
-CURVES_NAME = "curves.png"
-VAL_DIR_NAME = "val"
 TERMS = ("rgb", "depth", "freespace", "occupancy", "normal")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()
@@ -117,25 +107,28 @@ def render_with_codes(
             f"codes must have shape ({len(cameras)}, C) for {len(cameras)} cameras, got "
             f"{tuple(codes.shape)}."
         )
-    height, width = int(image_size[0]), int(image_size[1])
-    renderer = DVRRenderer(
-        field=field,
-        raysampler=SecantRaysampler(
-            image_width=width,
-            image_height=height,
-            n_steps=n_steps,
-            n_secant_steps=n_secant_steps,
-            compute_normals=True,
-        ),
-        background_color=list(background),
+    return render_views(
+        field,
+        cameras,
+        image_size,
+        n_steps=n_steps,
+        n_secant_steps=n_secant_steps,
+        background=background,
+        batch_size=batch_size,
+        latent=codes,
     )
-    parts = []
-    for start in range(0, len(cameras), batch_size):
-        index = list(range(start, min(start + batch_size, len(cameras))))
-        out = renderer(cameras[index], latent=codes[index])
-        parts.append((out.images.cpu(), out.masks.cpu(), out.depths.cpu(), out.normals.cpu()))
-    images, masks, depths, normals = (torch.cat(p) for p in zip(*parts, strict=True))
-    return RenderedViews(images=images, masks=masks, depths=depths, normals=normals)
+
+
+@torch.no_grad()
+def encode_views(
+    model: SingleViewModel, data: CategoryData, views: torch.Tensor, *, batch_size: int = 64
+) -> torch.Tensor:
+    """`(N, C)` codes of the flat views `(N,)` of ``data``, ``batch_size`` images at a time."""
+    codes = [
+        model.encode(data.float_images(views[i : i + batch_size]))
+        for i in range(0, len(views), batch_size)
+    ]
+    return torch.cat(codes)
 
 
 def spread_objects(data: CategoryData, count: int) -> list[int]:
@@ -271,35 +264,13 @@ class SingleViewTrainer:
         self.train_log = self.val_log = None
         self.tensorboard = None
         if self.out_dir is not None:
-            make_dirs(self.out_dir)
-            make_dirs(self._path(VAL_DIR_NAME))
-            resume_step = self.step if resuming else None
-            self.train_log = CsvLog(
-                path=self._path(TRAIN_LOG_NAME),
-                columns=[
-                    "step",
-                    "loss",
-                    *TERMS,
-                    "lr",
-                    "n_steps",
-                    "hit_rate",
-                    "train_mask_agreement",
-                    "seconds",
-                ],
-                resume_step=resume_step,
+            self.train_log, self.val_log, self.tensorboard = open_run_outputs(
+                self.out_dir,
+                config.to_dict(),
+                terms=TERMS,
+                resume_step=self.step if resuming else None,
+                tensorboard=config.eval.tensorboard,
             )
-            self.val_log = CsvLog(
-                path=self._path(VAL_LOG_NAME),
-                columns=["step", "psnr", "psnr_masked", "ssim", "mask_iou", "seconds"],
-                resume_step=resume_step,
-            )
-            self.tensorboard = TensorBoardLog(
-                log_dir=self._path("tensorboard"), enabled=config.eval.tensorboard
-            )
-            import yaml
-
-            with atomic_write(self._path("config.yaml"), "w") as handle:
-                yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
 
     # -----------------------------------------------------------------------------------------
     # One step
@@ -439,11 +410,7 @@ class SingleViewTrainer:
     def encode_views(self, data: CategoryData, views: torch.Tensor, batch_size: int = 64):
         """`(N, C)` codes of flat views `(N,)` of ``data`` (model in eval mode)."""
         self.model.eval()
-        codes = [
-            self.model.encode(data.float_images(views[i : i + batch_size]))
-            for i in range(0, len(views), batch_size)
-        ]
-        return torch.cat(codes)
+        return encode_views(self.model, data, views, batch_size=batch_size)
 
     @torch.no_grad()
     def validate(
@@ -520,21 +487,13 @@ class SingleViewTrainer:
         """Restore model, optimiser, schedule, step and random states."""
         if state.get("task") != TASK_NAME:
             raise ValueError("The checkpoint is not a single-view checkpoint (dvr fit --task).")
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise ValueError(
-                f"The checkpoint's model does not match the configured one ({error}). Resume "
-                "with the configuration stored in the checkpoint."
-            ) from error
-        for key in ("optimizer", "scheduler", "rng"):
-            if key not in state:
-                raise ValueError(f"The checkpoint lacks {key!r}; it cannot be resumed.")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"], self._generators())
-        self.step = int(state["step"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.step, self.train_seconds = restore_training_state(
+            state,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            generators=self._generators(),
+        )
         if state.get("encoder"):
             self.encoder_info = dict(state["encoder"])
 
@@ -559,23 +518,14 @@ class SingleViewTrainer:
             ``step``, ``train_seconds``, ``stopped_early``, ``last`` (last losses),
             ``validation`` (last metrics or ``None``).
         """
-        from tqdm.auto import tqdm
-
         cfg = self.config
         total = cfg.train.iterations
         budget = cfg.train.time_budget_s
         if self.step == 0 and cfg.eval.validate_every > 0:
             self.validate()
         last: dict[str, float] = {}
-        interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            disable=not self.progress,
-            desc="fit single-view",
-            unit="it",
-            dynamic_ncols=True,
-            mininterval=0.2 if interactive else 30.0,
+        bar = progress_bar(
+            total=total, initial=self.step, enabled=self.progress, desc="fit single-view"
         )
         try:
             while self.step < total:
@@ -595,11 +545,13 @@ class SingleViewTrainer:
                     refresh=False,
                 )
                 if self.step % cfg.eval.log_every == 0 or self.step == total:
-                    row = {**last, "step": self.step, "seconds": self.train_seconds}
-                    if self.train_log is not None:
-                        self.train_log.append(row)
-                    if self.tensorboard is not None:
-                        self.tensorboard.add("train", row, self.step)
+                    log_train_row(
+                        last,
+                        step=self.step,
+                        seconds=self.train_seconds,
+                        train_log=self.train_log,
+                        tensorboard=self.tensorboard,
+                    )
                 if cfg.eval.validate_every and self.step % cfg.eval.validate_every == 0:
                     metrics = self.validate()
                     if metrics is not None:
@@ -616,17 +568,7 @@ class SingleViewTrainer:
             done = self.last_validation is not None and self.last_validation["step"] == self.step
             self.validate(grid_path=self._path("comparison.png"), log=not done)
         if self.out_dir is not None:
-            try:
-                plot_curves(
-                    self._path(TRAIN_LOG_NAME),
-                    self._path(VAL_LOG_NAME),
-                    self._path(CURVES_NAME),
-                    terms=[t for t in TERMS if getattr(self.weights, t) > 0],
-                )
-            except Exception as error:  # noqa: BLE001 - a plot must not fail a finished fit
-                import warnings
-
-                warnings.warn(f"Could not plot the training curves: {error}", stacklevel=2)
+            plot_run_curves(self.out_dir, [t for t in TERMS if getattr(self.weights, t) > 0])
         if self.tensorboard is not None:
             self.tensorboard.close()
         return {
@@ -792,21 +734,3 @@ def model_from_checkpoint(
         ) from error
     return model.to(device).eval(), config, state
 
-
-def write_json(path: str, data: Any) -> None:
-    """Write JSON atomically (NaN / inf become ``null``)."""
-
-    def safe(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): safe(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [safe(v) for v in value]
-        if isinstance(value, torch.Tensor):
-            return safe(value.tolist())
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
-
-    with atomic_write(path, "w") as handle:
-        json.dump(safe(data), handle, indent=2)
-        handle.write("\n")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Callable, Optional
 
 FORMAT_CHOICES = ("mesh", "dtu", "monosdf", "nerf-synthetic", "dvr", "demo")
 
@@ -130,7 +130,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _clean_errors(command):
+def clean_errors(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
     """Report a bad input (``ValueError`` / ``FileNotFoundError``) as one line, exit code 2."""
     import functools
 
@@ -145,23 +145,47 @@ def _clean_errors(command):
     return wrapper
 
 
-@_clean_errors
+@clean_errors
 def run_fit_command(args: argparse.Namespace) -> int:
     """``dvr fit``."""
-    import os
-
-    from .checkpoint import load_checkpoint
     from .config import load_config
-    from .fit import fit, packaged_config
-    from .trainer import CHECKPOINT_NAME
+    from .fit import fit
 
+    config_path, base = fit_config_source(args)
+    config = load_config(config_path, fit_overrides(args), base=base)
+    report = fit(config, args.out, resume=args.resume, progress=not args.quiet)
+    if report.get("rank", 0) == 0:  # under torchrun rank 0 reports
+        _print_summary(report, args.out)
+    return 0
+
+
+def fit_overrides(args: argparse.Namespace) -> list[str]:
+    """
+    The ``KEY=VALUE`` overrides of ``dvr fit``, followed by those that ``--format``, ``--data``
+    and ``--device`` stand for.
+    """
     overrides = list(args.overrides)
-    if args.format is not None:
+    if getattr(args, "format", None) is not None:
         overrides.append(f"data.format={args.format}")
     if args.data is not None:
         overrides.append(f"data.path={json.dumps(args.data)}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
+    return overrides
+
+
+def fit_config_source(args: argparse.Namespace) -> tuple[Optional[str], Optional[dict]]:
+    """
+    Where ``dvr fit`` reads its configuration: ``(path, base)``. ``--config`` is a file or the
+    name of a packaged config; without it, ``--resume`` starts from the configuration stored in
+    ``OUT/checkpoint.pt``; ``(None, None)`` otherwise.
+    """
+    import os
+
+    from .checkpoint import load_checkpoint
+    from .fit import packaged_config
+    from .trainer import CHECKPOINT_NAME
+
     config_path = args.config
     if config_path is not None and not os.path.exists(config_path):
         config_path = packaged_config(config_path)
@@ -169,14 +193,10 @@ def run_fit_command(args: argparse.Namespace) -> int:
     if args.resume and config_path is None:
         state = load_checkpoint(os.path.join(args.out, CHECKPOINT_NAME))
         base = state["config"]
-    config = load_config(config_path, overrides, base=base)
-    report = fit(config, args.out, resume=args.resume, progress=not args.quiet)
-    if report.get("rank", 0) == 0:  # under torchrun rank 0 reports
-        _print_summary(report, args.out)
-    return 0
+    return config_path, base
 
 
-@_clean_errors
+@clean_errors
 def run_render_command(args: argparse.Namespace) -> int:
     """``dvr render``."""
     from .fit import render_checkpoint
@@ -200,7 +220,7 @@ def run_render_command(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clean_errors
+@clean_errors
 def run_demo_command(args: argparse.Namespace) -> int:
     """``dvr demo``."""
     report = run_fit_demo(

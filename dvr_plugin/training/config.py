@@ -215,24 +215,36 @@ class TrainConfig:
             raise ValueError(f"train.iterations must be >= 0, got {self.iterations}.")
         _positive("train.images_per_batch", self.images_per_batch)
         _positive("train.rays_per_image", self.rays_per_image)
-        if self.sampling not in SAMPLING_MODES:
-            raise ValueError(
-                f"train.sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}."
-            )
-        if self.sampling == "patch" and self.rays_per_image % 4 != 0:
-            raise ValueError(
-                "train.sampling='patch' needs train.rays_per_image divisible by 4, got "
-                f"{self.rays_per_image}."
-            )
-        if not 0.0 <= self.foreground_fraction <= 1.0:
-            raise ValueError(
-                f"train.foreground_fraction must lie in [0, 1], got {self.foreground_fraction}."
-            )
-        self.step_milestones = StepSchedule(self.step_milestones).milestones
-        if self.n_secant_steps < 0:
-            raise ValueError(f"train.n_secant_steps must be >= 0, got {self.n_secant_steps}.")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise ValueError(f"train.time_budget_s must be > 0, got {self.time_budget_s}.")
+        check_rays_and_marching(self)
+
+
+def check_rays_and_marching(train: Any) -> None:
+    """
+    Check the pixel-sampling and marching fields a ``train`` section shares with
+    :class:`TrainConfig`: ``sampling``, ``rays_per_image`` (patches of 4), ``foreground_fraction``,
+    ``step_milestones`` (normalised in place), ``n_secant_steps`` and ``time_budget_s``.
+
+    Raises:
+        ValueError: naming the first invalid key.
+    """
+    if train.sampling not in SAMPLING_MODES:
+        raise ValueError(
+            f"train.sampling must be one of {SAMPLING_MODES}, got {train.sampling!r}."
+        )
+    if train.sampling == "patch" and train.rays_per_image % 4 != 0:
+        raise ValueError(
+            "train.sampling='patch' needs train.rays_per_image divisible by 4, got "
+            f"{train.rays_per_image}."
+        )
+    if not 0.0 <= train.foreground_fraction <= 1.0:
+        raise ValueError(
+            f"train.foreground_fraction must lie in [0, 1], got {train.foreground_fraction}."
+        )
+    train.step_milestones = StepSchedule(train.step_milestones).milestones
+    if train.n_secant_steps < 0:
+        raise ValueError(f"train.n_secant_steps must be >= 0, got {train.n_secant_steps}.")
+    if train.time_budget_s is not None and not train.time_budget_s > 0:
+        raise ValueError(f"train.time_budget_s must be > 0, got {train.time_budget_s}.")
 
 
 @dataclass
@@ -343,19 +355,7 @@ class FitConfig:
     device_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if len(self.background) != 3:
-            raise ValueError(f"background must be an RGB triple, got {self.background!r}.")
-        self.background = [float(v) for v in self.background]
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError as error:
-                raise ValueError(f"device {self.device!r} is not a torch device.") from error
-        for kind, overrides in self.device_overrides.items():
-            if not isinstance(overrides, Mapping):
-                raise ValueError(
-                    f"device_overrides.{kind} must map dotted keys to values, got {overrides!r}."
-                )
+        check_top_level(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML / JSON / checkpoint friendly)."""
@@ -364,7 +364,31 @@ class FitConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FitConfig:
         """Build from a nested dict; unknown keys and wrong types raise ``ValueError``."""
-        return _build(cls, data, prefix="")
+        return build_config(cls, data)
+
+
+def check_top_level(config: Any) -> None:
+    """
+    Check the top-level fields every configuration (:class:`FitConfig`, the single-view one)
+    shares: ``background`` (an RGB triple, made floats in place), ``device`` (``"auto"`` or a
+    torch device string) and ``device_overrides`` (mappings).
+
+    Raises:
+        ValueError: naming the invalid key.
+    """
+    if len(config.background) != 3:
+        raise ValueError(f"background must be an RGB triple, got {config.background!r}.")
+    config.background = [float(v) for v in config.background]
+    if config.device != "auto":
+        try:
+            torch.device(config.device)
+        except RuntimeError as error:
+            raise ValueError(f"device {config.device!r} is not a torch device.") from error
+    for kind, overrides in config.device_overrides.items():
+        if not isinstance(overrides, Mapping):
+            raise ValueError(
+                f"device_overrides.{kind} must map dotted keys to values, got {overrides!r}."
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +409,22 @@ def load_config(
     Returns:
         FitConfig.
     """
+    return FitConfig.from_dict(load_config_data(path, overrides, base=base))
+
+
+def load_config_data(
+    path: Optional[str] = None,
+    overrides: Iterable[str] = (),
+    *,
+    base: Optional[Mapping[str, Any]] = None,
+    root: type = FitConfig,
+) -> dict:
+    """
+    The nested dict behind :func:`load_config`: ``base`` (or ``{}``), the YAML file merged in
+    section by section, then the overrides (checked against ``root``); keys set by overrides win
+    over the same keys in ``device_overrides``. ``root`` is the configuration dataclass the
+    keys belong to (another task's configuration, e.g. single-view, shares this reader).
+    """
     import yaml
 
     from ..io import open_path
@@ -397,14 +437,14 @@ def load_config(
             loaded = {}
         if not isinstance(loaded, Mapping):
             raise ValueError(f"{path} must hold a mapping of config sections, got {loaded!r}.")
-        data = _merge(data, loaded)
+        data = merge_config_data(data, loaded, root=root)
     overrides = [parse_override(o) if isinstance(o, str) else o for o in overrides]
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, overrides, root=root)
     # What the user sets explicitly wins over the per-device defaults of the file.
     for parts, _ in overrides:
         if parts and parts[0] != "device_overrides":
-            _drop_device_override(data, list(parts))
-    return FitConfig.from_dict(data)
+            drop_device_override(data, list(parts), root=root)
+    return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -424,18 +464,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict:
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Iterable[str], *, root: type = FitConfig
+) -> dict:
     """
     Apply ``dotted.key=value`` overrides to a nested config dict (a new dict is returned).
 
-    Keys are checked against :class:`FitConfig`; a key that names no field raises
+    Keys are checked against ``root`` (:class:`FitConfig`); a key that names no field raises
     ``ValueError`` with the known keys of that section. Mapping-valued fields (``loader_args``,
     ``step_milestones``, ``device_overrides``) accept deeper keys.
     """
     out = _deep_copy(dict(data))
     for text in overrides:
         parts, value = parse_override(text) if isinstance(text, str) else text
-        _check_key(parts)
+        check_key(parts, root=root)
         node = out
         for part in parts[:-1]:
             child = node.get(part)
@@ -468,11 +510,20 @@ def resolve_config(config: FitConfig) -> tuple[FitConfig, torch.device]:
         its overrides applied) and the device.
     """
     device = resolve_device(config.device)
-    data = config.to_dict()
+    return FitConfig.from_dict(apply_device_overrides(config.to_dict(), device)), device
+
+
+def apply_device_overrides(
+    data: Mapping[str, Any], device: torch.device, *, root: type = FitConfig
+) -> dict:
+    """
+    A config dict with the ``device_overrides`` of ``device``'s type applied (keys checked
+    against ``root``) and ``device`` set to the device string (a new dict is returned).
+    """
     extra = data.get("device_overrides", {}).get(device.type, {})
-    data = apply_overrides(data, _flatten_overrides(extra))
-    data["device"] = str(device)
-    return FitConfig.from_dict(data), device
+    out = apply_overrides(data, flatten_overrides(extra, root=root), root=root)
+    out["device"] = str(device)
+    return out
 
 
 def config_keys() -> list[str]:
@@ -504,13 +555,16 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
-def _merge(base: dict, update: Mapping) -> dict:
+def merge_config_data(base: dict, update: Mapping, *, root: type = FitConfig) -> dict:
+    """
+    ``base`` updated with ``update`` (a new dict): the sections of ``root`` (the dataclass
+    fields of :class:`FitConfig`) are merged key by key, any other key is replaced.
+    """
     out = dict(base)
+    sections = {f.name for f in dataclasses.fields(root) if _dataclass_of(f, root) is not None}
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key in {
-            f.name for f in dataclasses.fields(FitConfig) if _dataclass_of(f) is not None
-        }:
-            out[key] = _merge(dict(out[key]), value)
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key in sections:
+            out[key] = merge_config_data(dict(out[key]), value, root=root)
         else:
             out[key] = _deep_copy(value)
     return out
@@ -520,21 +574,23 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _dataclass_of(f: dataclasses.Field) -> Optional[type]:
-    hint = _type_hints(FitConfig).get(f.name)
+def _dataclass_of(f: dataclasses.Field, root: type = FitConfig) -> Optional[type]:
+    hint = _type_hints(root).get(f.name)
     return hint if dataclasses.is_dataclass(hint) else None
 
 
-def _flatten_overrides(overrides: Mapping[str, Any]) -> list[tuple[list[str], Any]]:
+def flatten_overrides(
+    overrides: Mapping[str, Any], *, root: type = FitConfig
+) -> list[tuple[list[str], Any]]:
     """
     ``{"model.hidden_size": 256}`` or ``{"model": {"hidden_size": 256}}`` (or a mix) as a list
-    of ``(key parts, value)``; nesting is followed only through config sections, so mapping
-    values such as ``train.step_milestones`` stay whole.
+    of ``(key parts, value)``; nesting is followed only through the sections of ``root``, so
+    mapping values such as ``train.step_milestones`` stay whole.
     """
     out: list[tuple[list[str], Any]] = []
 
     def walk(prefix: list[str], value: Any) -> None:
-        cls: Any = FitConfig
+        cls: Any = root
         for part in prefix:
             hint = _type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
             cls = hint if dataclasses.is_dataclass(hint) else None
@@ -548,20 +604,23 @@ def _flatten_overrides(overrides: Mapping[str, Any]) -> list[tuple[list[str], An
     return out
 
 
-def _drop_device_override(data: dict, parts: list[str]) -> None:
+def drop_device_override(data: dict, parts: list[str], *, root: type = FitConfig) -> None:
     """Remove the key ``parts`` (and anything below it) from every ``device_overrides`` entry."""
     for kind, overrides in list((data.get("device_overrides") or {}).items()):
         if not isinstance(overrides, Mapping):
             continue
-        flat = _flatten_overrides(overrides)
+        flat = flatten_overrides(overrides, root=root)
         kept = [(key, value) for key, value in flat if key[: len(parts)] != parts]
         if len(kept) != len(flat):
             data["device_overrides"][kind] = {".".join(key): value for key, value in kept}
 
 
-def _check_key(parts: Sequence[str]) -> None:
-    """Raise ``ValueError`` unless ``parts`` names a config field (or lies inside a mapping)."""
-    cls: Any = FitConfig
+def check_key(parts: Sequence[str], *, root: type = FitConfig) -> None:
+    """
+    Raise ``ValueError`` unless ``parts`` names a field of ``root`` (or lies inside a
+    mapping-valued field).
+    """
+    cls: Any = root
     for depth, part in enumerate(parts):
         if not dataclasses.is_dataclass(cls):
             return  # inside a mapping-valued field: free keys
@@ -583,7 +642,12 @@ def _check_key(parts: Sequence[str]) -> None:
             return
 
 
-def _build(cls: type, data: Any, *, prefix: str) -> Any:
+def build_config(cls: type, data: Any, *, prefix: str = "") -> Any:
+    """
+    The configuration dataclass ``cls`` from a nested dict: sections built recursively, values
+    checked and converted to the annotated types (:func:`coerce_value`); unknown keys and
+    wrong types raise ``ValueError`` naming the key (``prefix`` is the dotted path of ``cls``).
+    """
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -602,24 +666,32 @@ def _build(cls: type, data: Any, *, prefix: str) -> Any:
         hint = hints[name]
         key = prefix + name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix=key + ".")
+            kwargs[name] = build_config(hint, value, prefix=key + ".")
         else:
-            kwargs[name] = _coerce(value, hint, key)
+            kwargs[name] = coerce_value(value, hint, key)
     try:
         return cls(**kwargs)
     except TypeError as error:
         raise ValueError(f"Invalid config section {prefix or 'top level'}: {error}") from error
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check / convert a YAML value to the annotated type of a config field."""
+def coerce_value(value: Any, hint: Any, key: str) -> Any:
+    """
+    Check / convert a YAML value to the annotated type of a config field (``key`` names it in
+    errors). A ``Union`` takes the first of its types that accepts the value.
+    """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for option in inner[:-1]:
+            try:
+                return coerce_value(value, option, key)
+            except ValueError:
+                continue
+        return coerce_value(value, inner[-1], key)
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -46,6 +46,7 @@ def render_views(
     n_secant_steps: int = 8,
     background: Sequence[float] = (1.0, 1.0, 1.0),
     batch_size: int = 1,
+    latent: Optional[torch.Tensor] = None,
 ) -> RenderedViews:
     """
     Render every camera of a batch at full resolution with DVR (no gradients).
@@ -58,6 +59,8 @@ def render_views(
         n_secant_steps: secant refinement steps.
         background: RGB behind the object.
         batch_size: cameras rendered per call.
+        latent: `(N, C)` codes of a conditioned field (camera ``i`` rendered with
+            ``latent[i]``), or ``None``.
 
     Returns:
         RenderedViews on the CPU.
@@ -77,7 +80,7 @@ def render_views(
     parts: list[Any] = []
     for start in range(0, len(cameras), batch_size):
         index = list(range(start, min(start + batch_size, len(cameras))))
-        out = renderer(cameras[index])
+        out = renderer(cameras[index], latent=None if latent is None else latent[index])
         parts.append(
             (out.images.cpu(), out.masks.cpu(), out.depths.cpu(), out.normals.cpu())
         )

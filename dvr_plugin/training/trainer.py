@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
 import torch
@@ -125,6 +125,142 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def open_run_outputs(
+    out_dir: str,
+    config: Mapping[str, Any],
+    *,
+    terms: Sequence[str],
+    resume_step: Optional[int],
+    tensorboard: bool,
+) -> tuple[CsvLog, CsvLog, TensorBoardLog]:
+    """
+    Prepare the output folder of a training run: create ``out_dir`` and ``out_dir/val``, open
+    the training and validation CSV logs (an earlier run's rows up to ``resume_step`` kept) and
+    TensorBoard, and write ``config.yaml``.
+
+    Args:
+        out_dir: the output folder (local path or iopath URI).
+        config: the run's configuration as a nested dict.
+        terms: the loss-term columns of the training log.
+        resume_step: the step a resumed run continues from (``None``: a new run).
+        tensorboard: also log to TensorBoard when it imports.
+
+    Returns:
+        ``(train_log, val_log, tensorboard)``.
+    """
+    make_dirs(out_dir)
+    make_dirs(os.path.join(out_dir, VAL_DIR_NAME))
+    train_log = CsvLog(
+        path=os.path.join(out_dir, TRAIN_LOG_NAME),
+        columns=[
+            "step", "loss", *terms, "lr", "n_steps", "hit_rate", "train_mask_agreement", "seconds",
+        ],
+        resume_step=resume_step,
+    )
+    val_log = CsvLog(
+        path=os.path.join(out_dir, VAL_LOG_NAME),
+        columns=["step", "psnr", "psnr_masked", "ssim", "mask_iou", "seconds"],
+        resume_step=resume_step,
+    )
+    board = TensorBoardLog(log_dir=os.path.join(out_dir, "tensorboard"), enabled=tensorboard)
+    import yaml
+
+    with atomic_write(os.path.join(out_dir, "config.yaml"), "w") as handle:
+        yaml.safe_dump(dict(config), handle, sort_keys=False)
+    return train_log, val_log, board
+
+
+def progress_bar(*, total: int, initial: int, enabled: bool, desc: str) -> Any:
+    """
+    The tqdm bar of a training loop (``initial`` steps done of ``total``): refreshed often in a
+    terminal, every 30 seconds when stderr goes to a log file.
+    """
+    from tqdm.auto import tqdm
+
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        desc=desc,
+        unit="it",
+        dynamic_ncols=True,
+        mininterval=0.2 if interactive else 30.0,
+    )
+
+
+def log_train_row(
+    values: Mapping[str, Any],
+    *,
+    step: int,
+    seconds: float,
+    train_log: Optional[CsvLog],
+    tensorboard: Optional[TensorBoardLog],
+) -> None:
+    """Log a step's losses with ``step`` and training ``seconds`` (CSV log and TensorBoard)."""
+    row = {**values, "step": step, "seconds": seconds}
+    if train_log is not None:
+        train_log.append(row)
+    if tensorboard is not None:
+        tensorboard.add("train", row, step)
+
+
+def plot_run_curves(out_dir: str, terms: Sequence[str]) -> Optional[str]:
+    """
+    Plot the CSV logs of ``out_dir`` to ``curves.png`` (:func:`.logs.plot_curves`); a failure
+    only warns: a plot must not fail a finished fit.
+
+    Returns:
+        The PNG's path, or ``None`` when nothing was plotted.
+    """
+    try:
+        return plot_curves(
+            os.path.join(out_dir, TRAIN_LOG_NAME),
+            os.path.join(out_dir, VAL_LOG_NAME),
+            os.path.join(out_dir, CURVES_NAME),
+            terms=list(terms),
+        )
+    except Exception as error:  # noqa: BLE001 - a plot must not fail a finished fit
+        import warnings
+
+        # stacklevel 3: the warning points at the caller of the trainer's fit().
+        warnings.warn(f"Could not plot the training curves: {error}", stacklevel=3)
+        return None
+
+
+def restore_training_state(
+    state: Mapping[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generators: Mapping[str, torch.Generator],
+) -> tuple[int, float]:
+    """
+    Load a checkpoint's model, optimiser, learning-rate schedule and random states.
+
+    Returns:
+        ``(step, train_seconds)`` of the checkpoint.
+
+    Raises:
+        ValueError: the model does not match, or the checkpoint lacks what a resume needs.
+    """
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"The checkpoint's model does not match the configured one ({error}). Resume "
+            "with the configuration stored in the checkpoint."
+        ) from error
+    for key in ("optimizer", "scheduler", "rng"):
+        if key not in state:
+            raise ValueError(f"The checkpoint lacks {key!r}; it cannot be resumed exactly.")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"], generators)
+    return int(state["step"]), float(state.get("train_seconds", 0.0))
 
 
 class Trainer:
@@ -258,29 +394,13 @@ class Trainer:
         self.train_log = self.val_log = None
         self.tensorboard = None
         if self.out_dir is not None and self.is_main:
-            make_dirs(self.out_dir)
-            make_dirs(self._path(VAL_DIR_NAME))
-            resume_step = self.step if resumed else None
-            self.train_log = CsvLog(
-                path=self._path(TRAIN_LOG_NAME),
-                columns=[
-                    "step", "loss", *TERMS, "lr", "n_steps", "hit_rate",
-                    "train_mask_agreement", "seconds",
-                ],
-                resume_step=resume_step,
+            self.train_log, self.val_log, self.tensorboard = open_run_outputs(
+                self.out_dir,
+                config.to_dict(),
+                terms=TERMS,
+                resume_step=self.step if resumed else None,
+                tensorboard=config.eval.tensorboard,
             )
-            self.val_log = CsvLog(
-                path=self._path(VAL_LOG_NAME),
-                columns=["step", "psnr", "psnr_masked", "ssim", "mask_iou", "seconds"],
-                resume_step=resume_step,
-            )
-            self.tensorboard = TensorBoardLog(
-                log_dir=self._path("tensorboard"), enabled=config.eval.tensorboard
-            )
-            import yaml
-
-            with atomic_write(self._path("config.yaml"), "w") as handle:
-                yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
 
         # The forward pass of a step; on several ranks it runs inside DistributedDataParallel.
         self.step_forward: Callable[..., Any] = self._forward_losses
@@ -562,21 +682,13 @@ class Trainer:
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (model, optimiser, schedule, step, RNG)."""
-        try:
-            self.field.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise ValueError(
-                f"The checkpoint's model does not match the configured one ({error}). Resume "
-                "with the configuration stored in the checkpoint."
-            ) from error
-        for key in ("optimizer", "scheduler", "rng"):
-            if key not in state:
-                raise ValueError(f"The checkpoint lacks {key!r}; it cannot be resumed exactly.")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"], self._generators())
-        self.step = int(state["step"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.step, self.train_seconds = restore_training_state(
+            state,
+            model=self.field,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            generators=self._generators(),
+        )
 
     def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
         """
@@ -602,24 +714,13 @@ class Trainer:
             ``step``, ``train_seconds``, ``stopped_early``, ``last`` (the last step's losses)
             and ``validation`` (the last validation metrics or ``None``).
         """
-        from tqdm.auto import tqdm
-
         cfg = self.config
         total = cfg.train.iterations
         budget = cfg.train.time_budget_s
         if self.step == 0 and cfg.eval.validate_every > 0:
             self.validate()
         last: dict[str, float] = {}
-        interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            disable=not self.progress,
-            desc="fit",
-            unit="it",
-            dynamic_ncols=True,
-            mininterval=0.2 if interactive else 30.0,
-        )
+        bar = progress_bar(total=total, initial=self.step, enabled=self.progress, desc="fit")
         try:
             while self.step < total:
                 if budget is not None and self._agree(self.train_seconds >= budget):
@@ -639,11 +740,13 @@ class Trainer:
                     refresh=False,
                 )
                 if self.step % cfg.eval.log_every == 0 or self.step == total:
-                    row = {**last, "step": self.step, "seconds": self.train_seconds}
-                    if self.train_log is not None:
-                        self.train_log.append(row)
-                    if self.tensorboard is not None:
-                        self.tensorboard.add("train", row, self.step)
+                    log_train_row(
+                        last,
+                        step=self.step,
+                        seconds=self.train_seconds,
+                        train_log=self.train_log,
+                        tensorboard=self.tensorboard,
+                    )
                 if cfg.eval.validate_every and self.step % cfg.eval.validate_every == 0:
                     self.validate()
                     if self.last_validation is not None:
@@ -660,17 +763,7 @@ class Trainer:
         if self.last_validation is None or self.last_validation["step"] != self.step:
             self.validate()
         if self.out_dir is not None and self.is_main:
-            try:
-                plot_curves(
-                    self._path(TRAIN_LOG_NAME),
-                    self._path(VAL_LOG_NAME),
-                    self._path(CURVES_NAME),
-                    terms=[t for t in TERMS if getattr(self.weights, t) > 0],
-                )
-            except Exception as error:  # noqa: BLE001 - a plot must not fail a finished fit
-                import warnings
-
-                warnings.warn(f"Could not plot the training curves: {error}", stacklevel=2)
+            plot_run_curves(self.out_dir, [t for t in TERMS if getattr(self.weights, t) > 0])
         if self.tensorboard is not None:
             self.tensorboard.close()
         return {
