@@ -55,6 +55,7 @@ from ..training.fit import write_json
 from ..training.trainer import (
     CHECKPOINT_NAME,
     VAL_DIR_NAME,
+    build_optimizer,
     log_train_row,
     open_run_outputs,
     plot_run_curves,
@@ -227,7 +228,8 @@ class SingleViewTrainer:
             background_color=config.background,
         )
         self.schedule = StepSchedule(config.train.step_milestones)
-        self.optimizer = torch.optim.Adam(
+        self.optimizer, self.scheduler = build_optimizer(
+            config.optim,
             [
                 {
                     "params": list(self.model.encoder.parameters()),
@@ -235,10 +237,6 @@ class SingleViewTrainer:
                 },
                 {"params": list(self.model.field.parameters()), "lr": config.optim.lr},
             ],
-            weight_decay=config.optim.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=config.optim.lr_milestones, gamma=config.optim.lr_gamma
         )
         self.object_generator = torch.Generator().manual_seed(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)

@@ -46,7 +46,7 @@ from .evaluation import (
     turntable_frames,
 )
 from .fit import finish_fit, fit, packaged_config, render_checkpoint, run_fit_demo
-from .trainer import AutocastField, Trainer, build_field, seed_everything
+from .trainer import AutocastField, Trainer, build_field, build_optimizer, seed_everything
 
 __all__ = [
     "AutocastField",
@@ -63,6 +63,7 @@ __all__ = [
     "Trainer",
     "apply_overrides",
     "build_field",
+    "build_optimizer",
     "capture_rng_state",
     "check_training_views",
     "comparison_grid",

@@ -62,7 +62,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import FitConfig, resolve_device
+from .config import FitConfig, OptimConfig, resolve_device
 from .data import check_training_views
 from .distributed import BatchShard, StepForward, current_context, parameters_anchor
 from .evaluation import comparison_grid, image_metrics, orbit_settings, render_views
@@ -114,6 +114,20 @@ def build_field(config: FitConfig) -> OccupancyTextureField:
         n_frequencies=model.n_frequencies,
         field_type=model.field_type,
     )
+
+
+def build_optimizer(
+    optim: OptimConfig, params: Any
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
+    """
+    Adam over ``params`` (parameters or parameter groups) with ``optim``'s learning rate and
+    weight decay, and its step decay (``lr_milestones``, ``lr_gamma``).
+    """
+    optimizer = torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=optim.lr_milestones, gamma=optim.lr_gamma
+    )
+    return optimizer, scheduler
 
 
 def seed_everything(seed: int) -> None:
@@ -356,12 +370,7 @@ class Trainer:
             background_color=config.background,
         )
         self.schedule = StepSchedule(config.train.step_milestones)
-        self.optimizer = torch.optim.Adam(
-            self.field.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=config.optim.lr_milestones, gamma=config.optim.lr_gamma
-        )
+        self.optimizer, self.scheduler = build_optimizer(config.optim, self.field.parameters())
         self.image_generator = torch.Generator().manual_seed(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         box = torch.tensor(UNIT_CUBE_BOUNDS, dtype=torch.float32, device=self.device)

@@ -42,6 +42,7 @@ from dvr_plugin.raysampler import UNIT_CUBE_BOUNDS
 from dvr_plugin.sampling import gather, sample_pixels
 from dvr_plugin.training import FitConfig, RenderedViews, build_field, seed_everything
 from dvr_plugin.training.config import resolve_device
+from dvr_plugin.training.trainer import build_optimizer
 
 Bounds = tuple[Sequence[float], Sequence[float]]
 
@@ -413,12 +414,7 @@ class VolumeBaselineTrainer:
         self.model = VolumeBaseline(
             field=self.field, n_pts_per_ray=n_pts_per_ray, background_color=config.background
         ).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.field.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=config.optim.lr_milestones, gamma=config.optim.lr_gamma
-        )
+        self.optimizer, self.scheduler = build_optimizer(config.optim, self.field.parameters())
         self.image_generator = torch.Generator().manual_seed(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.step = 0
