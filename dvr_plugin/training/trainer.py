@@ -52,7 +52,7 @@ from ..losses import (
 from ..rays import intersect_box
 from ..raysampler import UNIT_CUBE_BOUNDS, SecantRaysampler
 from ..renderer import DVRRenderer
-from ..sampling import gather, sample_pixels
+from ..sampling import PixelSample, gather, sample_pixels
 from ..schedule import StepSchedule
 from ..visualize import save_png
 from .checkpoint import (
@@ -62,7 +62,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import FitConfig, OptimConfig, resolve_device
+from .config import FitConfig, OptimConfig, TrainConfig, resolve_device
 from .data import check_training_views
 from .distributed import BatchShard, StepForward, current_context, parameters_anchor
 from .evaluation import comparison_grid, image_metrics, orbit_settings, render_views
@@ -114,6 +114,37 @@ def build_field(config: FitConfig) -> OccupancyTextureField:
         n_frequencies=model.n_frequencies,
         field_type=model.field_type,
     )
+
+
+def draw_pixel_batch(
+    data: MultiViewData,
+    train: TrainConfig,
+    *,
+    image_generator: torch.Generator,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, PixelSample]:
+    """
+    One training batch: ``B = min(train.images_per_batch, len(data))`` images drawn without
+    replacement (``image_generator``, on the CPU) and ``train.rays_per_image`` pixels in each
+    (``train.sampling``, drawn with ``generator`` on the data's device).
+
+    Returns:
+        index: `(B,)` image indices (CPU).
+        masks: `(B, H, W)` their masks.
+        sample: the pixels (:class:`dvr_plugin.sampling.PixelSample`, `(B, R)`).
+    """
+    batch = min(train.images_per_batch, len(data))
+    index = torch.randperm(len(data), generator=image_generator)[:batch]
+    masks = data.masks[index.to(data.masks.device)]
+    sample = sample_pixels(
+        masks,
+        train.rays_per_image,
+        mode=train.sampling,
+        foreground_fraction=train.foreground_fraction,
+        continuous=train.continuous_pixels,
+        generator=generator,
+    )
+    return index, masks, sample
 
 
 def build_optimizer(
@@ -544,19 +575,11 @@ class Trainer:
         """
         cfg = self.config
         data = self.train_data
-        n_images = len(data)
-        batch = min(cfg.train.images_per_batch, n_images)
-        index = torch.randperm(n_images, generator=self.image_generator)[:batch]
-        index_device = index.to(self.device)
-        masks = data.masks[index_device]
-        sample = sample_pixels(
-            masks,
-            cfg.train.rays_per_image,
-            mode=cfg.train.sampling,
-            foreground_fraction=cfg.train.foreground_fraction,
-            continuous=cfg.train.continuous_pixels,
-            generator=self.generator,
+        index, masks, sample = draw_pixel_batch(
+            data, cfg.train, image_generator=self.image_generator, generator=self.generator
         )
+        batch = index.shape[0]
+        index_device = index.to(self.device)
         if self.dist is not None:
             # Every rank drew the whole global batch (generators in step); it keeps its images.
             self.shard = self.dist.shard(batch)

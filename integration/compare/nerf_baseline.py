@@ -39,10 +39,10 @@ from dvr_plugin.field import evaluate_field, field_type_of
 from dvr_plugin.losses import rgb_loss
 from dvr_plugin.rays import intersect_box, ndc_grid, rays_from_cameras
 from dvr_plugin.raysampler import UNIT_CUBE_BOUNDS
-from dvr_plugin.sampling import gather, sample_pixels
+from dvr_plugin.sampling import gather
 from dvr_plugin.training import FitConfig, RenderedViews, build_field, seed_everything
 from dvr_plugin.training.config import resolve_device
-from dvr_plugin.training.trainer import build_optimizer
+from dvr_plugin.training.trainer import build_optimizer, draw_pixel_batch
 
 Bounds = tuple[Sequence[float], Sequence[float]]
 
@@ -430,18 +430,11 @@ class VolumeBaselineTrainer:
         """
         cfg = self.config
         data = self.train_data
-        batch = min(cfg.train.images_per_batch, len(data))
-        index = torch.randperm(len(data), generator=self.image_generator)[:batch]
-        index_device = index.to(self.device)
-        masks = data.masks[index_device]
-        sample = sample_pixels(
-            masks,
-            cfg.train.rays_per_image,
-            mode=cfg.train.sampling,
-            foreground_fraction=cfg.train.foreground_fraction,
-            continuous=cfg.train.continuous_pixels,
-            generator=self.generator,
+        index, masks, sample = draw_pixel_batch(
+            data, cfg.train, image_generator=self.image_generator, generator=self.generator
         )
+        batch = index.shape[0]
+        index_device = index.to(self.device)
         gt_rgb = gather(data.images[index_device], sample)
         gt_mask = gather(masks, sample)
         cameras = index_cameras(data.cameras, index)
