@@ -15,6 +15,7 @@ Conventions (the same as PyTorch3D's ``NDCMultinomialRaysampler`` with ``unit_di
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Union
 
@@ -23,7 +24,13 @@ import torch
 from ._pytorch3d import require_pytorch3d
 
 require_pytorch3d()
-from pytorch3d.renderer.cameras import CamerasBase  # noqa: E402
+from pytorch3d.renderer.cameras import (  # noqa: E402
+    CamerasBase,
+    FoVOrthographicCameras,
+    FoVPerspectiveCameras,
+    OrthographicCameras,
+    PerspectiveCameras,
+)
 
 ImageSize = Union[int, Sequence[int]]
 
@@ -128,16 +135,111 @@ def rays_from_cameras(
         )
     spatial = xys.shape[1:-1]
     flat = xys.reshape(batch, -1, 2)
+    rays = _pinhole_rays(cameras, flat)
+    if rays is None:
+        rays = _unprojected_rays(cameras, flat)
+    origins, directions = rays
+    return origins.reshape(batch, *spatial, 3), directions.reshape(batch, *spatial, 3)
+
+
+def _unprojected_rays(
+    cameras: CamerasBase, flat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any camera: unproject every point at z = 1 and z = 2 (PyTorch3D's transforms)."""
     n_rays = flat.shape[1]
-    depth_one = flat.new_ones(batch, n_rays, 1)
+    depth_one = flat.new_ones(flat.shape[0], n_rays, 1)
     to_unproject = torch.cat(
         [torch.cat([flat, depth_one], dim=-1), torch.cat([flat, 2.0 * depth_one], dim=-1)], dim=1
     )
     world = cameras.unproject_points(to_unproject, world_coordinates=True, from_ndc=True)
     plane_one, plane_two = world[:, :n_rays], world[:, n_rays:]
     directions = plane_two - plane_one
-    origins = plane_one - directions
-    return origins.reshape(batch, *spatial, 3), directions.reshape(batch, *spatial, 3)
+    return plane_one - directions, directions
+
+
+def _as_columns(value, batch: int, reference: torch.Tensor, width: int) -> torch.Tensor:
+    """A camera parameter (number, `(N,)`, `(N, 1)` or `(N, width)`) as `(batch, width)`."""
+    if not torch.is_tensor(value):
+        value = torch.tensor(value, dtype=reference.dtype, device=reference.device)
+    value = value.to(reference.dtype)
+    if value.dim() <= 1:
+        value = value.reshape(-1, 1)
+    return value.expand(batch, width) if value.shape[-1] == 1 else value
+
+
+def _ndc_intrinsics(cameras: CamerasBase, batch: int, reference: torch.Tensor):
+    """
+    ``(focal, principal, perspective)``: `(B, 2)` NDC focal lengths and principal points of the
+    four standard PyTorch3D camera classes (the projection is ``x_ndc = f X / Z + p``, or
+    ``f X + p`` for orthographic cameras), or ``None`` for any other camera.
+    """
+    kind = type(cameras)
+    if getattr(cameras, "K", None) is not None:
+        return None
+    if kind is FoVPerspectiveCameras:
+        fov = _as_columns(cameras.fov, batch, reference, 1)[:, 0]
+        if cameras.degrees:
+            fov = fov * (math.pi / 180.0)
+        aspect = _as_columns(cameras.aspect_ratio, batch, reference, 1)[:, 0]
+        tan_half = torch.tan(fov / 2)
+        focal = torch.stack([1.0 / (tan_half * aspect), 1.0 / tan_half], dim=-1)
+        return focal, torch.zeros_like(focal), True
+    if kind is FoVOrthographicCameras:
+        low = torch.stack(
+            [_as_columns(cameras.min_x, batch, reference, 1)[:, 0],
+             _as_columns(cameras.min_y, batch, reference, 1)[:, 0]], dim=-1,
+        )
+        high = torch.stack(
+            [_as_columns(cameras.max_x, batch, reference, 1)[:, 0],
+             _as_columns(cameras.max_y, batch, reference, 1)[:, 0]], dim=-1,
+        )
+        scale = _as_columns(cameras.scale_xyz, batch, reference, 3)[:, :2]
+        focal = 2.0 / (high - low) * scale
+        return focal, -(high + low) / (high - low), False
+    if kind not in (PerspectiveCameras, OrthographicCameras):
+        return None
+    focal = _as_columns(cameras.focal_length, batch, reference, 2)
+    principal = _as_columns(cameras.principal_point, batch, reference, 2)
+    if not cameras.in_ndc():
+        # screen space: pixels, +X right / +Y down from the top-left corner (PyTorch3D's
+        # get_ndc_camera_transform); NDC scales the shorter side to [-1, 1]
+        size = _as_columns(cameras.get_image_size(), batch, reference, 2)  # (H, W)
+        width_height = size.flip(-1)
+        half = size.min(dim=-1, keepdim=True).values / 2.0
+        focal = focal / half
+        principal = (width_height / 2.0 - principal) / half
+    return focal, principal, kind is PerspectiveCameras
+
+
+def _pinhole_rays(
+    cameras: CamerasBase, flat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """
+    Rays of the standard PyTorch3D cameras straight from their parameters (a dozen tensor
+    operations instead of PyTorch3D's composed transforms); ``None`` for any other camera.
+    The same rays as :func:`_unprojected_rays`, differentiable in the same parameters.
+    """
+    batch = flat.shape[0]
+    intrinsics = _ndc_intrinsics(cameras, batch, flat)
+    if intrinsics is None:
+        return None
+    focal, principal, perspective = intrinsics
+    rotation = cameras.R.to(flat.dtype)
+    translation = cameras.T.to(flat.dtype)
+    if rotation.shape != (batch, 3, 3) or translation.shape != (batch, 3):
+        return None
+    # world = (camera - T) R^-1 for row vectors (PyTorch3D: camera = world R + T)
+    to_world = torch.linalg.inv_ex(rotation).inverse
+    planar = (flat - principal[:, None, :]) / focal[:, None, :]  # (B, n, 2) camera x / z, y / z
+    if perspective:
+        rows = torch.cat([planar, torch.ones_like(planar[..., :1])], dim=-1)
+        directions = torch.bmm(rows, to_world)
+        origins = -torch.bmm(translation[:, None, :], to_world).expand_as(directions)
+        return origins, directions
+    rows = torch.cat([planar, torch.zeros_like(planar[..., :1])], dim=-1)
+    origins = torch.bmm(rows - translation[:, None, :], to_world)
+    directions = to_world[:, None, 2, :].expand_as(origins)
+    return origins, directions
 
 
 def intersect_box(
