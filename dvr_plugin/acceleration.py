@@ -92,6 +92,10 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("bounds", box)
         self.register_buffer("raw", torch.ones(self.resolution, dtype=torch.bool))
         self.register_buffer("occupied", torch.ones(self.resolution, dtype=torch.bool))
+        # cells per side as a tensor on the grid's device (lookups create no tensors)
+        self.register_buffer(
+            "cells_per_side", torch.tensor(self.resolution, dtype=torch.long), persistent=False
+        )
 
     @property
     def all_occupied(self) -> bool:
@@ -128,7 +132,7 @@ class OccupancyGrid(nn.Module):
             raise ValueError(f"points must have shape (..., 3), got {tuple(points.shape)}.")
         low = self.bounds[0].to(device=points.device, dtype=points.dtype)
         high = self.bounds[1].to(device=points.device, dtype=points.dtype)
-        size = torch.tensor(self.resolution, device=points.device)
+        size = self.cells_per_side.to(points.device)
         cells = (points - low) * (size.to(points.dtype) / (high - low))
         tolerance = 1e-4
         within = ((cells > -tolerance) & (cells < size + tolerance)).all(dim=-1)

@@ -71,8 +71,9 @@ def attach_implicit_gradient(
         compute_normals: also return unit outward normals at ``origins + depth * directions``.
         differentiable_normals: keep the normals' graph (for a normal smoothness loss).
         eps: the smallest magnitude of the denominator ``grad_p s . w``.
-        chunk_size: evaluation chunk when no gradient is needed (rendering); with gradients all
-            ``M`` points are evaluated in one call (their graph has to be kept anyway).
+        chunk_size: evaluation chunk when no gradient is needed (rendering); with gradients the
+            points of all hit rays are evaluated in one call (their graph has to be kept
+            anyway), and only those: the others get no gradient.
 
     Returns:
         SurfaceGeometry with `(M,)` depths and `(M, 3)` normals (zero where not ``hit``).
@@ -92,18 +93,22 @@ def attach_implicit_gradient(
         normals = torch.cat(normals) if normals else origins.new_zeros(0, 3)
         return SurfaceGeometry(depth0, torch.where(hit[:, None], normals, 0.0))
 
-    offset = torch.zeros_like(origins.detach()).requires_grad_(True)
-    inside = query(ray_ids, origins + offset, directions, depth0[:, None])[:, 0]
+    # only the rays that hit get a gradient: evaluate (and keep a graph for) those alone
+    rows = torch.nonzero(hit, as_tuple=True)[0]
+    o, w, d0 = origins[rows], directions[rows], depth0[rows]
+    offset = torch.zeros_like(o.detach()).requires_grad_(True)
+    inside = query(ray_ids[rows], o + offset, w, d0[:, None])[:, 0]
     (grad_p,) = torch.autograd.grad(
-        inside.sum(), offset, create_graph=differentiable_normals, retain_graph=True
+        inside.sum(), offset, create_graph=differentiable_normals, retain_graph=True,
+        allow_unused=True, materialize_grads=True,  # no hits: a query may skip the points
     )
-    denominator = guard_denominator((grad_p.detach() * directions.detach()).sum(-1), eps)
-    implicit = depth0 - (inside - inside.detach()) / denominator
-    depth_out = torch.where(hit, implicit, depth0)
+    denominator = guard_denominator((grad_p.detach() * w.detach()).sum(-1), eps)
+    implicit = d0 - (inside - inside.detach()) / denominator
+    depth_out = depth0.index_put((rows,), implicit.to(depth0.dtype))
     normals = None
     if compute_normals:
-        normals = _outward(grad_p if differentiable_normals else grad_p.detach())
-        normals = torch.where(hit[:, None], normals, 0.0)
+        at_hits = _outward(grad_p if differentiable_normals else grad_p.detach())
+        normals = origins.detach().new_zeros(n_rays, 3).index_put((rows,), at_hits)
     return SurfaceGeometry(depth_out, normals)
 
 

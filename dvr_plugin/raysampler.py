@@ -21,6 +21,7 @@ from ._pytorch3d import require_pytorch3d
 from .acceleration import OccupancyGrid
 from .field import FIELD_TYPES
 from .implicit_gradient import attach_implicit_gradient
+from .march_graphs import MarchGraphs
 from .rays import image_size_hw, intersect_box, ndc_grid, rays_from_cameras
 from .refine_graphs import RefinementGraphs
 from .root_finding import MARCH_PRECISIONS, REFINE_PRECISIONS, find_surface
@@ -119,8 +120,10 @@ class SecantRaysampler(nn.Module):
             samples in cells it marks empty are skipped and count as outside (refresh it from
             the field; during training every few steps). ``None`` (default) skips nothing.
         cuda_graphs: replay the secant steps as CUDA graphs (one launch instead of ~100
-            kernels per step; :mod:`dvr_plugin.refine_graphs`). Needs a field that is a pure
-            function of its inputs, parameters and buffers; CUDA only (ignored elsewhere).
+            kernels per step; :mod:`dvr_plugin.refine_graphs`) and, with an occupancy grid,
+            the march's rounds in fixed shapes (one launch per round instead of ~40;
+            :mod:`dvr_plugin.march_graphs`). Needs a field that is a pure function of its
+            inputs, parameters and buffers; CUDA only (ignored elsewhere).
     """
 
     def __init__(
@@ -202,6 +205,7 @@ class SecantRaysampler(nn.Module):
         self.occupancy_grid = occupancy_grid
         self.cuda_graphs = cuda_graphs
         self._refine_graphs = RefinementGraphs() if cuda_graphs else None
+        self._march_graphs = MarchGraphs() if cuda_graphs else None
 
     def forward(
         self,
@@ -271,6 +275,7 @@ class SecantRaysampler(nn.Module):
                 block_size=self.block_size,
                 occupancy_grid=self.occupancy_grid,
                 refine_graphs=self._refine_graphs,
+                march_graphs=self._march_graphs,
             )
             hit[active] = search.hit
             started_inside[active] = search.started_inside

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .root_finding import reduced_precision
 from .surface_query import FieldQuery
 
 RefineFunction = Callable[..., torch.Tensor]
@@ -107,7 +108,8 @@ class RefinementGraphs:
             query: the field query (its ``latent`` rows are looked up by ``ray_ids``).
             ray_ids: `(h,)` ids of the rays in ``query``.
             origins, directions: `(h, 3)`.
-            ends_d, ends_s: `(h, 2)` bracket depths and inside values (outside end first).
+            ends_d, ends_s: `(h, 2)` bracket depths and inside values (outside end first); an
+                outside value may be NaN (not evaluated by the march): it is evaluated here.
             low, high: `(h,)` the interval the result is kept in.
 
         Returns:
@@ -149,11 +151,9 @@ class RefinementGraphs:
     # -----------------------------------------------------------------------------------------
 
     def _key(self, query, bucket, dtype, latent, n_secant_steps, precision) -> tuple:
-        tensors = list(query.field.parameters()) + list(query.field.buffers())
-        storage = tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
         latent_key = None if latent is None else (latent.shape[1], latent.dtype)
         return (
-            id(query.field), storage, bucket, dtype, latent_key, n_secant_steps, precision,
+            field_storage_key(query.field), bucket, dtype, latent_key, n_secant_steps, precision,
             float(query.level), query.field_type,
         )
 
@@ -166,8 +166,13 @@ class RefinementGraphs:
         )
         ids = torch.arange(n_rays, device=buffers["origins"].device)
         ends_d, ends_s = buffers["ends_d"], buffers["ends_s"]
+        origins, directions = buffers["origins"], buffers["directions"]
+        # an outside end the march skipped (an empty grid cell) is NaN: evaluate it here
+        with reduced_precision(precision, origins.device):
+            at_out = inner(ids, origins, directions, ends_d[:, :1])[:, 0].to(ends_s.dtype)
+        s_out = torch.where(torch.isnan(ends_s[:, 0]), at_out, ends_s[:, 0])
         return refine(
-            inner, ids, buffers["origins"], buffers["directions"], ends_d[:, 0], ends_s[:, 0],
+            inner, ids, origins, directions, ends_d[:, 0], s_out,
             ends_d[:, 1], ends_s[:, 1], n_secant_steps, False, precision,
             low=buffers["low"], high=buffers["high"],
         )
@@ -184,7 +189,7 @@ class RefinementGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         # warm up on a side stream (allocator and library handles), as CUDA graphs require
-        side = _side_stream(arrays["origins"].device)
+        side = side_stream(arrays["origins"].device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
@@ -202,10 +207,19 @@ class RefinementGraphs:
         return _Recorded(graph=graph, inputs=inputs, output=output)
 
 
+def field_storage_key(field: torch.nn.Module) -> tuple:
+    """
+    What a recorded graph of ``field`` depends on: the module and the storage (address, shape,
+    dtype) of its parameters and buffers, which in-place updates keep and replacements change.
+    """
+    tensors = list(field.parameters()) + list(field.buffers())
+    return (id(field), tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors))
+
+
 _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
+def side_stream(device: torch.device) -> torch.cuda.Stream:
     """One warm-up stream per device (each new stream would hold its own cuBLAS workspace)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _SIDE_STREAMS:

@@ -189,15 +189,23 @@ class DVRRenderer(nn.Module):
     ) -> torch.Tensor:
         """
         `(B, ..., 3)` colours at `(B, ..., 3)` surface points (white without a texture head).
-        With gradients every ray is evaluated in one call (a few kernels for a training
-        batch); without them only the rays that ``hit`` `(B, ...)`, in chunks (the others are
-        background in the image whatever their colour).
+        Only the rays that ``hit`` `(B, ...)` are evaluated (the others are background in the
+        image whatever their colour, and get no gradient from it): with gradients all in one
+        call (a few kernels for a training batch), without them in chunks.
         """
         batch = points.shape[0]
         flat = points.reshape(batch, -1, 3)
         if torch.is_grad_enabled():
-            rgb = evaluate_field(self.field, flat, latent).rgb
-            return (torch.ones_like(flat) if rgb is None else rgb).reshape(points.shape)
+            images, rows = torch.nonzero(hit.reshape(batch, -1), as_tuple=True)
+            code = None if latent is None else latent[images]
+            # one ray per row, with its image's code
+            colour = evaluate_field(self.field, flat[images, rows][:, None], code).rgb
+            white = torch.ones_like(flat.detach())
+            if colour is None:
+                return white.reshape(points.shape)
+            return white.index_put((images, rows), colour[:, 0].to(white.dtype)).reshape(
+                points.shape
+            )
         rgb = torch.ones_like(flat)
         hits = hit.reshape(batch, -1)
         for b in range(batch):

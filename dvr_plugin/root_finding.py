@@ -59,6 +59,7 @@ import torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .acceleration import OccupancyGrid
+    from .march_graphs import MarchGraphs
     from .refine_graphs import RefinementGraphs
 
 InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -435,6 +436,7 @@ def find_surface(
     block_size: int | None = None,
     occupancy_grid: OccupancyGrid | None = None,
     refine_graphs: RefinementGraphs | None = None,
+    march_graphs: MarchGraphs | None = None,
 ) -> SurfaceSearch:
     """
     Find the first free -> occupied crossing along each of ``M`` rays (see the module docstring).
@@ -465,6 +467,9 @@ def find_surface(
             (:class:`dvr_plugin.refine_graphs.RefinementGraphs`; CUDA, float32 / TF32
             refinement, a :class:`~dvr_plugin.surface_query.FieldQuery` on an ``nn.Module``
             field; otherwise the steps run eagerly).
+        march_graphs: with an occupancy grid, march in fixed shapes replayed as CUDA graphs
+            from this cache (:class:`dvr_plugin.march_graphs.MarchGraphs`; same conditions;
+            the same brackets as the eager march).
 
     Returns:
         SurfaceSearch with `(M,)` tensors.
@@ -519,7 +524,15 @@ def find_surface(
     spacing = (far - near) / (n_steps - 1)
     parts = []
     with reduced_precision(march, device):
-        for i in range(0, n_rays, rays_per_chunk):
+        if grid is not None and march_graphs is not None and march_graphs.supports(query, device):
+            recorded = march_graphs.march(
+                query, grid, ray_ids=ray_ids, origins=origins, directions=directions, near=near,
+                spacing=spacing, n_steps=n_steps, block=block, precision=march,
+                check_finite=check_finite,
+            )
+            if recorded is not None:
+                parts.append(_FirstInside(*recorded))
+        for i in range(0, n_rays if not parts else 0, rays_per_chunk):
             sl = slice(i, i + rays_per_chunk)
             args = (query, ray_ids[sl], origins[sl], directions[sl], near[sl], spacing[sl])
             if grid is not None:
@@ -553,20 +566,21 @@ def find_surface(
         ends_s = torch.stack([s_out[part], s_in[part]], dim=1)
         # a reduced-precision bracket may be off by a step: the finish may leave it by one
         low, high = d_out[part] - step[part], d_in[part] + step[part]
+        graphed = refine_graphs is not None and refine_graphs.supports(query, device, refine)
         if march != "float32" and refine == "float32":
             marched = ends_s
             ends_s = _evaluate(query, ids, o, w, ends_d, check_finite, "bracket ends")
         else:  # keep the march's values; evaluate the ends it skipped (empty grid cells)
             marched = None
-            missing = torch.isnan(ends_s[:, 0])
-            if bool(missing.any()):
+            missing = torch.isnan(ends_s[:, 0])  # the graphs evaluate these themselves
+            if not graphed and bool(missing.any()):
                 lost = torch.nonzero(missing, as_tuple=True)[0]
                 with reduced_precision(refine, device):
                     ends_s[lost, 0] = _evaluate(
                         query, ids[lost], o[lost], w[lost], ends_d[lost, :1], check_finite,
                         "bracket ends",
                     )[:, 0]
-        if refine_graphs is not None and refine_graphs.supports(query, device, refine):
+        if graphed:
             found = refine_graphs.refine(
                 _refine, query, ray_ids=ids, origins=o, directions=w, ends_d=ends_d,
                 ends_s=ends_s, low=low, high=high, n_secant_steps=n_secant_steps,

@@ -219,6 +219,13 @@ class ImplicitronFunctionQuery:
             features: `(r, n, C)` features after ``feature_activation``.
         """
         n_rays, n_points = lengths.shape
+        if n_rays == 0:  # no rays (e.g. none hit): one dummy ray keeps the shapes and graph
+            dummy = lengths.new_zeros(1, 3)
+            values, features = self.evaluate(
+                ray_ids.new_zeros(1), dummy, dummy + 1.0,
+                lengths.new_ones(1, n_points),
+            )
+            return values[:0], features[:0]
         xys = self.xys[ray_ids]
         if self.n_groups == 1:
             values, features = self._call(origins[None], directions[None], lengths[None], xys[None])

@@ -49,6 +49,7 @@ from dvr_plugin.shapes import demo_scene
 from integration.benchmarks import bench_volume
 from integration.benchmarks.common import (
     MATMUL_CEILINGS,
+    adam,
     cameras,
     decoder_flops_per_point,
     device_name,
@@ -107,7 +108,7 @@ def _train_case(field, device, n_rays, n_steps, mode, grid, flops):
     if mode == "volume":
         return bench_volume.train_case(field, device, n_rays, n_steps, flops=flops)
     renderer = DVRRenderer(field=field, raysampler=_sampler(mode, n_steps, grid))
-    optimizer = torch.optim.Adam(field.parameters(), lr=0.0)  # lr 0: the field stays fixed
+    optimizer = adam(field, device)  # lr 0: the field stays fixed
     camera = cameras(1, device)
     generator = torch.Generator(device=device).manual_seed(0)
     xys = (torch.rand(1, n_rays, 2, device=device, generator=generator) * 2 - 1) * 0.6
@@ -434,6 +435,7 @@ def profile_train_step(
 
     import dvr_plugin.raysampler as raysampler_module
     import dvr_plugin.root_finding as root_module
+    from dvr_plugin.march_graphs import MarchGraphs
     from dvr_plugin.refine_graphs import RefinementGraphs
 
     stages = {"other": 0.0}
@@ -470,6 +472,7 @@ def profile_train_step(
         timed(raysampler_module, "rays_from_cameras", "rays from cameras"),
         timed(raysampler_module, "intersect_box", "box"),
         timed(root_module, "_march_chunk_grid", "march"),
+        timed(MarchGraphs, "march", "march"),
         timed(root_module, "_march_chunk_dense", "march"),
         # a graph must not record the profiler's synchronisations: time its replay instead
         timed(RefinementGraphs, "refine", "bracket ends + secant")
@@ -480,7 +483,7 @@ def profile_train_step(
     ]
     try:
         renderer = DVRRenderer(field=field, raysampler=_sampler(mode, n_steps, grid))
-        optimizer = torch.optim.Adam(field.parameters(), lr=0.0)
+        optimizer = adam(field, device)
         camera = cameras(1, device)
         generator = torch.Generator(device=device).manual_seed(0)
         xys = (torch.rand(1, n_rays, 2, device=device, generator=generator) * 2 - 1) * 0.6

@@ -31,6 +31,7 @@ from torch import nn
 
 from dvr_plugin.field import evaluate_field
 from integration.benchmarks.common import (
+    adam,
     cameras,
     device_name,
     fitted_reference_field,
@@ -132,7 +133,7 @@ def train_case(field, device: str, n_rays: int, n_steps: int, **measure_kwargs) 
     """Time one training step (expected-depth L1 loss, backward, Adam) on ``n_rays`` rays."""
     renderer = volume_renderer(n_pts_per_ray=n_steps, n_rays=n_rays)
     function = OccupancyAlphaFunction(field=field)
-    optimizer = torch.optim.Adam(field.parameters(), lr=0.0)  # lr 0: the field stays fixed
+    optimizer = adam(field, device)
     camera = cameras(1, device)
 
     def run():

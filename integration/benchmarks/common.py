@@ -61,6 +61,12 @@ def fitted_reference_field(
     return field
 
 
+def adam(field: torch.nn.Module, device: str) -> torch.optim.Adam:
+    """The training steps' optimiser: Adam with learning rate 0 (the field stays fixed), fused
+    on CUDA as in ``dvr fit``; the same for every row of a table."""
+    return torch.optim.Adam(field.parameters(), lr=0.0, fused=device.startswith("cuda") or None)
+
+
 def cameras(n: int, device: str):
     """``n`` cameras 1.5 from the origin (the setting of the reference figures)."""
     return orbit_cameras(n, distance=1.5, device=device)
