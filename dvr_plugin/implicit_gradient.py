@@ -17,6 +17,19 @@ whose value is the root finder's ``d0`` and whose first derivatives are exactly 
 Only this one evaluation (at `(M,)` surface points) is kept for backward: nothing from the march,
 so memory does not depend on the number of marching steps.
 
+With ``return_features=True`` (what :class:`dvr_plugin.renderer.DVRRenderer` asks for while
+training) the same single evaluation also gives the colour at the surface with its full gradient.
+The field is evaluated at ``x0 = o + d0 w`` with forward-mode AD along ``w``, which yields the
+directional derivatives ``grad_p s . w`` (the denominator above) and ``J_rgb w`` alongside the
+values, and
+
+    rgb = rgb(x0) + stopgrad(J_rgb w) (d - d0)
+
+has the value ``rgb(x0)`` and the first derivatives of ``rgb(o + d w)``: ``J_rgb (do + d0 dw) +
+J_rgb w dd`` plus the direct dependence on the parameters. So one forward pass (and one backward)
+replaces the evaluation for the implicit gradient, its spatial-gradient backward pass and a second
+evaluation for the colour.
+
 The denominator ``grad_p s . w`` is positive at a free -> occupied crossing; when its magnitude
 falls below ``eps`` (rays grazing the surface) it is replaced by ``eps`` with its own sign (``+eps``
 when it is exactly zero), which bounds the gradient without flipping its direction.
@@ -24,11 +37,14 @@ when it is exactly zero), which bounds the gradient without flipping its directi
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from .root_finding import InsideQuery
+from .surface_query import FieldQuery, inside_sign
 
 
 class SurfaceGeometry(NamedTuple):
@@ -36,10 +52,13 @@ class SurfaceGeometry(NamedTuple):
     Members:
         depth: `(M,)` surface depth carrying the implicit gradient (where grad is enabled).
         normals: `(M, 3)` unit outward normals, or ``None`` when not requested.
+        features: `(M, 3)` colours at the surface carrying their gradient through the depth
+            (white where not hit), or ``None`` when not requested or not available.
     """
 
     depth: torch.Tensor
     normals: torch.Tensor | None
+    features: torch.Tensor | None = None
 
 
 def guard_denominator(denominator: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,6 +78,7 @@ def attach_implicit_gradient(
     differentiable_normals: bool = False,
     eps: float = 1e-4,
     chunk_size: int | None = 2**16,
+    return_features: bool = False,
 ) -> SurfaceGeometry:
     """
     Give the root finder's depths their implicit gradient (and compute normals).
@@ -74,9 +94,13 @@ def attach_implicit_gradient(
         chunk_size: evaluation chunk when no gradient is needed (rendering); with gradients the
             points of all hit rays are evaluated in one call (their graph has to be kept
             anyway), and only those: the others get no gradient.
+        return_features: with gradients, a :class:`~dvr_plugin.surface_query.FieldQuery`
+            and no normals requested, also return the colours at the surface from the same
+            evaluation (module docstring); otherwise ``features`` is ``None``.
 
     Returns:
-        SurfaceGeometry with `(M,)` depths and `(M, 3)` normals (zero where not ``hit``).
+        SurfaceGeometry with `(M,)` depths, `(M, 3)` normals (zero where not ``hit``) and
+        `(M, 3)` features or ``None``.
     """
     depth0 = depth.detach()
     needs_graph = torch.is_grad_enabled()
@@ -95,6 +119,10 @@ def attach_implicit_gradient(
 
     # only the rays that hit get a gradient: evaluate (and keep a graph for) those alone
     rows = torch.nonzero(hit, as_tuple=True)[0]
+    if return_features and not compute_normals and type(query) is FieldQuery:
+        geometry = _with_features(query, rows, origins, directions, depth0, eps)
+        if geometry is not None:
+            return geometry
     o, w, d0 = origins[rows], directions[rows], depth0[rows]
     offset = torch.zeros_like(o.detach()).requires_grad_(True)
     inside = query(ray_ids[rows], o + offset, w, d0[:, None])[:, 0]
@@ -128,3 +156,58 @@ def _normals_only(
         inside = query(ray_ids, points_origin, directions.detach(), depth[:, None])
         (grad_p,) = torch.autograd.grad(inside.sum(), points_origin)
     return _outward(grad_p)
+
+
+_NO_FORWARD_AD: set[int] = set()  # fields whose forward-mode AD failed (ids), warned once
+
+
+def _with_features(
+    query: FieldQuery,
+    rows: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    depth0: torch.Tensor,
+    eps: float,
+) -> SurfaceGeometry | None:
+    """Depth and colour from one evaluation with forward-mode AD (module docstring)."""
+    if id(query.field) in _NO_FORWARD_AD:
+        return None
+    n_rays = origins.shape[0]
+    o, w, d0 = origins[rows], directions[rows], depth0[rows]
+    points = o + d0[:, None] * w
+    try:
+        with forward_ad.dual_level():
+            with warnings.catch_warnings():
+                # the first dual tensor makes torch load its forward-AD decompositions, which
+                # warns about torch.jit.script (torch's own use of it)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                dual = forward_ad.make_dual(points[:, None, :], w.detach()[:, None, :])
+            values, rgb = query.evaluate(rows, dual)
+            values, values_tangent = forward_ad.unpack_dual(values)
+            if rgb is not None:
+                rgb, rgb_tangent = forward_ad.unpack_dual(rgb)
+    except (RuntimeError, NotImplementedError) as error:
+        _NO_FORWARD_AD.add(id(query.field))
+        warnings.warn(
+            f"The field does not support forward-mode AD ({error}); evaluating it twice at "
+            "the surface (implicit gradient, then colour) instead.",
+            stacklevel=3,
+        )
+        return None
+    sign = inside_sign(query.field_type)
+    inside = sign * (values[:, 0] - query.level)
+    if values_tangent is None:  # the values do not depend on the points
+        values_tangent = torch.zeros_like(values)
+    denominator = guard_denominator(sign * values_tangent[:, 0].detach(), eps)
+    implicit = d0 - (inside - inside.detach()) / denominator
+    depth_out = depth0.index_put((rows,), implicit.to(depth0.dtype))
+    features = None
+    if rgb is not None:
+        moved = (implicit - d0).to(rgb.dtype)[:, None]  # zero, with the depth's gradient
+        if rgb_tangent is not None:
+            colour = rgb[:, 0] + rgb_tangent[:, 0].detach() * moved
+        else:
+            colour = rgb[:, 0]
+        white = torch.ones(n_rays, 3, dtype=colour.dtype, device=colour.device)
+        features = white.index_put((rows,), colour)
+    return SurfaceGeometry(depth_out, None, features)

@@ -50,6 +50,8 @@ class SurfaceRayBundle(NamedTuple):
         started_inside: `(B, ...)` bool, the ray entered the box already inside the object.
         missed_box: `(B, ...)` bool, the ray does not cross the bounding box.
         normals: `(B, ..., 3)` unit outward normals at the surface (zero where no hit), or None.
+        features: `(B, ..., 3)` colours at the surface with their gradient (white where no
+            hit), when requested with ``return_features=True`` and available; else None.
     """
 
     origins: torch.Tensor
@@ -60,6 +62,7 @@ class SurfaceRayBundle(NamedTuple):
     started_inside: torch.Tensor
     missed_box: torch.Tensor
     normals: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 class SecantRaysampler(nn.Module):
@@ -217,6 +220,7 @@ class SecantRaysampler(nn.Module):
         xys: torch.Tensor | None = None,
         n_steps: int | None = None,
         n_rays_per_image: int | None = None,
+        return_features: bool = False,
         **kwargs,
     ) -> SurfaceRayBundle:
         """
@@ -229,6 +233,9 @@ class SecantRaysampler(nn.Module):
             xys: `(B, ..., 2)` NDC ray positions (overrides the constructor's choice).
             n_steps: marching samples for this call (e.g. from a step schedule).
             n_rays_per_image: random rays for this call.
+            return_features: with gradients, a field and no normals, also return the colours
+                at the surface from the implicit-gradient evaluation (one field evaluation at
+                the surface instead of two; :mod:`dvr_plugin.implicit_gradient`).
             kwargs: passed on to the volumetric function.
 
         Returns:
@@ -290,8 +297,10 @@ class SecantRaysampler(nn.Module):
             compute_normals=self.compute_normals,
             differentiable_normals=self.differentiable_normals,
             eps=self.grad_eps,
+            return_features=return_features,
         )
         shape = (batch, *spatial)
+        features = geometry.features
         return SurfaceRayBundle(
             origins=origins.reshape(*shape, 3),
             directions=directions.reshape(*shape, 3),
@@ -301,6 +310,7 @@ class SecantRaysampler(nn.Module):
             started_inside=started_inside.reshape(shape),
             missed_box=missed.reshape(shape),
             normals=None if geometry.normals is None else geometry.normals.reshape(*shape, 3),
+            features=None if features is None else features.reshape(*shape, 3),
         )
 
     def _march_chunk_size(self) -> int | None:

@@ -166,9 +166,13 @@ class DVRRenderer(nn.Module):
             xys=xys,
             n_steps=n_steps,
             n_rays_per_image=n_rays_per_image,
+            return_features=True,
         )
         points = bundle.origins + bundle.lengths * bundle.directions
-        rgb = self._colour(points, latent, bundle.hit)
+        # the colour from the implicit-gradient evaluation where the raysampler had it
+        rgb = bundle.features
+        if rgb is None:
+            rgb = self._colour(points, latent, bundle.hit)
         channels = self.raymarcher(
             rays_densities=bundle.lengths[..., None],
             rays_features=rgb[..., None, :],

@@ -65,8 +65,12 @@ def surface_depth(
     latent: Optional[torch.Tensor] = None,
     n_steps: int = 64,
     n_secant_steps: int = 40,
+    features: bool = False,
 ):
-    """Root finder + implicit gradient on explicit rays: `(M,)` depth and `(M,)` hit."""
+    """
+    Root finder + implicit gradient on explicit rays: `(M,)` depth and `(M,)` hit (and, with
+    ``features``, the `(M, 3)` colours from the same evaluation).
+    """
     query = FieldQuery(field=field, latent=latent)
     box = torch.tensor(UNIT_CUBE_BOUNDS, dtype=origins.dtype)
     near, far, missed = intersect_box(origins.detach(), directions.detach(), box[0], box[1])
@@ -81,6 +85,10 @@ def surface_depth(
         chunk_size=None,
     )
     geometry = attach_implicit_gradient(
-        query, origins, directions, search.depth, search.hit & ~missed, compute_normals=False
+        query, origins, directions, search.depth, search.hit & ~missed, compute_normals=False,
+        return_features=features,
     )
+    if features:
+        assert geometry.features is not None
+        return geometry.depth, search.hit & ~missed, geometry.features
     return geometry.depth, search.hit & ~missed

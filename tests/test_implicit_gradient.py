@@ -132,3 +132,68 @@ def test_guard_keeps_sign():
     values = torch.tensor([-1e-9, 0.0, 1e-9, -0.5, 0.5])
     guarded = guard_denominator(values, 1e-4)
     assert guarded.tolist() == pytest.approx([-1e-4, 1e-4, 1e-4, -0.5, 0.5])
+
+
+def _colour_loss(field, origins, directions, latent=None, *, single=True) -> torch.Tensor:
+    """Depth and colour at the surface: from one evaluation (``single``), or the colour
+    evaluated a second time at ``o + d w`` (the two-evaluation reference)."""
+    if single and torch.is_grad_enabled():  # (finite differences run without gradients)
+        depth, hit, rgb = surface_depth(field, origins, directions, latent=latent, features=True)
+    else:
+        depth, hit = surface_depth(field, origins, directions, latent=latent)
+        points = origins + depth[:, None] * directions
+        rgb = field(points[:, None, :], latent).rgb[:, 0]
+    assert bool(hit.all()), "the test rays must all hit"
+    n = depth.shape[0]
+    colour_weights = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)
+    return (_weights(n) * depth).sum() + (_weights(n)[:, None] * rgb * colour_weights).sum()
+
+
+@pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
+def test_colour_from_the_implicit_evaluation_matches_finite_differences(field_type):
+    """One evaluation with forward-mode AD gives the colour's gradient through the depth."""
+    field = SphereMLPField(field_type=field_type).double()
+    origins, directions = rays_towards_centre(5, seed=5)
+    latent = torch.randn(1, 4, dtype=torch.float64).expand(5, 4).clone().requires_grad_(True)
+    origins.requires_grad_(True)
+    directions.requires_grad_(True)
+    field.zero_grad()
+    _colour_loss(field, origins, directions, latent).backward()
+    generator = torch.Generator().manual_seed(6)
+    checked = 0
+    for name, parameter in field.named_parameters():
+        flat = parameter.data.view(-1)
+        for i in torch.randperm(flat.numel(), generator=generator)[:3].tolist():
+            numeric = _finite_difference(
+                lambda: _colour_loss(field, origins.detach(), directions.detach(), latent.detach()),
+                flat, i,
+            )
+            assert parameter.grad.view(-1)[i].item() == pytest.approx(
+                numeric, rel=1e-5, abs=1e-7
+            ), name
+            checked += 1
+    assert checked > 10
+    for tensor in (latent, origins, directions):
+        for index in [(0, 0), (2, 1), (4, 2)]:
+            if index[1] >= tensor.shape[1]:
+                continue
+            numeric = _finite_difference(
+                lambda: _colour_loss(field, origins.detach(), directions.detach(), latent.detach()),
+                tensor.data, index,
+            )
+            assert tensor.grad[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7)
+
+
+def test_colour_from_one_evaluation_equals_two_evaluations():
+    field = SphereMLPField(latent_size=0).double()
+    origins, directions = rays_towards_centre(7, seed=7)
+    grads = []
+    for single in (True, False):
+        o = origins.clone().requires_grad_(True)
+        w = directions.clone().requires_grad_(True)
+        field.zero_grad()
+        loss = _colour_loss(field, o, w, single=single)
+        loss.backward()
+        grads.append([loss.detach(), o.grad, w.grad, *(p.grad.clone() for p in field.parameters())])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
