@@ -19,8 +19,9 @@ so memory does not depend on the number of marching steps.
 
 With ``return_features=True`` (what :class:`dvr_plugin.renderer.DVRRenderer` asks for while
 training) the same single evaluation also gives the colour at the surface with its full gradient.
-The field is evaluated at ``x0 = o + d0 w`` with forward-mode AD along ``w``, which yields the
-directional derivatives ``grad_p s . w`` (the denominator above) and ``J_rgb w`` alongside the
+The field is evaluated at ``x0 = o + d0 w`` with a forward-mode derivative along ``w`` (the
+field's ``forward_with_tangent`` where it has one, else PyTorch's forward-mode AD), which yields
+the directional derivatives ``grad_p s . w`` (the denominator above) and ``J_rgb w`` alongside the
 values, and
 
     rgb = rgb(x0) + stopgrad(J_rgb w) (d - d0)
@@ -41,7 +42,6 @@ import warnings
 from typing import NamedTuple
 
 import torch
-import torch.autograd.forward_ad as forward_ad
 
 from .root_finding import InsideQuery
 from .surface_query import FieldQuery, inside_sign
@@ -158,7 +158,7 @@ def _normals_only(
     return _outward(grad_p)
 
 
-_NO_FORWARD_AD: set[int] = set()  # fields whose forward-mode AD failed (ids), warned once
+_NO_FORWARD_AD: set[int] = set()  # fields without a directional derivative (ids), warned once
 
 
 def _with_features(
@@ -176,38 +176,26 @@ def _with_features(
     o, w, d0 = origins[rows], directions[rows], depth0[rows]
     points = o + d0[:, None] * w
     try:
-        with forward_ad.dual_level():
-            with warnings.catch_warnings():
-                # the first dual tensor makes torch load its forward-AD decompositions, which
-                # warns about torch.jit.script (torch's own use of it)
-                warnings.simplefilter("ignore", DeprecationWarning)
-                dual = forward_ad.make_dual(points[:, None, :], w.detach()[:, None, :])
-            values, rgb = query.evaluate(rows, dual)
-            values, values_tangent = forward_ad.unpack_dual(values)
-            if rgb is not None:
-                rgb, rgb_tangent = forward_ad.unpack_dual(rgb)
-    except (RuntimeError, NotImplementedError) as error:
+        values, rgb, values_tangent, rgb_tangent = query.evaluate_with_tangent(
+            rows, points[:, None, :], w.detach()[:, None, :]
+        )
+    except (RuntimeError, NotImplementedError, ValueError) as error:
         _NO_FORWARD_AD.add(id(query.field))
         warnings.warn(
-            f"The field does not support forward-mode AD ({error}); evaluating it twice at "
+            f"The field gives no directional derivative ({error}); evaluating it twice at "
             "the surface (implicit gradient, then colour) instead.",
             stacklevel=3,
         )
         return None
     sign = inside_sign(query.field_type)
     inside = sign * (values[:, 0] - query.level)
-    if values_tangent is None:  # the values do not depend on the points
-        values_tangent = torch.zeros_like(values)
     denominator = guard_denominator(sign * values_tangent[:, 0].detach(), eps)
     implicit = d0 - (inside - inside.detach()) / denominator
     depth_out = depth0.index_put((rows,), implicit.to(depth0.dtype))
     features = None
     if rgb is not None:
         moved = (implicit - d0).to(rgb.dtype)[:, None]  # zero, with the depth's gradient
-        if rgb_tangent is not None:
-            colour = rgb[:, 0] + rgb_tangent[:, 0].detach() * moved
-        else:
-            colour = rgb[:, 0]
+        colour = rgb[:, 0] + rgb_tangent[:, 0].detach() * moved
         white = torch.ones(n_rays, 3, dtype=colour.dtype, device=colour.device)
         features = white.index_put((rows,), colour)
     return SurfaceGeometry(depth_out, None, features)

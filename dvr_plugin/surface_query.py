@@ -16,9 +16,11 @@ or a camera index can follow each ray into any chunk.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from ._pytorch3d import require_pytorch3d
 from .field import FIELD_TYPES, evaluate_field, field_type_of
@@ -92,6 +94,36 @@ class FieldQuery:
         latent = None if self.latent is None else self.latent[ray_ids]
         out = evaluate_field(self.field, points, latent)
         return out.values, out.rgb
+
+
+    def evaluate_with_tangent(
+        self, ray_ids: torch.Tensor, points: torch.Tensor, tangents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """
+        Field values `(r, k)`, rgb `(r, k, 3)` and their directional derivatives along
+        ``tangents`` `(r, k, 3)`, from the field's ``forward_with_tangent`` where it has one
+        (e.g. :class:`dvr_plugin.field.OccupancyTextureField`), else forward-mode AD.
+        """
+        latent = None if self.latent is None else self.latent[ray_ids]
+        if hasattr(self.field, "forward_with_tangent"):
+            out, derivative = self.field.forward_with_tangent(points, tangents, latent)
+            return out.values, out.rgb, derivative.values, derivative.rgb
+        with forward_ad.dual_level():
+            with warnings.catch_warnings():
+                # the first dual tensor makes torch load its forward-AD decompositions, which
+                # warns about torch.jit.script (torch's own use of it)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                dual = forward_ad.make_dual(points, tangents)
+            out = evaluate_field(self.field, dual, latent)
+            values, values_tangent = forward_ad.unpack_dual(out.values)
+            rgb = rgb_tangent = None
+            if out.rgb is not None:
+                rgb, rgb_tangent = forward_ad.unpack_dual(out.rgb)
+        if values_tangent is None:  # the values do not depend on the points
+            values_tangent = torch.zeros_like(values)
+        if rgb is not None and rgb_tangent is None:
+            rgb_tangent = torch.zeros_like(rgb)
+        return values, rgb, values_tangent, rgb_tangent
 
 
 class VolumetricFunctionQuery:
