@@ -461,12 +461,21 @@ class MarchGraphs:
         march.spacing.fill_(2.0 / n_steps)
         march.valid.fill_(True)
         march.ray_ids.copy_(torch.arange(bucket, device=device))
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # under a bfloat16 march, autocast must not cache cast weights across the recording:
+        # a replay would read the cast of the parameters as they were then
+        with torch.autocast(
+            "cuda", enabled=torch.is_autocast_enabled("cuda"),
+            dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False,
+        ):
+            return self._record_uncached(query, grid, march, device)
+
+    def _record_uncached(self, query, grid, march, device) -> _RecordedMarch:
         inner = FieldQuery(
             field=query.field, level=query.level, field_type=query.field_type,
             latent=march.latent,
         )
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         side = side_stream(device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -79,10 +79,16 @@ class RefinementGraphs:
         )
 
     def bucket(self, n_rays: int) -> int:
-        """The padded ray count a graph is recorded for."""
+        """
+        The padded ray count a graph is recorded for: the next power of two (at least
+        ``min_bucket``), except between 1024 and 8192 rays, where it is the next multiple of
+        1024 (less padding where a training batch's hit count lies).
+        """
         size = self.min_bucket
         while size < n_rays:
             size *= 2
+        if 1024 < n_rays < 8192 and size > 1024:
+            size = min(size, -(-n_rays // 1024) * 1024)
         return size
 
     def refine(

@@ -32,6 +32,7 @@ def _brackets(field, latent, n_rays, *, dtype=torch.float64):
 def test_bucket_sizes():
     graphs = RefinementGraphs(min_bucket=64)
     assert [graphs.bucket(n) for n in (1, 64, 65, 300, 1024)] == [64, 64, 128, 512, 1024]
+    assert [graphs.bucket(n) for n in (1025, 2100, 8000, 9000)] == [2048, 3072, 8192, 16384]
     with pytest.raises(ValueError, match="min_bucket"):
         RefinementGraphs(min_bucket=0)
 

@@ -71,8 +71,11 @@ MODES: Dict[str, dict] = {
     "graphs": dict(cuda_graphs=True),
     "grid graphs": dict(grid=True, cuda_graphs=True),
     "grid tf32 graphs": dict(grid=True, refine_precision="tf32", cuda_graphs=True),
+    "grid bf16 graphs": dict(
+        grid=True, march_precision="bfloat16", refine_precision="tf32", cuda_graphs=True
+    ),
 }
-GRAPH_MODES = ["graphs", "grid graphs", "grid tf32 graphs"]
+GRAPH_MODES = ["graphs", "grid graphs", "grid tf32 graphs", "grid bf16 graphs"]
 REFERENCE = dict(chunk_size=2**16, early_exit=True, march_precision="float32")
 
 
@@ -104,7 +107,7 @@ def _render_case(field, device, image_size, n_steps, mode, grid, flops):
     return measure(run, device=device, flops=flops)
 
 
-def _train_case(field, device, n_rays, n_steps, mode, grid, flops):
+def _train_case(field, device, n_rays, n_steps, mode, grid, flops, repeats=10):
     if mode == "volume":
         return bench_volume.train_case(field, device, n_rays, n_steps, flops=flops)
     renderer = DVRRenderer(field=field, raysampler=_sampler(mode, n_steps, grid))
@@ -123,7 +126,10 @@ def _train_case(field, device, n_rays, n_steps, mode, grid, flops):
         optimizer.step()
 
     try:
-        result = measure(run, device=device, flops=flops)
+        result = measure(
+            run, device=device, flops=flops, repeats=repeats,
+            max_seconds=max(1.5, 0.05 * repeats),
+        )
     finally:
         optimizer.zero_grad(set_to_none=True)
     result.pop("_output", None)

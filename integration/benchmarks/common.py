@@ -114,7 +114,10 @@ def measure(
         times.append(time.perf_counter() - start)
         spent += times[-1]
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    result = {"seconds": statistics.median(times), "runs": len(times), "peak_bytes": peak}
+    result = {
+        "seconds": statistics.median(times), "min_seconds": min(times), "runs": len(times),
+        "peak_bytes": peak,
+    }
     if counted is not None:
         result["flops"] = counted
     result["_output"] = output

@@ -17,6 +17,28 @@ for n_steps in (128, 16, 1024, 128):
     torch.cuda.reset_peak_memory_stats()
     r = _train_case(field, "cuda", 4096, n_steps, mode, grid, False)
     print(f"fresh {mode!r} {n_steps} steps: {1000 * r['seconds']:.2f} ms, peak {r['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+r = _train_case(field, "cuda", 4096, 128, mode, grid, False, repeats=60)
+print(f"fresh {mode!r} 128 steps, 60 repeats: median {1000 * r['seconds']:.2f} ms, min {1000 * r['min_seconds']:.2f} ms", flush=True)
+if "graphs" in mode:  # the march's graph replays in one step, each synchronised
+    import time
+    from dvr_plugin.march_graphs import FixedShapeGridMarch
+    replays, original = [], torch.cuda.CUDAGraph.replay
+    def timed(graph):
+        torch.cuda.synchronize(); start = time.perf_counter(); original(graph); torch.cuda.synchronize()
+        replays.append(round(1000 * (time.perf_counter() - start), 3))
+    statuses, advance = [], FixedShapeGridMarch.choose_slots
+    def chosen(self, n_active, pending):
+        slots = advance(self, n_active, pending); statuses.append((n_active, pending, slots)); return slots
+    from dvr_plugin.refine_graphs import RefinementGraphs
+    hits, bucket = [], RefinementGraphs.bucket
+    def counted(self, n):
+        hits.append((n, bucket(self, n))); return hits[-1][1]
+    torch.cuda.CUDAGraph.replay, FixedShapeGridMarch.choose_slots = timed, chosen
+    RefinementGraphs.bucket = counted
+    _train_case(field, "cuda", 4096, 128, mode, grid, False, repeats=1)
+    torch.cuda.CUDAGraph.replay, FixedShapeGridMarch.choose_slots = original, advance
+    RefinementGraphs.bucket = bucket
+    print("replays (ms):", replays[-12:], "rounds (active, pending, slots):", statuses[-6:], "hits, bucket:", hits[-1:])
 p = profile_train_step(field, "cuda", grid, mode=mode)
 print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in p["ms"].items()}))
 print(json.dumps(p["operations"]))
