@@ -278,7 +278,10 @@ def run_benchmark(
                     if workload == "render":
                         result = _render_case(field, device, size, n_steps, mode, grid, True)
                     else:
-                        result = _train_case(field, device, size, n_steps, mode, grid, True)
+                        result = _train_case(
+                            field, device, size, n_steps, mode, grid, True,
+                            repeats=30 if targets else 10,
+                        )
                 except torch.OutOfMemoryError:
                     result = "out of memory"
                 if cuda:
