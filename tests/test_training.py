@@ -279,6 +279,30 @@ class TestTrainer(unittest.TestCase):
         self.assertGreater(iou_after, iou_before + 0.3)
         self.assertAlmostEqual(summary["validation"]["mask_iou"], iou_after, places=5)
 
+    def test_occupancy_grid_is_refreshed_and_resumes_exactly(self):
+        grid = {"train.occupancy_grid": 16, "train.grid_refresh_every": 2}
+        with tempfile.TemporaryDirectory() as folder:
+            straight = self._trainer(os.path.join(folder, "a"), **{"train.iterations": 6}, **grid)
+            self.assertTrue(straight.grid.all_occupied)  # nothing skipped before a refresh
+            straight.fit()
+            self.assertLess(straight.grid.occupied_fraction, 0.9)
+            self.assertIs(straight.renderer.raysampler.occupancy_grid, straight.grid)
+            first = self._trainer(os.path.join(folder, "b"), **{"train.iterations": 3}, **grid)
+            first.fit()
+            torch.manual_seed(12345)
+            resumed = self._trainer(
+                os.path.join(folder, "b"), resume=True, **{"train.iterations": 6}, **grid
+            )
+            self.assertTrue(torch.equal(resumed.grid.occupied, first.grid.occupied))
+            resumed.fit()
+            self.assertTrue(torch.equal(resumed.grid.occupied, straight.grid.occupied))
+            for key, value in straight.field.state_dict().items():
+                self.assertTrue(torch.equal(value, resumed.field.state_dict()[key]), key)
+        for key, value in (("occupancy_grid", -1), ("grid_refresh_every", 0),
+                           ("grid_refresh_fraction", 0.0)):
+            with self.assertRaisesRegex(ValueError, f"train.{key}"):
+                TrainingFactory.config(**{f"train.{key}": value})
+
     def test_refuses_to_overwrite_and_bad_resume(self):
         with tempfile.TemporaryDirectory() as folder:
             with self.assertRaisesRegex(FileNotFoundError, "no checkpoint"):

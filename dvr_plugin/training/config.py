@@ -194,9 +194,15 @@ class TrainConfig:
         time_budget_s: stop (and save) once training took this many seconds (``None`` = no
             limit). Used by the demo so it ends in time on slow machines; a run cut short this
             way is not reproducible step for step.
-        cuda_graphs: replay the secant refinement as CUDA graphs on a GPU
-            (``SecantRaysampler(cuda_graphs=True)``, exact; docs/performance.md); ignored on
-            a CPU.
+        cuda_graphs: replay the secant refinement (and, with ``occupancy_grid``, the march's
+            rounds) as CUDA graphs on a GPU (``SecantRaysampler(cuda_graphs=True)``;
+            docs/performance.md); ignored on a CPU.
+        occupancy_grid: cells per side of an occupancy grid that skips empty space in the
+            march (:class:`dvr_plugin.acceleration.OccupancyGrid`); 0 = no grid.
+        grid_refresh_every: steps between refreshes of the grid from the field (the first
+            step, also after a resume, refreshes every cell).
+        grid_refresh_fraction: the share of cells each refresh re-evaluates (chosen at
+            random), in (0, 1].
     """
 
     iterations: int = 2000
@@ -209,10 +215,23 @@ class TrainConfig:
     n_secant_steps: int = 8
     time_budget_s: Optional[float] = None
     cuda_graphs: bool = False
+    occupancy_grid: int = 0
+    grid_refresh_every: int = 16
+    grid_refresh_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
             raise ValueError(f"train.iterations must be >= 0, got {self.iterations}.")
+        if self.occupancy_grid < 0:
+            raise ValueError(
+                f"train.occupancy_grid must be >= 0 (0 = no grid), got {self.occupancy_grid}."
+            )
+        _positive("train.grid_refresh_every", self.grid_refresh_every)
+        if not 0.0 < self.grid_refresh_fraction <= 1.0:
+            raise ValueError(
+                "train.grid_refresh_fraction must be in (0, 1], got "
+                f"{self.grid_refresh_fraction}."
+            )
         _positive("train.images_per_batch", self.images_per_batch)
         _positive("train.rays_per_image", self.rays_per_image)
         check_rays_and_marching(self)

@@ -33,6 +33,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..acceleration import OccupancyGrid
 from ..data import MultiViewData, index_cameras
 from ..field import FieldOutput, OccupancyTextureField, evaluate_field, field_type_of
 from ..io import atomic_write, make_dirs
@@ -399,6 +400,11 @@ class Trainer:
         self.network: nn.Module = self.field
         if self.amp:
             self.network = AutocastField(field=self.field, device_type=self.device.type)
+        # empty-space skipping, refreshed from the field as it trains (train_step)
+        self.grid: Optional[OccupancyGrid] = None
+        if config.train.occupancy_grid > 0:
+            self.grid = OccupancyGrid(resolution=config.train.occupancy_grid).to(self.device)
+        self._grid_fresh = False
         self.renderer = DVRRenderer(
             field=self.network,
             raysampler=SecantRaysampler(
@@ -406,6 +412,7 @@ class Trainer:
                 n_secant_steps=config.train.n_secant_steps,
                 compute_normals=False,
                 cuda_graphs=config.train.cuda_graphs,
+                occupancy_grid=self.grid,
             ),
             background_color=config.background,
         )
@@ -601,6 +608,7 @@ class Trainer:
         gt_depth = gather(data.depths[index_device], sample) if self.has_depth else None
         cameras = index_cameras(data.cameras, index)
         n_steps = self.schedule.n_steps(self.step)
+        self._refresh_grid()
 
         self.field.train()
         terms, hit = self.step_forward(cameras, sample.xys, n_steps, gt_rgb, gt_mask, gt_depth)
@@ -667,6 +675,24 @@ class Trainer:
     # Validation, checkpoints
 
     @torch.no_grad()
+    def _refresh_grid(self) -> None:
+        """
+        Refresh the occupancy grid from the field: every cell on the first step (also after
+        a resume), then ``grid_refresh_fraction`` of them every ``grid_refresh_every`` steps.
+        The random choice is seeded by the step, so every rank keeps the same grid.
+        """
+        train = self.config.train
+        if self.grid is None:
+            return
+        if self._grid_fresh and self.step % train.grid_refresh_every != 0:
+            return
+        generator = torch.Generator(device=self.device).manual_seed(
+            self.config.seed + 7919 * self.step
+        )
+        fraction = train.grid_refresh_fraction if self._grid_fresh else 1.0
+        self.grid.refresh(self.field, fraction=fraction, generator=generator)
+        self._grid_fresh = True
+
     def validate(self, *, save_grid: bool = True) -> Optional[dict[str, Any]]:
         """
         Render the held-out views; log PSNR, SSIM and mask IoU; save the comparison grid
@@ -719,10 +745,14 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "image_size": list(self.train_data.image_size),
             "orbit": orbit_settings(self.train_data.cameras, self.config.data),
+            **({"occupancy_grid": self.grid.state_dict()} if self.grid is not None else {}),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (model, optimiser, schedule, step, RNG)."""
+        """
+        Restore what :meth:`state_dict` saved (model, optimiser, schedule, step, RNG and the
+        occupancy grid; a checkpoint without a grid gets one refreshed on the next step).
+        """
         self.step, self.train_seconds = restore_training_state(
             state,
             model=self.field,
@@ -730,6 +760,12 @@ class Trainer:
             scheduler=self.scheduler,
             generators=self._generators(),
         )
+        saved_grid = state.get("occupancy_grid")
+        self._grid_fresh = False
+        if self.grid is not None and saved_grid is not None:
+            if tuple(saved_grid["occupied"].shape) == tuple(self.grid.resolution):
+                self.grid.load_state_dict(saved_grid)
+                self._grid_fresh = True
 
     def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
         """
