@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .refine_graphs import field_storage_key, side_stream
+from .refine_graphs import field_storage_key, fill_padded, side_stream
 from .surface_query import FieldQuery
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,28 +174,17 @@ class FixedShapeGridMarch:
         m = origins.shape[0]
         if m > self.n_rays:
             raise ValueError(f"{m} rays do not fit a march for {self.n_rays}.")
-        self.origins[:m].copy_(origins)
-        self.directions[:m].copy_(directions)
-        self.near[:m].copy_(near)
-        self.spacing[:m].copy_(spacing)
+        if self.latent is not None and latent is None:
+            raise ValueError("This march was built for latent codes; none were given.")
+        arrays = dict(origins=origins, directions=directions, near=near, spacing=spacing)
         if ray_ids is not None:
-            self.ray_ids[:m].copy_(ray_ids)
-        self.valid[:m] = True
-        if m < self.n_rays:
-            # padding: a copy of the first ray, never marched
-            self.origins[m:].copy_(origins[:1].expand(self.n_rays - m, 3))
-            self.directions[m:].copy_(directions[:1].expand(self.n_rays - m, 3))
-            self.near[m:] = near[0]
-            self.spacing[m:] = spacing[0]
-            if ray_ids is not None:
-                self.ray_ids[m:] = ray_ids[0]
-            self.valid[m:] = False
+            arrays["ray_ids"] = ray_ids
         if self.latent is not None:
-            if latent is None:
-                raise ValueError("This march was built for latent codes; none were given.")
-            self.latent[:m].copy_(latent)
-            if m < self.n_rays:
-                self.latent[m:].copy_(latent[:1].expand(self.n_rays - m, -1))
+            arrays["latent"] = latent
+        # padding: copies of the first ray, never marched
+        fill_padded({name: getattr(self, name) for name in arrays}, arrays, m)
+        self.valid[:m] = True
+        self.valid[m:] = False
 
     def prepare(self, grid: OccupancyGrid) -> None:
         """List each ray's occupied samples in order and reset the march state."""

@@ -149,7 +149,7 @@ class RefinementGraphs:
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
-        _fill(recorded.inputs, arrays, n_rays)
+        fill_padded(recorded.inputs, arrays, n_rays)
         recorded.graph.replay()
         self.replays += 1
         return recorded.output[:n_rays].clone()
@@ -191,7 +191,7 @@ class RefinementGraphs:
         inputs = {
             name: value.new_empty((bucket, *value.shape[1:])) for name, value in arrays.items()
         }
-        _fill(inputs, arrays, n_rays)
+        fill_padded(inputs, arrays, n_rays)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         # warm up on a side stream (allocator and library handles), as CUDA graphs require
@@ -233,7 +233,7 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
     return _SIDE_STREAMS[index]
 
 
-def _fill(buffers: dict, arrays: dict, n_rays: int) -> None:
+def fill_padded(buffers: dict, arrays: dict, n_rays: int) -> None:
     """Copy ``arrays`` into the first rows of ``buffers``; repeat the first row after them."""
     for name, value in arrays.items():
         buffer = buffers[name]

@@ -7,7 +7,7 @@ import torch
 from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
 from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.refine_graphs import RefinementGraphs, _fill
+from dvr_plugin.refine_graphs import RefinementGraphs, fill_padded
 from dvr_plugin.renderer import DVRRenderer
 from dvr_plugin.root_finding import _refine
 from dvr_plugin.surface_query import FieldQuery
@@ -61,7 +61,7 @@ def test_recorded_body_matches_eager_refinement_with_padding(latent_size):
             arrays["latent"] = latent[ids]
         bucket = RefinementGraphs(min_bucket=64).bucket(n_rays)
         buffers = {k: v.new_full((bucket, *v.shape[1:]), float("nan")) for k, v in arrays.items()}
-        _fill(buffers, arrays, n_rays)
+        fill_padded(buffers, arrays, n_rays)
         assert bool(torch.isfinite(buffers["origins"]).all())  # the padding is filled too
         result = RefinementGraphs._run(_refine, query, buffers, 8, "float32")
     assert result.shape == (bucket,)
