@@ -250,8 +250,6 @@ class OccupancyTextureField(nn.Module):
                 f"points and tangents must both have shape (B, P, 3), got "
                 f"{tuple(points.shape)} and {tuple(tangents.shape)}."
             )
-        if self.encoding.n_frequencies > 0:
-            raise ValueError("forward_with_tangent supports fields without Fourier features.")
         if self.latent_size > 0 and (latent is None or latent.shape != (
             points.shape[0], self.latent_size
         )):
@@ -259,7 +257,17 @@ class OccupancyTextureField(nn.Module):
                 f"latent must have shape ({points.shape[0]}, {self.latent_size}), got "
                 f"{None if latent is None else tuple(latent.shape)}."
             )
-        stacked = torch.stack([points, tangents])  # (2, B, P, 3): value, tangent
+        if self.encoding.n_frequencies > 0:
+            freqs = self.encoding.freqs.to(points.dtype)
+            angles = (points[..., None] * freqs).flatten(-2)
+            angle_tangents = (tangents[..., None] * freqs).flatten(-2)
+            sin, cos = torch.sin(angles), torch.cos(angles)
+            stacked = torch.stack([  # (2, B, P, 3 + 6 F): value, tangent
+                torch.cat([points, sin, cos], dim=-1),
+                torch.cat([tangents, cos * angle_tangents, -sin * angle_tangents], dim=-1),
+            ])
+        else:
+            stacked = torch.stack([points, tangents])  # (2, B, P, 3): value, tangent
 
         def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             # the bias belongs to the value only
