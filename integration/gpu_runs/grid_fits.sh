@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two GPUs: a fit of the GPU config without (GPU 0) and with (GPU 1) the occupancy grid in
 # training (train.occupancy_grid=64), side by side; metrics into $OUT.
-# Usage: grid_fits.sh cow|dtu
+# Usage: grid_fits.sh cow|dtu, or grid_fits.sh both (the cow and DTU with the grid, one GPU each)
 [[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
 DATA=${DVR_DATA_DIR:-../shared/data}
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"
@@ -22,5 +22,5 @@ dtu() {
     train.occupancy_grid=$2 eval.turntable_frames=0 > $D/dtu_$2.log 2>&1
   cp $D/dtu_$2/metrics.json $OUT/dtu_grid$2_metrics.json
 }
-$1 0 0 & $1 1 64 & wait
+if [[ $1 == both ]]; then cow 0 64 & dtu 1 64 & wait; else $1 0 0 & $1 1 64 & wait; fi
 for f in $D/*.log; do echo "== $f"; tail -6 $f; done
