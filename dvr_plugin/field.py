@@ -203,14 +203,7 @@ class OccupancyTextureField(nn.Module):
         """
         if points.shape[-1] != 3:
             raise ValueError(f"points must have shape (B, P, 3), got {tuple(points.shape)}.")
-        if self.latent_size > 0:
-            if latent is None:
-                raise ValueError(f"This field needs a latent code of size {self.latent_size}.")
-            if latent.dim() != 2 or latent.shape != (points.shape[0], self.latent_size):
-                raise ValueError(
-                    f"latent must have shape ({points.shape[0]}, {self.latent_size}), "
-                    f"got {tuple(latent.shape)}."
-                )
+        self._check_latent(points, latent)
         net = self.fc_in(self.encoding(points))
         for i, block in enumerate(self.blocks):
             if self.latent_size > 0:
@@ -222,6 +215,16 @@ class OccupancyTextureField(nn.Module):
             values = values + points.norm(dim=-1) - self.sdf_init_radius
         rgb = torch.sigmoid(out[..., 1:4]) if self.has_rgb else None
         return FieldOutput(values, rgb)
+
+    def _check_latent(self, points: torch.Tensor, latent: torch.Tensor | None) -> None:
+        if self.latent_size > 0:
+            if latent is None:
+                raise ValueError(f"This field needs a latent code of size {self.latent_size}.")
+            if latent.dim() != 2 or latent.shape != (points.shape[0], self.latent_size):
+                raise ValueError(
+                    f"latent must have shape ({points.shape[0]}, {self.latent_size}), "
+                    f"got {tuple(latent.shape)}."
+                )
 
     def forward_with_tangent(
         self,
@@ -250,13 +253,7 @@ class OccupancyTextureField(nn.Module):
                 f"points and tangents must both have shape (B, P, 3), got "
                 f"{tuple(points.shape)} and {tuple(tangents.shape)}."
             )
-        if self.latent_size > 0 and (latent is None or latent.shape != (
-            points.shape[0], self.latent_size
-        )):
-            raise ValueError(
-                f"latent must have shape ({points.shape[0]}, {self.latent_size}), got "
-                f"{None if latent is None else tuple(latent.shape)}."
-            )
+        self._check_latent(points, latent)
         if self.encoding.n_frequencies > 0:
             freqs = self.encoding.freqs.to(points.dtype)
             angles = (points[..., None] * freqs).flatten(-2)

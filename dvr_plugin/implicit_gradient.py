@@ -39,6 +39,7 @@ when it is exactly zero), which bounds the gradient without flipping its directi
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -158,7 +159,16 @@ def _normals_only(
     return _outward(grad_p)
 
 
-_NO_FORWARD_AD: set[int] = set()  # fields without a directional derivative (ids), warned once
+# fields without a directional derivative (warned once; weak, so a new field is never
+# mistaken for a collected one)
+_NO_FORWARD_AD: weakref.WeakSet = weakref.WeakSet()
+
+
+def _known_without_derivative(field) -> bool:
+    try:
+        return field in _NO_FORWARD_AD
+    except TypeError:  # unhashable
+        return False
 
 
 def _with_features(
@@ -170,7 +180,7 @@ def _with_features(
     eps: float,
 ) -> SurfaceGeometry | None:
     """Depth and colour from one evaluation with forward-mode AD (module docstring)."""
-    if id(query.field) in _NO_FORWARD_AD:
+    if _known_without_derivative(query.field):
         return None
     n_rays = origins.shape[0]
     o, w, d0 = origins[rows], directions[rows], depth0[rows]
@@ -180,7 +190,10 @@ def _with_features(
             rows, points[:, None, :], w.detach()[:, None, :]
         )
     except (RuntimeError, NotImplementedError, ValueError) as error:
-        _NO_FORWARD_AD.add(id(query.field))
+        try:
+            _NO_FORWARD_AD.add(query.field)
+        except TypeError:  # not weakly referenceable: it is tried again (warnings show once)
+            pass
         warnings.warn(
             f"The field gives no directional derivative ({error}); evaluating it twice at "
             "the surface (implicit gradient, then colour) instead.",

@@ -34,13 +34,11 @@ parameters and of the grid; falls back to eager on any recording error).
 from __future__ import annotations
 
 import math
-import warnings
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .refine_graphs import field_storage_key, fill_padded, side_stream
+from .refine_graphs import GraphCache, field_storage_key, fill_padded, side_stream
 from .surface_query import FieldQuery
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -333,9 +331,7 @@ class MarchGraphs:
         self.min_bucket = min_bucket
         self.max_rays = max_rays
         self.max_graphs = max_graphs
-        self._marches: OrderedDict[tuple, _RecordedMarch] = OrderedDict()
-        self._failed: set[tuple] = set()
-        self._pool: Any = None
+        self._cache = GraphCache(max_entries=max_graphs, what="the grid march")
         self.recordings = 0
         self.rounds = 0
 
@@ -417,25 +413,9 @@ class MarchGraphs:
             bucket, n_steps, block, precision, dtype, latent_size, float(query.level),
             query.field_type,
         )
-        if key in self._failed:
-            return None
-        recorded = self._marches.get(key)
-        if recorded is None:
-            try:
-                recorded = self._record(query, grid, bucket, n_steps, block, dtype, latent_size)
-            except Exception as error:  # noqa: BLE001 - any failure: fall back, say why once
-                self._failed.add(key)
-                warnings.warn(
-                    f"Recording a CUDA graph of the grid march failed ({error}); marching "
-                    "eagerly for this field and batch size.",
-                    stacklevel=4,
-                )
-                return None
-            self._marches[key] = recorded
-            while len(self._marches) > self.max_graphs:
-                self._marches.popitem(last=False)
-        self._marches.move_to_end(key)
-        return recorded
+        return self._cache.get(
+            key, lambda: self._record(query, grid, bucket, n_steps, block, dtype, latent_size)
+        )
 
     def _record(self, query, grid, bucket, n_steps, block, dtype, latent_size) -> _RecordedMarch:
         device = grid.occupied.device
@@ -450,8 +430,6 @@ class MarchGraphs:
         march.spacing.fill_(2.0 / n_steps)
         march.valid.fill_(True)
         march.ray_ids.copy_(torch.arange(bucket, device=device))
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         # under a bfloat16 march, autocast must not cache cast weights across the recording:
         # a replay would read the cast of the parameters as they were then
         with torch.autocast(
@@ -479,7 +457,7 @@ class MarchGraphs:
             # keeps only temporaries there (the state lives in the march's own buffers)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(
-                graph, pool=self._pool, stream=side, capture_error_mode="thread_local"
+                graph, pool=self._cache.pool, stream=side, capture_error_mode="thread_local"
             ):
                 fn()
             return graph

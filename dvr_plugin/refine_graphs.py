@@ -47,6 +47,51 @@ class _Recorded:
         self.output = output
 
 
+class GraphCache:
+    """
+    Recorded CUDA graphs by key, shared by :class:`RefinementGraphs` and
+    :class:`dvr_plugin.march_graphs.MarchGraphs`: the least recently used entry is dropped past
+    ``max_entries``, and a key whose recording failed is remembered (with one warning) so that
+    its work runs eagerly from then on. All entries record into one memory pool.
+    """
+
+    def __init__(self, *, max_entries: int, what: str) -> None:
+        self.max_entries = max_entries
+        self.what = what
+        self._entries: OrderedDict[tuple, Any] = OrderedDict()
+        self._failed: set[tuple] = set()
+        self._pool: Any = None
+
+    @property
+    def pool(self) -> Any:
+        """The graphs' memory pool (created on first use)."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._pool
+
+    def get(self, key: tuple, record: Callable[[], Any]) -> Any | None:
+        """The entry of ``key``, recorded by ``record()`` if new; ``None``: run eagerly."""
+        if key in self._failed:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            try:
+                entry = record()
+            except Exception as error:  # noqa: BLE001 - any failure: fall back, say why once
+                self._failed.add(key)
+                warnings.warn(
+                    f"Recording a CUDA graph of {self.what} failed ({error}); running it "
+                    "eagerly for this field and batch size.",
+                    stacklevel=4,
+                )
+                return None
+            self._entries[key] = entry
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        return entry
+
+
 class RefinementGraphs:
     """
     A cache of CUDA graphs of the secant refinement, one per (field, bucket, settings).
@@ -63,9 +108,7 @@ class RefinementGraphs:
             )
         self.min_bucket = min_bucket
         self.max_graphs = max_graphs
-        self._graphs: OrderedDict[tuple, _Recorded] = OrderedDict()
-        self._failed: set[tuple] = set()
-        self._pool: Any = None
+        self._cache = GraphCache(max_entries=max_graphs, what="the secant refinement")
         self.replays = 0
         self.recordings = 0
 
@@ -131,24 +174,11 @@ class RefinementGraphs:
         )
         if latent is not None:
             arrays["latent"] = latent
-        if key in self._failed:
-            return self._eager(refine, query, arrays, n_secant_steps, precision)
-        recorded = self._graphs.get(key)
+        recorded = self._cache.get(
+            key, lambda: self._record(refine, query, arrays, bucket, n_secant_steps, precision)
+        )
         if recorded is None:
-            try:
-                recorded = self._record(refine, query, arrays, bucket, n_secant_steps, precision)
-            except Exception as error:  # noqa: BLE001 - any failure: fall back, say why once
-                self._failed.add(key)
-                warnings.warn(
-                    f"Recording a CUDA graph of the secant refinement failed ({error}); "
-                    "running it eagerly for this field and batch size.",
-                    stacklevel=3,
-                )
-                return self._eager(refine, query, arrays, n_secant_steps, precision)
-            self._graphs[key] = recorded
-            while len(self._graphs) > self.max_graphs:
-                self._graphs.popitem(last=False)
-        self._graphs.move_to_end(key)
+            return self._run(refine, query, arrays, n_secant_steps, precision)
         fill_padded(recorded.inputs, arrays, n_rays)
         recorded.graph.replay()
         self.replays += 1
@@ -183,17 +213,12 @@ class RefinementGraphs:
             low=buffers["low"], high=buffers["high"],
         )
 
-    def _eager(self, refine, query, arrays, n_secant_steps, precision) -> torch.Tensor:
-        return self._run(refine, query, arrays, n_secant_steps, precision)
-
     def _record(self, refine, query, arrays, bucket, n_secant_steps, precision) -> _Recorded:
         n_rays = arrays["origins"].shape[0]
         inputs = {
             name: value.new_empty((bucket, *value.shape[1:])) for name, value in arrays.items()
         }
         fill_padded(inputs, arrays, n_rays)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         # warm up on a side stream (allocator and library handles), as CUDA graphs require
         side = side_stream(arrays["origins"].device)
         side.wait_stream(torch.cuda.current_stream())
@@ -206,7 +231,7 @@ class RefinementGraphs:
         # thread_local: other threads (data loading, a process group's watchdog) may keep
         # using CUDA while this one records
         with torch.cuda.graph(
-            graph, pool=self._pool, stream=side, capture_error_mode="thread_local"
+            graph, pool=self._cache.pool, stream=side, capture_error_mode="thread_local"
         ):
             output = self._run(refine, query, inputs, n_secant_steps, precision)
         self.recordings += 1

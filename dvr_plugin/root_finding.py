@@ -532,7 +532,8 @@ def find_surface(
             )
             if recorded is not None:
                 parts.append(_FirstInside(*recorded))
-        for i in range(0, n_rays if not parts else 0, rays_per_chunk):
+        eager_chunks = range(0, n_rays, rays_per_chunk) if not parts else range(0)
+        for i in eager_chunks:
             sl = slice(i, i + rays_per_chunk)
             args = (query, ray_ids[sl], origins[sl], directions[sl], near[sl], spacing[sl])
             if grid is not None:

@@ -92,3 +92,12 @@ def surface_depth(
         assert geometry.features is not None
         return geometry.depth, search.hit & ~missed, geometry.features
     return geometry.depth, search.hit & ~missed
+
+
+def same_hits(renderer, cameras, xys, step_counts):
+    """The rays of ``xys`` `(1, R, 2)` whose hit flag is the same at all ``step_counts``."""
+    with torch.no_grad():
+        hits = [renderer(cameras, xys=xys, n_steps=n).masks[0] > 0 for n in step_counts]
+    same = torch.stack(hits).all(0) | ~torch.stack(hits).any(0)
+    assert int(same.sum()) > 0.8 * xys.shape[1] and bool(hits[0][same].any())
+    return xys[:, same]

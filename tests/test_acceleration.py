@@ -21,7 +21,7 @@ from dvr_plugin.renderer import DVRRenderer
 from dvr_plugin.root_finding import find_surface
 from dvr_plugin.shapes import SphereField, demo_scene
 from dvr_plugin.surface_query import FieldQuery
-from tests.core_factories import SphereMLPField
+from tests.core_factories import SphereMLPField, same_hits
 
 SIZE = 24
 
@@ -309,15 +309,6 @@ def test_query_size_is_bounded_with_a_grid(n_steps):
     assert 0 < field.largest <= 1000
 
 
-def _same_hits(renderer, cameras, xys, step_counts):
-    """The rays of ``xys`` `(1, R, 2)` whose hit flag is the same at all ``step_counts``."""
-    with torch.no_grad():
-        hits = [renderer(cameras, xys=xys, n_steps=n).masks[0] > 0 for n in step_counts]
-    same = torch.stack(hits).all(0) | ~torch.stack(hits).any(0)
-    assert int(same.sum()) > 0.8 * xys.shape[1] and bool(hits[0][same].any())
-    return xys[:, same]
-
-
 def _saved_bytes(renderer, xys, n_steps) -> int:
     total = 0
 
@@ -343,7 +334,7 @@ def test_saved_for_backward_does_not_depend_on_steps_with_acceleration():
     )
     xys = (2 * torch.rand(1, 128, 2, generator=torch.Generator().manual_seed(0)) - 1) * 0.4
     # the same rays hit at both step counts (memory follows the hit rays, not the steps)
-    xys = _same_hits(renderer, _single_camera(), xys, (16, 512))
+    xys = same_hits(renderer, _single_camera(), xys, (16, 512))
     at_16 = _saved_bytes(renderer, xys, 16)
     at_512 = _saved_bytes(renderer, xys, 512)
     assert at_16 == at_512 > 0

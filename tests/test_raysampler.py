@@ -20,7 +20,7 @@ from dvr_plugin.raysampler import SecantRaysampler
 from dvr_plugin.renderer import DVRRenderer
 from dvr_plugin.shapes import SphereField
 
-from .core_factories import SphereMLPField
+from .core_factories import SphereMLPField, same_hits
 
 CENTRE = (0.05, -0.04, 0.03)
 RADIUS = 0.3
@@ -205,15 +205,6 @@ def test_marching_memory_is_bounded_by_chunk_size(n_steps):
     assert 0 < field.largest <= 4096
 
 
-def _same_hits(renderer, cameras, xys, step_counts):
-    """The rays of ``xys`` `(1, R, 2)` whose hit flag is the same at all ``step_counts``."""
-    with torch.no_grad():
-        hits = [renderer(cameras, xys=xys, n_steps=n).masks[0] > 0 for n in step_counts]
-    same = torch.stack(hits).all(0) | ~torch.stack(hits).any(0)
-    assert int(same.sum()) > 0.8 * xys.shape[1] and bool(hits[0][same].any())
-    return xys[:, same]
-
-
 def _saved_bytes(renderer, cameras, xys, n_steps) -> int:
     total = 0
 
@@ -236,7 +227,7 @@ def test_saved_for_backward_does_not_depend_on_steps():
     cameras = _single_camera((0.0, 0.3, 1.5))
     xys = 2 * torch.rand(1, 256, 2) - 1
     # the same rays hit at both step counts (memory follows the hit rays, not the steps)
-    xys = _same_hits(renderer, cameras, xys, (16, 512))
+    xys = same_hits(renderer, cameras, xys, (16, 512))
     at_16 = _saved_bytes(renderer, cameras, xys, 16)
     at_512 = _saved_bytes(renderer, cameras, xys, 512)
     assert at_16 == at_512 > 0
