@@ -35,6 +35,7 @@ from torch import nn
 
 from ..acceleration import OccupancyGrid
 from ..data import MultiViewData, index_cameras
+from ..data.frame import WorldFrame, data_fingerprint
 from ..field import FieldOutput, OccupancyTextureField, evaluate_field, field_type_of
 from ..io import atomic_write, make_dirs
 from ..losses import (
@@ -745,6 +746,12 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "image_size": list(self.train_data.image_size),
             "orbit": orbit_settings(self.train_data.cameras, self.config.data),
+            "data_frame": WorldFrame.from_views(self.train_data, self.config.data.format).to_dict(),
+            "data_fingerprint": {
+                "format": self.config.data.format,
+                "train": data_fingerprint(self.train_data),
+                "val": None if self.val_data is None else data_fingerprint(self.val_data),
+            },
             **({"occupancy_grid": self.grid.state_dict()} if self.grid is not None else {}),
         }
 
