@@ -22,88 +22,203 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _mesh(args: argparse.Namespace) -> int:
-    from .mesh_report import mesh_from_checkpoint
+    """``dvr mesh`` (bad input: one line on stderr, exit code 2)."""
+    from .training.cli_commands import clean_errors
+
+    return clean_errors(_mesh_command)(args)
+
+
+def _mesh_command(args: argparse.Namespace) -> int:
+    from .mesh_report import check_mesh_resolution, mesh_from_checkpoint
     from .meshing import save_mesh
 
-    extraction, _ = mesh_from_checkpoint(
+    _check_input_file(args.checkpoint, "checkpoint", (".pt",))
+    _check_output_mesh(args.out, force=args.force)
+    check_mesh_resolution(args.resolution)
+    if args.refine_steps < 0:
+        raise ValueError(f"--refine-steps must be >= 0, got {args.refine_steps}.")
+    device = _device(args.device)
+    surface = mesh_from_checkpoint(
         args.checkpoint,
         resolution=args.resolution,
         refine_steps=args.refine_steps,
-        device=_device(args.device),
+        frame=args.frame,
+        device=device,
     )
-    stats = extraction.stats
-    if extraction.is_empty:
+    stats = surface.extraction.stats
+    if surface.is_empty:
         print(f"The field has no surface in the box ({stats.status}): no mesh written.")
         return 1
-    save_mesh(extraction.mesh, args.out)
-    mesh = extraction.mesh
+    save_mesh(surface.mesh, args.out, comments=surface.comments())
+    mesh = surface.mesh
     print(
         f"wrote {args.out}: {mesh.verts_packed().shape[0]} vertices, "
         f"{mesh.faces_packed().shape[0]} faces; field evaluated at "
         f"{stats.points_evaluated} of {stats.dense_points} grid points"
     )
+    print(f"{args.out}: {surface.describe()}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """``dvr eval`` (bad input: one line on stderr, exit code 2)."""
+    from .training.cli_commands import clean_errors
+
+    return clean_errors(_eval_command)(args)
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    import os
+
     from .io import make_dirs
     from .mesh_report import (
+        FIGURE_POINTS,
         evaluate_held_out_views,
         evaluate_mesh_against,
-        load_ground_truth,
-        mesh_from_checkpoint,
+        observed_region_metrics,
+        prepare_evaluation_meshes,
         write_report,
     )
 
-    if args.gt is None and not args.views:
-        raise ValueError("Give --gt MESH and/or --views (held-out views of a checkpoint).")
-    is_checkpoint = args.prediction.endswith(".pt")
-    if args.views and not is_checkpoint:
-        raise ValueError("--views needs a `dvr fit` checkpoint (.pt) as the prediction.")
+    _check_eval_args(args)
     device = _device(args.device)
     report: dict = {"prediction": args.prediction}
     pred = gt = None
     if args.gt is not None:
-        longest_side = args.gt_longest_side
-        if is_checkpoint:
-            extraction, config = mesh_from_checkpoint(
-                args.prediction, resolution=args.resolution, device=device
-            )
-            pred = extraction.mesh
-            data = config.get("data", {})
-            if longest_side is None and data.get("format") in ("mesh", "demo"):
-                longest_side = data.get("longest_side")
-        else:
-            from .meshing import load_mesh
-
-            pred = load_mesh(args.prediction, device=device)
-        gt = load_ground_truth(args.gt, longest_side=longest_side, device=device)
+        meshes = prepare_evaluation_meshes(
+            args.prediction,
+            args.gt,
+            pred_frame=args.pred_frame,
+            checkpoint=args.checkpoint,
+            gt_longest_side=args.gt_longest_side,
+            resolution=args.resolution,
+            device=device,
+            require_watertight=not args.no_iou,
+        )
+        for key, value in meshes.describe().items():
+            print(f"frame - {key}: {value}")
+        pred, gt = meshes.pred, meshes.gt
         report.update(
             evaluate_mesh_against(
-                pred.to(device),
+                pred,
                 gt,
                 n_points=args.points,
                 n_iou_points=0 if args.no_iou else args.points,
             )
         )
         report["ground_truth"] = args.gt
+        report["frame"] = meshes.describe()
+        if args.observed:
+            report.update(observed_region_metrics(meshes, n_points=args.points, device=device))
     if args.views:
-        import os
-
         make_dirs(args.out)
-        report["held_out"] = evaluate_held_out_views(
+        held_out = evaluate_held_out_views(
             args.prediction, device=device, figure_path=os.path.join(args.out, "views.png")
         )
-    paths = write_report(report, args.out, pred=pred, gt=gt)
+        settings = held_out["settings"]
+        print(
+            f"held-out views rendered with n_steps={settings['n_steps']}, "
+            f"n_secant_steps={settings['n_secant_steps']} ({settings['source']})"
+        )
+        report["held_out"] = held_out
+    paths = write_report(
+        report, args.out, pred=pred, gt=gt, figure_points=min(args.points, FIGURE_POINTS)
+    )
     print(open(paths["markdown"]).read())
     print("written:", ", ".join(paths.values()))
     return 0
+
+
+MESH_SUFFIXES = (".ply", ".obj")
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _check_input_file(path: str, what: str, suffixes: tuple) -> None:
+    """A one-line ``ValueError`` unless ``path`` is an existing file ending in ``suffixes``."""
+    import os
+
+    if not path.lower().endswith(suffixes):
+        raise ValueError(f"The {what} {path!r} must end in one of {', '.join(suffixes)}.")
+    if _is_uri(path):
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"The {what} {path!r} is a folder, not a file.")
+    if not os.path.exists(path):
+        raise ValueError(f"The {what} {path!r} does not exist (file not found).")
+
+
+def _check_output_mesh(path: str, *, force: bool) -> None:
+    """The output mesh: a known suffix, an existing folder, not a folder, no file unless
+    ``force``."""
+    import os
+
+    if not path.lower().endswith(MESH_SUFFIXES):
+        raise ValueError(
+            f"--out {path!r} has an unknown extension: use one of {', '.join(MESH_SUFFIXES)}."
+        )
+    if _is_uri(path):
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is a folder; give a mesh file name.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"The output folder {folder!r} does not exist.")
+    if os.path.exists(path) and not force:
+        raise ValueError(f"{path} exists; pass --force to overwrite it.")
+
+
+def _check_eval_args(args: argparse.Namespace) -> None:
+    """Every argument of ``dvr eval`` that can be checked without loading anything."""
+    import os
+
+    from .mesh_report import check_mesh_resolution
+
+    if args.gt is None and not args.views:
+        raise ValueError("Give --gt MESH and/or --views (held-out views of a checkpoint).")
+    is_checkpoint = args.prediction.lower().endswith(".pt")
+    _check_input_file(args.prediction, "prediction", (".pt",) + MESH_SUFFIXES)
+    if args.views and not is_checkpoint:
+        raise ValueError("--views needs a `dvr fit` checkpoint (.pt) as the prediction.")
+    if args.gt is not None:
+        _check_input_file(args.gt, "ground-truth mesh", MESH_SUFFIXES)
+    if args.checkpoint is not None:
+        if is_checkpoint:
+            raise ValueError(
+                "--checkpoint is for a mesh-file prediction; the prediction is a checkpoint."
+            )
+        _check_input_file(args.checkpoint, "checkpoint", (".pt",))
+    if args.pred_frame is not None and is_checkpoint:
+        raise ValueError(
+            "--pred-frame is for a mesh-file prediction; a checkpoint is placed by the data "
+            "frame it records."
+        )
+    if args.observed:
+        if args.gt is None:
+            raise ValueError("--observed scores meshes: give --gt MESH.")
+        if not is_checkpoint and args.checkpoint is None:
+            raise ValueError(
+                "--observed needs the fit's training cameras: give a checkpoint as the "
+                "prediction, or --checkpoint CHECKPOINT with a mesh file."
+            )
+    if args.points < 1:
+        raise ValueError(f"--points must be >= 1, got {args.points}.")
+    if args.gt is not None and is_checkpoint:
+        check_mesh_resolution(args.resolution)
+    if args.gt_longest_side is not None and not 0 < args.gt_longest_side <= 1:
+        raise ValueError(f"--gt-longest-side must be in (0, 1], got {args.gt_longest_side}.")
+    if not _is_uri(args.out) and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a file; the report needs a folder.")
 
 
 def _device(name: str | None) -> str:
     import torch
 
     if name:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is available.")
         return name
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -124,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_parser(commands)
     add_demo_parser(commands)
     add_single_view_parsers(commands)  # make-category, reconstruct, eval-category
+    from .data.make_scene_cli import add_make_scene_parser
+
+    add_make_scene_parser(commands)  # DTU-like captures with exact ground truth
 
     demo = commands.add_parser(
         "render-scene",
@@ -140,12 +258,26 @@ def build_parser() -> argparse.ArgumentParser:
         "mesh",
         help="extract the surface of a fitted field as a coloured mesh (.ply or .obj)",
         description="MISE + marching cubes on a `dvr fit` checkpoint; vertex colours from the "
-        "texture head.",
+        "texture head. The mesh is written in the data's world frame (DTU millimetres, Blender "
+        "units, the mesh file's units, ...) unless --frame normalised; its header says which.",
     )
     mesh.add_argument("checkpoint", help="a checkpoint written by `dvr fit`")
     mesh.add_argument("--out", required=True, help="mesh file to write (.ply keeps colours)")
-    mesh.add_argument("--resolution", type=int, default=256, help="final grid cells per axis")
+    mesh.add_argument(
+        "--resolution",
+        type=int,
+        default=256,
+        help="final grid cells per axis: 32 * 2^k (64, 128, 256, ...) or at most 32",
+    )
     mesh.add_argument("--refine-steps", type=int, default=0, help="vertex refinement steps")
+    mesh.add_argument(
+        "--frame",
+        choices=("world", "normalised"),
+        default="world",
+        help="world (default): the data's own frame; normalised: the fitting frame (the "
+        "object in the unit cube)",
+    )
+    mesh.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     mesh.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     mesh.set_defaults(run=_mesh)
 
@@ -153,16 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="score a mesh or checkpoint against a ground-truth mesh (Chamfer-L1, normal "
         "consistency, F-score, IoU)",
-        description="Occupancy Networks / DVR protocol: both meshes normalised by the ground "
-        "truth's bounding box (longest side 1); with --views, image metrics on the held-out "
-        "views of a checkpoint. Writes metrics.json, metrics.md, errors.png, views.png.",
+        description="Occupancy Networks / DVR protocol: prediction and ground truth are put in "
+        "one frame (the data's world frame; a checkpoint's surface is moved there with the frame "
+        "it records), then both are normalised by the ground truth's bounding box (longest side "
+        "1). Stops when the two bounding boxes differ by more than 2x or do not overlap. With "
+        "--observed, also the DTU-style observed-region scores (training cameras); with "
+        "--views, image metrics on the held-out views of a checkpoint, rendered with the fit's "
+        "settings. Writes metrics.json, metrics.md, errors.png, views.png.",
     )
     evaluate.add_argument("prediction", help="a mesh file, or a `dvr fit` checkpoint (.pt)")
-    evaluate.add_argument("--gt", default=None, help="ground-truth mesh (.obj / .ply)")
+    evaluate.add_argument(
+        "--gt", default=None, help="ground-truth mesh (.obj / .ply) in the data's world frame"
+    )
     evaluate.add_argument(
         "--views",
         action="store_true",
         help="also re-render the checkpoint's held-out views: PSNR, SSIM, mask IoU, depth error",
+    )
+    evaluate.add_argument(
+        "--observed",
+        action="store_true",
+        help="also score only the observed region: accuracy over predicted samples and "
+        "completeness over true samples that a training camera sees (needs a checkpoint)",
     )
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.add_argument("--points", type=int, default=100_000, help="samples per surface")
@@ -170,20 +314,58 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-iou", action="store_true", help="skip the IoU (for non-watertight ground truth)"
     )
     evaluate.add_argument(
+        "--pred-frame",
+        choices=("world", "normalised"),
+        default=None,
+        help="the frame of a mesh-file prediction (default: what its header states, else "
+        "world); normalised needs the to_world of its header or of --checkpoint",
+    )
+    evaluate.add_argument(
+        "--checkpoint",
+        default=None,
+        help="with a mesh-file prediction: the fit it comes from (its data frame, and the "
+        "training cameras of --observed)",
+    )
+    evaluate.add_argument(
         "--gt-longest-side",
         type=float,
         default=None,
-        help="move the ground truth into the fitting frame (centred, this longest side); "
-        "taken from the checkpoint for mesh-rendered data",
+        help="score in the fitting frame instead: the ground truth is centred and scaled to "
+        "this longest side (as `dvr fit --format mesh` does with data.longest_side); not "
+        "needed when the ground truth is in the data's world frame",
     )
-    evaluate.add_argument("--resolution", type=int, default=256, help="MISE resolution")
+    evaluate.add_argument(
+        "--resolution",
+        type=int,
+        default=256,
+        help="MISE resolution of a checkpoint's surface: 32 * 2^k or at most 32",
+    )
     evaluate.add_argument("--device", default=None, help="cpu or cuda")
     evaluate.set_defaults(run=_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """
+    Run ``dvr`` on ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    ``KEY=VALUE`` overrides of the subcommands that take them (``fit``, ``demo``) may stand
+    anywhere among the options (``dvr fit --out X train.iterations=5 --config cow
+    model.hidden_size=32``); they apply in the order given. Anything else argparse does not
+    know stops with its usual "unrecognized arguments" message (exit code 2).
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        # argparse fills the positional with the first run of KEY=VALUE tokens; later runs
+        # (after an option) come back here, in order
+        def is_override(token: str) -> bool:
+            return not token.startswith("-") and "=" in token
+
+        args.overrides = [*args.overrides, *filter(is_override, extras)]
+        extras = [token for token in extras if not is_override(token)]
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     return args.run(args)
 
 

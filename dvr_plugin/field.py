@@ -26,6 +26,7 @@ implicit depth gradient and for normals) and in whatever parameters should be le
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -112,27 +113,114 @@ class ResnetBlockFC(nn.Module):
         return x + self.fc1(torch.relu(self.fc0(torch.relu(x))))
 
 
+def fourier_band_weights(alpha: torch.Tensor, n_frequencies: int) -> torch.Tensor:
+    """
+    The coarse-to-fine window of Nerfies / BARF: the weight of frequency band ``k`` at the
+    annealing position ``alpha`` (in ``[0, n_frequencies]``) is
+    ``(1 - cos(pi * clamp(alpha - k, 0, 1))) / 2``: 0 until ``alpha`` reaches ``k``, 1 from
+    ``k + 1`` on, a smooth ramp in between.
+
+    Args:
+        alpha: a 0-d tensor, the annealing position (bands fully on: ``alpha >= n_frequencies``).
+        n_frequencies: F, the number of bands.
+
+    Returns:
+        `(F,)` weights in [0, 1], in ``alpha``'s dtype and device.
+    """
+    bands = torch.arange(n_frequencies, dtype=alpha.dtype, device=alpha.device)
+    return 0.5 * (1.0 - torch.cos(torch.pi * (alpha - bands).clamp(0.0, 1.0)))
+
+
 class FourierFeatures(nn.Module):
     """
-    ``[p, sin(2^k pi p), cos(2^k pi p)]`` for k < n_frequencies (an optional extension; the
-    reference decoder uses none).
+    ``[p, w_k sin(2^k pi p), w_k cos(2^k pi p)]`` for k < n_frequencies (an optional extension;
+    the reference decoder uses none). Points are in scene units (the unit cube).
+
+    Without annealing every ``w_k`` is 1. With ``anneal=True`` the bands are faded in from
+    coarse to fine (:func:`fourier_band_weights` at ``alpha = progress * n_frequencies``; the raw
+    ``p`` is always on): ``progress`` is a buffer of the module, saved in its ``state_dict`` so
+    that a restored field continues where the schedule was. It starts at 0 (only ``p``) and is
+    set with :meth:`set_progress`; a trainer raises it from 0 to 1 over its annealing steps.
+
+    Args (keyword-only):
+        n_frequencies: F, the number of frequency bands.
+        anneal: fade the bands in with the ``progress`` buffer (otherwise no buffer exists and
+            the state dict is that of the plain encoding).
     """
 
-    def __init__(self, *, n_frequencies: int) -> None:
+    def __init__(self, *, n_frequencies: int, anneal: bool = False) -> None:
         super().__init__()
         self.n_frequencies = n_frequencies
+        self.anneal = anneal
         freqs = (2.0 ** torch.arange(n_frequencies, dtype=torch.float32)) * torch.pi
         self.register_buffer("freqs", freqs, persistent=False)
+        if anneal:
+            self.register_buffer("progress", torch.zeros(()))
 
     @property
     def out_size(self) -> int:
         return 3 + 6 * self.n_frequencies
 
+    def set_progress(self, progress: float) -> None:
+        """
+        Set the annealing progress in [0, 1] (0: only ``p``; 1: every band fully on). Written in
+        place, so recorded CUDA graphs that read the buffer see the new value.
+
+        Raises:
+            ValueError: for an encoding built without ``anneal``, or a progress outside [0, 1].
+        """
+        if not self.anneal:
+            raise ValueError("This Fourier encoding was built without annealing (anneal=False).")
+        progress = float(progress)
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"The annealing progress must lie in [0, 1], got {progress}.")
+        self.progress.fill_(progress)
+
+    def band_weights(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """`(3 F,)` weights of the ``sin`` (and ``cos``) features in their order, or ``None``
+        without annealing."""
+        if not self.anneal:
+            return None
+        alpha = self.progress.to(dtype) * self.n_frequencies
+        # the features are ordered (coordinate, band): band k of x, y, z at k, F + k, 2 F + k
+        return fourier_band_weights(alpha, self.n_frequencies).repeat(3)
+
     def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """`(..., 3)` points -> `(..., 3 + 6 F)` features."""
         if self.n_frequencies == 0:
             return points
         angles = (points[..., None] * self.freqs.to(points.dtype)).flatten(-2)
-        return torch.cat([points, torch.sin(angles), torch.cos(angles)], dim=-1)
+        sin, cos = torch.sin(angles), torch.cos(angles)
+        weights = self.band_weights(points.dtype)
+        if weights is not None:
+            sin, cos = sin * weights, cos * weights
+        return torch.cat([points, sin, cos], dim=-1)
+
+    def forward_with_tangent(
+        self, points: torch.Tensor, tangents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The features and their directional derivatives along ``tangents``.
+
+        Args:
+            points: `(..., 3)`.
+            tangents: `(..., 3)`.
+
+        Returns:
+            ``(features, feature_tangents)``, both `(..., 3 + 6 F)`.
+        """
+        if self.n_frequencies == 0:
+            return points, tangents
+        freqs = self.freqs.to(points.dtype)
+        angles = (points[..., None] * freqs).flatten(-2)
+        angle_tangents = (tangents[..., None] * freqs).flatten(-2)
+        sin, cos = torch.sin(angles), torch.cos(angles)
+        weights = self.band_weights(points.dtype)
+        if weights is not None:
+            sin, cos = sin * weights, cos * weights
+        features = torch.cat([points, sin, cos], dim=-1)
+        feature_tangents = torch.cat([tangents, cos * angle_tangents, -sin * angle_tangents], -1)
+        return features, feature_tangents
 
 
 class OccupancyTextureField(nn.Module):
@@ -153,7 +241,17 @@ class OccupancyTextureField(nn.Module):
         n_frequencies: Fourier feature frequencies of the input (0 = the reference decoder).
         sdf_init_radius: for ``field_type="sdf"``, the radius of the sphere the field starts as
             (the output is ``|p| - r + network(p)``, a geometric initialisation that keeps the
-            initial field a valid distance); ignored for occupancy fields.
+            initial field a valid distance); ``geometric_init_radius`` overrides it.
+        fourier_anneal: fade the Fourier bands in coarse to fine (:class:`FourierFeatures`;
+            the progress is a buffer of ``encoding``, set with :meth:`set_encoding_progress`).
+        geometric_init_radius: start as a sphere of this radius (scene units) around the origin:
+            an analytic sphere term is added to the network's value, ``|p| - r`` for SDFs (as
+            ``sdf_init_radius``) and ``sharpness * (r - |p|)`` (logits, inside positive) for
+            occupancy, and the network's value output starts near zero (weights ~ N(0, 1e-4),
+            bias 0), so the untrained field is that sphere and the network learns the
+            difference. ``None``: no sphere term for occupancy (the reference decoder),
+            ``sdf_init_radius`` for SDFs.
+        geometric_init_sharpness: the logit slope per scene unit of the occupancy sphere term.
     """
 
     def __init__(
@@ -166,6 +264,9 @@ class OccupancyTextureField(nn.Module):
         field_type: str = "occupancy",
         n_frequencies: int = 0,
         sdf_init_radius: float = 0.3,
+        fourier_anneal: bool = False,
+        geometric_init_radius: float | None = None,
+        geometric_init_sharpness: float = 10.0,
     ) -> None:
         super().__init__()
         if field_type not in FIELD_TYPES:
@@ -179,8 +280,13 @@ class OccupancyTextureField(nn.Module):
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.has_rgb = rgb
-        self.sdf_init_radius = sdf_init_radius
-        self.encoding = FourierFeatures(n_frequencies=n_frequencies)
+        self._set_sphere_term(
+            field_type=field_type,
+            sdf_init_radius=sdf_init_radius,
+            radius=geometric_init_radius,
+            sharpness=geometric_init_sharpness,
+        )
+        self.encoding = FourierFeatures(n_frequencies=n_frequencies, anneal=fourier_anneal)
         self.fc_in = nn.Linear(self.encoding.out_size, hidden_size)
         self.blocks = nn.ModuleList([ResnetBlockFC(size=hidden_size) for _ in range(n_blocks)])
         if latent_size > 0:
@@ -191,6 +297,53 @@ class OccupancyTextureField(nn.Module):
         if field_type == "sdf":
             nn.init.normal_(self.fc_out.weight, std=1e-4)
             nn.init.zeros_(self.fc_out.bias)
+        elif self.sphere_radius is not None:
+            with torch.no_grad():  # the value row only: the colours keep the default init
+                self.fc_out.weight[:1].normal_(std=1e-4)
+                self.fc_out.bias[:1].zero_()
+
+    def _set_sphere_term(
+        self,
+        *,
+        field_type: str,
+        sdf_init_radius: float,
+        radius: float | None,
+        sharpness: float,
+    ) -> None:
+        """Check and store the sphere term's radius (``None``: none) and sharpness."""
+        for name, value in (
+            ("geometric_init_radius", radius),
+            ("sdf_init_radius", sdf_init_radius),
+        ):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}.")
+        if not (math.isfinite(sharpness) and sharpness > 0):
+            raise ValueError(f"geometric_init_sharpness must be positive, got {sharpness}.")
+        if field_type == "sdf" and radius is None:
+            radius = sdf_init_radius
+        self.sphere_radius = radius
+        self.sphere_sharpness = float(sharpness)
+        # kept for readers of the former name; the SDF sphere's radius
+        self.sdf_init_radius = radius if field_type == "sdf" else sdf_init_radius
+
+    def _add_sphere_term(self, values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """`(...)` network values plus the analytic sphere term at `(..., 3)` points (if any)."""
+        if self.sphere_radius is None:
+            return values
+        norm = points.norm(dim=-1)
+        if self.field_type == "sdf":
+            return values + norm - self.sphere_radius
+        return values + self.sphere_sharpness * (self.sphere_radius - norm)
+
+    def _sphere_term_tangent(self, points: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
+        """`(...)` the sphere term's derivative along `(..., 3)` tangents (``p . t / |p|``)."""
+        radial = (points * tangents).sum(-1) / points.norm(dim=-1).clamp(min=1e-12)
+        return radial if self.field_type == "sdf" else -self.sphere_sharpness * radial
+
+    def set_encoding_progress(self, progress: float) -> None:
+        """The coarse-to-fine progress in [0, 1] of the Fourier features
+        (:meth:`FourierFeatures.set_progress`; needs ``fourier_anneal=True``)."""
+        self.encoding.set_progress(progress)
 
     def forward(self, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
         """
@@ -210,11 +363,35 @@ class OccupancyTextureField(nn.Module):
                 net = net + self.fc_latent[i](latent)[:, None, :]
             net = block(net)
         out = self.fc_out(torch.relu(net))
-        values = out[..., 0]
-        if self.field_type == "sdf":
-            values = values + points.norm(dim=-1) - self.sdf_init_radius
+        values = self._add_sphere_term(out[..., 0], points)
         rgb = torch.sigmoid(out[..., 1:4]) if self.has_rgb else None
         return FieldOutput(values, rgb)
+
+    def forward_with_features(
+        self, points: torch.Tensor, latent: torch.Tensor | None = None
+    ) -> tuple[FieldOutput, torch.Tensor]:
+        """
+        :meth:`forward` and the geometry feature vector of every point: the last hidden
+        activation (``relu`` of the last block's output, i.e. the input of ``fc_out``), which
+        an appearance network can condition on (:mod:`dvr_plugin.appearance`). Read from the
+        one forward pass, so it follows whatever :meth:`forward` computes.
+
+        Args:
+            points, latent: as in :meth:`forward`.
+
+        Returns:
+            ``(output, features)``: the FieldOutput of :meth:`forward` and `(B, P, H)`
+            features (differentiable like the output).
+        """
+        captured: list[torch.Tensor] = []
+        hook = self.fc_out.register_forward_hook(
+            lambda _module, inputs, _output: captured.append(inputs[0])
+        )
+        try:
+            output = self.forward(points, latent)
+        finally:
+            hook.remove()
+        return output, captured[0]
 
     def _check_latent(self, points: torch.Tensor, latent: torch.Tensor | None) -> None:
         if self.latent_size > 0:
@@ -254,17 +431,8 @@ class OccupancyTextureField(nn.Module):
                 f"{tuple(points.shape)} and {tuple(tangents.shape)}."
             )
         self._check_latent(points, latent)
-        if self.encoding.n_frequencies > 0:
-            freqs = self.encoding.freqs.to(points.dtype)
-            angles = (points[..., None] * freqs).flatten(-2)
-            angle_tangents = (tangents[..., None] * freqs).flatten(-2)
-            sin, cos = torch.sin(angles), torch.cos(angles)
-            stacked = torch.stack([  # (2, B, P, 3 + 6 F): value, tangent
-                torch.cat([points, sin, cos], dim=-1),
-                torch.cat([tangents, cos * angle_tangents, -sin * angle_tangents], dim=-1),
-            ])
-        else:
-            stacked = torch.stack([points, tangents])  # (2, B, P, 3): value, tangent
+        # (2, B, P, 3 + 6 F): value, tangent
+        stacked = torch.stack(self.encoding.forward_with_tangent(points, tangents))
 
         def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             # the bias belongs to the value only
@@ -282,12 +450,9 @@ class OccupancyTextureField(nn.Module):
             net = net + linear(block.fc1, relu(linear(block.fc0, relu(net))))
         out = linear(self.fc_out, relu(net))
         values, values_tangent = out[0, ..., 0], out[1, ..., 0]
-        if self.field_type == "sdf":
-            norm = points.norm(dim=-1)
-            values = values + norm - self.sdf_init_radius
-            values_tangent = values_tangent + (points * tangents).sum(-1) / norm.clamp(
-                min=1e-12
-            )
+        if self.sphere_radius is not None:
+            values = self._add_sphere_term(values, points)
+            values_tangent = values_tangent + self._sphere_term_tangent(points, tangents)
         rgb = rgb_tangent = None
         if self.has_rgb:
             rgb = torch.sigmoid(out[0, ..., 1:4])

@@ -31,6 +31,12 @@ J_rgb w dd`` plus the direct dependence on the parameters. So one forward pass (
 replaces the evaluation for the implicit gradient, its spatial-gradient backward pass and a second
 evaluation for the colour.
 
+A view-dependent colour head (:mod:`dvr_plugin.appearance`) needs the normal at the surface,
+and the normal moves with the surface point: there the colour is evaluated in a second pass at
+``p = o + d w`` with this ``d``, the normal taken with ``create_graph=True`` at ``p`` itself, so
+its derivatives include the second derivatives of the field along ``dp`` (exact, at the price of
+a double backward at the hit points; the single-evaluation path above serves the texture head).
+
 The denominator ``grad_p s . w`` is positive at a free -> occupied crossing; when its magnitude
 falls below ``eps`` (rays grazing the surface) it is replaced by ``eps`` with its own sign (``+eps``
 when it is exactly zero), which bounds the gradient without flipping its direction.

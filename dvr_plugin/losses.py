@@ -23,6 +23,10 @@ Which function to use for which DVR term (names as in :class:`LossWeights`):
   :func:`jitter_points`.
 - ``image_gradient``: :func:`image_gradient_loss` on 2x2 patches from
   :func:`dvr_plugin.sampling.sample_patches`.
+- ``eikonal``: :func:`eikonal_loss` (or :func:`eikonal_penalty` on gradients at hand),
+  ``(|grad f| - 1)^2`` for signed-distance fields.
+- ``mask``: :func:`soft_mask_loss` on the smallest outside value along each ray from
+  :func:`min_outside_along_rays`, sharpened by :func:`soft_mask_alpha` (IDR's mask loss).
 
 :func:`total_loss` weighs and adds the terms. ``docs/losses.md`` gives the formulas.
 """
@@ -38,7 +42,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .field import FIELD_TYPES
+from .field import FIELD_TYPES, evaluate_field, field_type_of
 from .sampling import (
     PATCH_BOTTOM_LEFT,
     PATCH_TOP_LEFT,
@@ -593,6 +597,247 @@ def image_gradient_loss(
 
 
 # ---------------------------------------------------------------------------------------------
+# Eikonal term and soft mask (IDR)
+
+
+def eikonal_penalty(
+    gradients: torch.Tensor,
+    select: torch.Tensor | None = None,
+    *,
+    reduction: str = "batch",
+) -> torch.Tensor:
+    """
+    ``(|g| - 1)^2`` per point from given field gradients ``g``: the eikonal term of IDR, which
+    keeps a signed-distance field a distance (unit gradient length). Summed over the selected
+    points and divided by ``B`` (``"batch"``).
+
+    Args:
+        gradients: `(B, P, 3)` spatial gradients of the field (scene units).
+        select: optional `(B, P)` bool, the points to use (default: all).
+        reduction: ``"batch"`` (default), ``"sum"`` or ``"mean"`` (over selected points).
+
+    Returns:
+        A scalar tensor.
+    """
+    _check_reduction(reduction)
+    _check_tensor("gradients", gradients, (None, None, 3))
+    if select is None:
+        select = torch.ones(gradients.shape[:2], dtype=torch.bool, device=gradients.device)
+    _check_mask("select", select, gradients.shape[:2])
+    length = torch.linalg.vector_norm(_keep(select, gradients), dim=-1)
+    return _reduce((length - 1.0) ** 2, select, reduction)
+
+
+def eikonal_loss(
+    field,
+    points: torch.Tensor,
+    latent: torch.Tensor | None = None,
+    *,
+    select: torch.Tensor | None = None,
+    reduction: str = "batch",
+) -> torch.Tensor:
+    """
+    The eikonal term ``(|grad_p f(p)| - 1)^2`` at given points (IDR: uniform points in the box
+    and the surface points), for signed-distance fields. The gradient is taken with
+    ``create_graph=True``, so the term trains the field's parameters (and the latent).
+
+    Args:
+        field: a field following :mod:`dvr_plugin.field`'s protocol (signed distances).
+        points: `(B, P, 3)` points (scene units); detached: only the field is trained.
+        latent: `(B, C)` codes or ``None``.
+        select: optional `(B, P)` bool, the points to use (default: all).
+        reduction: ``"batch"`` (default), ``"sum"`` or ``"mean"`` (over selected points).
+
+    Returns:
+        A scalar tensor.
+    """
+    _check_tensor("points", points, (None, None, 3))
+    with torch.enable_grad():
+        points = points.detach().requires_grad_(True)
+        values = evaluate_field(field, points, latent).values
+        (gradients,) = torch.autograd.grad(values.sum(), points, create_graph=True)
+    return eikonal_penalty(gradients, select, reduction=reduction)
+
+
+class RayMinimum(NamedTuple):
+    """
+    The smallest outside value along each ray (:func:`min_outside_along_rays`).
+
+    Members:
+        values: `(B, R)` the outside value at the minimising depth, differentiable in the
+            field's parameters (0 for unselected rays).
+        depths: `(B, R)` the minimising depths (detached; 0 for unselected rays).
+    """
+
+    values: torch.Tensor
+    depths: torch.Tensor
+
+
+def outside_sign(field_type: str) -> float:
+    """+1 for signed distances (positive outside), -1 for occupancy logits (positive inside)."""
+    if field_type not in FIELD_TYPES:
+        raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
+    return 1.0 if field_type == "sdf" else -1.0
+
+
+def min_outside_along_rays(
+    field,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    select: torch.Tensor,
+    *,
+    n_samples: int = 64,
+    offsets: torch.Tensor | float = 0.5,
+    field_type: str | None = None,
+    level: float = 0.0,
+    latent: torch.Tensor | None = None,
+    chunk_size: int = 2**17,
+) -> RayMinimum:
+    """
+    The smallest *outside value* ``o`` along each selected ray, for the soft mask loss.
+
+    The outside value is the negated inside value of :mod:`dvr_plugin.surface_query`:
+    ``o = s - level`` for signed distances, ``o = level - logit`` for occupancy logits; it is
+    positive outside the object, negative inside, zero on the surface. A ray whose minimum is
+    negative enters the object. The search is a dense one without gradient: ``n_samples``
+    depths ``near + (i + u) (far - near) / n_samples``, ``i < n_samples``, ``u`` = ``offsets``
+    (one stratified draw per ray, or 0.5 for the centres of the strata); the field is then
+    evaluated once more, with gradient, at the minimising depth's point, whose position itself
+    is treated as a constant.
+
+    Args:
+        field: a field following :mod:`dvr_plugin.field`'s protocol.
+        origins, directions: `(B, R, 3)` rays (point = origin + depth * direction).
+        near, far: `(B, R)` the depth range searched (e.g. from
+            :func:`dvr_plugin.rays.intersect_box`); read only where selected.
+        select: `(B, R)` bool, the rays to search (each must have ``far > near``, finite).
+        n_samples: the number of depths per ray (>= 1).
+        offsets: `(B, R)` positions in [0, 1) within the strata, or one number for all.
+        field_type: ``"occupancy"`` or ``"sdf"`` (default: the field's).
+        level: the level set that is the surface.
+        latent: `(B, C)` codes or ``None``. Without codes only the selected rays are
+            evaluated; with codes every ray is (one code per batch element).
+        chunk_size: the most points per evaluation of the search.
+
+    Returns:
+        :class:`RayMinimum` with `(B, R)` values (with gradient) and depths.
+    """
+    _check_tensor("origins", origins, (None, None, 3))
+    _same_shape("origins", origins, "directions", directions)
+    batch_rays = origins.shape[:2]
+    _check_tensor("near", near, tuple(batch_rays))
+    _check_tensor("far", far, tuple(batch_rays))
+    _check_mask("select", select, batch_rays)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    if field_type is None:
+        field_type = field_type_of(field)
+    sign = outside_sign(field_type)
+    like = near.detach()
+    zero = torch.zeros_like(like)
+    if not bool(select.any()):
+        return RayMinimum(values=zero, depths=zero)
+    with torch.no_grad():
+        origins, directions = origins.detach(), directions.detach()
+        lower = torch.where(select, like, zero)
+        length = torch.where(select, far.detach() - like, zero)
+        bad = select & ~(torch.isfinite(lower) & torch.isfinite(length) & (length > 0))
+        if bool(bad.any()):
+            raise ValueError(
+                f"min_outside_along_rays: {int(bad.sum())} selected ray(s) have no depth range "
+                "(far <= near or non-finite); leave them out of select."
+            )
+        u = _as_ray_tensor("offsets", offsets, like)
+        steps = torch.arange(n_samples, dtype=like.dtype, device=like.device)
+        depths = lower[..., None] + (steps + u[..., None]) * (length / n_samples)[..., None]
+        # the rays searched: the selected ones, or all of them when a latent code is given
+        rays = (select if latent is None else torch.ones_like(select)).nonzero(as_tuple=True)
+        samples = origins[rays][:, None] + depths[rays][..., None] * directions[rays][:, None]
+        flat = samples.reshape(1 if latent is None else batch_rays[0], -1, 3)  # (., N n, 3)
+        per_call = max(1, chunk_size // flat.shape[0])
+        values = torch.cat(
+            [evaluate_field(field, part, latent).values for part in flat.split(per_call, dim=1)],
+            dim=1,
+        )
+        outside = sign * (values.to(like.dtype).reshape(depths[rays].shape) - level)
+        best = outside.argmin(dim=-1, keepdim=True)
+        best_depth = zero.index_put(rays, depths[rays].gather(-1, best)[..., 0])
+        best_depth = torch.where(select, best_depth, zero)
+    points = origins + best_depth[..., None] * directions
+    at_best = evaluate_field(field, points[rays].reshape(flat.shape[0], -1, 3), latent).values
+    at_best = at_best.to(like.dtype).reshape(-1)
+    values = _keep(select, zero.index_put(rays, sign * (at_best - level)))
+    return RayMinimum(values=values, depths=best_depth)
+
+
+def soft_mask_loss(
+    min_values: torch.Tensor,
+    masks: torch.Tensor,
+    alpha: float,
+    *,
+    select: torch.Tensor | None = None,
+    reduction: str = "batch",
+) -> torch.Tensor:
+    """
+    IDR's soft mask loss: the mask compared with a soft silhouette of the field.
+
+    Per ray, with ``m`` the smallest outside value along it (:func:`min_outside_along_rays`:
+    the signed distance for SDFs, minus the logit for occupancy) the predicted probability that
+    the ray meets the object is ``sigmoid(-alpha * m)``, and the loss is
+    ``BCE(sigmoid(-alpha * m), mask) / alpha``; the ``1 / alpha`` (as in IDR) keeps the
+    gradient in ``m`` at most 1 while ``alpha`` grows during training (with a large ``alpha``
+    the loss tends to ``max(0, m)`` inside the mask and ``max(0, -m)`` outside). IDR applies it
+    to the rays outside the mask or without a hit (the rest are the colour loss's). Summed over
+    the selected rays and divided by ``B`` (``"batch"``).
+
+    Args:
+        min_values: `(B, R)` the smallest outside value per ray.
+        masks: `(B, R)` bool, the pixel lies inside the object mask.
+        alpha: the sharpness (> 0), in 1 / the field's units (IDR: 50 doubling to 1600 on SDFs
+            in a unit-sphere scene).
+        select: optional `(B, R)` bool, the rays to use (default: all).
+        reduction: ``"batch"`` (default), ``"sum"`` or ``"mean"`` (over selected rays).
+
+    Returns:
+        A scalar tensor.
+    """
+    _check_reduction(reduction)
+    _check_batch_rays("min_values", min_values, 2)
+    _check_mask("masks", masks, min_values.shape)
+    if select is None:
+        select = torch.ones_like(masks)
+    _check_mask("select", select, min_values.shape)
+    alpha = float(alpha)
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha}.")
+    logits = -alpha * _keep(select, min_values)
+    per_ray = F.binary_cross_entropy_with_logits(logits, masks.to(logits.dtype), reduction="none")
+    return _reduce(per_ray / alpha, select, reduction)
+
+
+def soft_mask_alpha(
+    step: int, *, start: float, factor: float = 2.0, every: int = 0, increases: int = 5
+) -> float:
+    """
+    The sharpness of :func:`soft_mask_loss` at a training step: IDR's step schedule,
+    ``start * factor ** min(step // every, increases)`` (``every = 0``: always ``start``).
+    IDR: start 50, factor 2, five increases.
+    """
+    if step < 0 or every < 0 or increases < 0:
+        raise ValueError(
+            f"step, every and increases must be >= 0, got {step}, {every}, {increases}."
+        )
+    if not (math.isfinite(start) and start > 0 and math.isfinite(factor) and factor > 0):
+        raise ValueError(f"start and factor must be positive, got {start} and {factor}.")
+    raised = 0 if every == 0 else min(step // every, increases)
+    return float(start * factor**raised)
+
+
+# ---------------------------------------------------------------------------------------------
 # Weights and the total
 
 
@@ -615,6 +860,9 @@ class LossWeights:
         occupancy: :func:`occupancy_loss`.
         normal: :func:`normal_smoothness_loss`.
         image_gradient: :func:`image_gradient_loss` (0: off).
+        eikonal: :func:`eikonal_penalty` / :func:`eikonal_loss`, for signed-distance fields
+            (0: off; IDR uses 0.1).
+        mask: :func:`soft_mask_loss` (0: off; IDR uses 100).
     """
 
     rgb: float = 1.0
@@ -624,6 +872,8 @@ class LossWeights:
     occupancy: float = 1.0
     normal: float = 0.05
     image_gradient: float = 0.0
+    eikonal: float = 0.0
+    mask: float = 0.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

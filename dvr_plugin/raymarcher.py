@@ -32,6 +32,9 @@ class SurfaceRaymarcher(nn.Module):
         return_depth: append the depth channel.
         return_normals: append the three normal channels (the bundle must carry normals).
         background_depth: depth written where no surface was hit.
+        check_finite: raise ``ValueError`` when a ray that hit the surface has a non-finite
+            feature (a field returning NaN / inf colour), as the raysampler does for NaN / inf
+            field values; one check per call.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class SurfaceRaymarcher(nn.Module):
         return_depth: bool = False,
         return_normals: bool = False,
         background_depth: float = 0.0,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         background = torch.as_tensor(background_color, dtype=torch.float32).reshape(-1)
@@ -50,6 +54,7 @@ class SurfaceRaymarcher(nn.Module):
         self.return_depth = return_depth
         self.return_normals = return_normals
         self.background_depth = background_depth
+        self.check_finite = check_finite
 
     def forward(
         self,
@@ -100,8 +105,11 @@ class SurfaceRaymarcher(nn.Module):
                 f"background_color has {background.numel()} values for {features.shape[-1]} "
                 "feature channels."
             )
+        if self.check_finite:
+            _check_finite_features(features, hit)
         alpha = hit.to(features.dtype)[..., None]
-        channels = [alpha * features + (1.0 - alpha) * background, alpha]
+        # where nothing was hit the background alone (a feature there never reaches the image)
+        channels = [torch.where(hit[..., None], features, background), alpha]
         if self.return_depth:
             depth = ray_bundle.lengths[..., :1]
             channels.append(torch.where(hit[..., None], depth, self.background_depth))
@@ -114,3 +122,15 @@ class SurfaceRaymarcher(nn.Module):
                 )
             channels.append(torch.where(hit[..., None], normals, 0.0))
         return torch.cat(channels, dim=-1)
+
+
+def _check_finite_features(features: torch.Tensor, hit: torch.Tensor) -> None:
+    """``ValueError`` when a hit ray's `(B, ..., F)` feature is NaN / inf (one host sync)."""
+    finite = torch.isfinite(features).all(dim=-1) | ~hit
+    if bool(finite.all()):
+        return
+    bad = int((~finite).sum())
+    raise ValueError(
+        f"The field returned non-finite colours (NaN or inf) at {bad} of {int(hit.sum())} "
+        "surface points."
+    )

@@ -16,6 +16,7 @@ Conventions (the same as PyTorch3D's ``NDCMultinomialRaysampler`` with ``unit_di
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Union
 
@@ -35,17 +36,34 @@ from pytorch3d.renderer.cameras import (  # noqa: E402
 ImageSize = Union[int, Sequence[int]]
 
 
+def pixel_count(value, name: str) -> int:
+    """
+    ``value`` as a positive number of pixels: an ``int`` (or NumPy / 0-dim torch integer);
+    ``ValueError`` naming ``name`` for anything else (``64.0``, ``64.5``, ``True``, ``0``).
+    """
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise ValueError(f"{name} must be an integer number of pixels, got {value!r}.")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be an integer number of pixels, got {value!r} "
+            f"({type(value).__name__})."
+        ) from None
+    if count < 1:
+        raise ValueError(f"{name} must be positive, got {count}.")
+    return count
+
+
 def image_size_hw(image_size: ImageSize) -> tuple[int, int]:
-    """``(H, W)`` from an int (square) or an ``(H, W)`` pair, validated."""
-    if isinstance(image_size, int):
-        height = width = image_size
-    else:
+    """``(H, W)`` from an int (square) or an ``(H, W)`` pair of ints, validated."""
+    scalar = isinstance(image_size, torch.Tensor) and image_size.dim() == 0
+    if hasattr(image_size, "__len__") and not scalar:
         if len(image_size) != 2:
             raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}.")
-        height, width = (int(s) for s in image_size)
-    if height < 1 or width < 1:
-        raise ValueError(f"image_size must be positive, got {(height, width)}.")
-    return height, width
+        return pixel_count(image_size[0], "image height"), pixel_count(image_size[1], "image width")
+    size = pixel_count(image_size, "image_size")
+    return size, size
 
 
 def pixels_to_ndc(pixels: torch.Tensor, image_size: ImageSize) -> torch.Tensor:
@@ -91,10 +109,17 @@ def ndc_grid(
     return pixels_to_ndc(torch.stack([u, v], dim=-1), (height, width))
 
 
-def check_cameras(cameras: CamerasBase) -> None:
-    """Raise ``ValueError`` when a camera batch holds non-finite parameters."""
+def check_camera_batch(cameras: CamerasBase) -> None:
+    """Raise ``ValueError`` unless ``cameras`` is a non-empty PyTorch3D camera batch (no sync)."""
     if not isinstance(cameras, CamerasBase):
         raise ValueError(f"cameras must be a pytorch3d CamerasBase, got {type(cameras).__name__}.")
+    if len(cameras) == 0:
+        raise ValueError("The camera batch is empty: give at least one camera.")
+
+
+def check_cameras(cameras: CamerasBase) -> None:
+    """Raise ``ValueError`` when a camera batch is empty or holds non-finite parameters."""
+    check_camera_batch(cameras)
     names, flags = [], []
     for name in ("R", "T", "focal_length", "principal_point", "fov", "znear", "zfar", "K"):
         value = getattr(cameras, name, None)

@@ -11,6 +11,7 @@ implicit gradient. The volumetric function is then evaluated there for colour, a
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -22,7 +23,7 @@ from .acceleration import OccupancyGrid
 from .field import FIELD_TYPES
 from .implicit_gradient import attach_implicit_gradient
 from .march_graphs import MarchGraphs
-from .rays import image_size_hw, intersect_box, ndc_grid, rays_from_cameras
+from .rays import check_camera_batch, intersect_box, ndc_grid, pixel_count, rays_from_cameras
 from .refine_graphs import RefinementGraphs
 from .root_finding import MARCH_PRECISIONS, REFINE_PRECISIONS, find_surface
 from .surface_query import FieldQuery, VolumetricFunctionQuery
@@ -157,9 +158,10 @@ class SecantRaysampler(nn.Module):
         if (image_width is None) != (image_height is None):
             raise ValueError("Give both image_width and image_height, or neither.")
         if image_width is not None:
-            image_size_hw((image_height, image_width))
-        if n_rays_per_image is not None and n_rays_per_image < 1:
-            raise ValueError(f"n_rays_per_image must be positive, got {n_rays_per_image}.")
+            image_width = pixel_count(image_width, "image_width")
+            image_height = pixel_count(image_height, "image_height")
+        if n_rays_per_image is not None:
+            n_rays_per_image = _ray_count(n_rays_per_image)
         _check_steps(n_steps, n_secant_steps)
         if field_type is not None and field_type not in FIELD_TYPES:
             raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
@@ -244,6 +246,10 @@ class SecantRaysampler(nn.Module):
         """
         n_steps = self.n_steps if n_steps is None else n_steps
         _check_steps(n_steps, self.n_secant_steps)
+        check_camera_batch(cameras)  # finite parameters: checked with the rays
+        check_field_matches_cameras(field if field is not None else volumetric_function, cameras)
+        if latent is not None:
+            _check_latent_device(latent, cameras)
         xys = self._ray_positions(cameras, xys, n_rays_per_image)
         batch, spatial = xys.shape[0], xys.shape[1:-1]
         origins, directions = rays_from_cameras(cameras, xys)
@@ -321,10 +327,6 @@ class SecantRaysampler(nn.Module):
     def _ray_positions(
         self, cameras: CamerasBase, xys: torch.Tensor | None, n_rays_per_image: int | None
     ) -> torch.Tensor:
-        if not isinstance(cameras, CamerasBase):
-            raise ValueError(
-                f"cameras must be a pytorch3d CamerasBase, got {type(cameras).__name__}."
-            )
         batch = len(cameras)
         device = cameras.device
         dtype = cameras.R.dtype
@@ -342,8 +344,7 @@ class SecantRaysampler(nn.Module):
             return xys.to(device=device, dtype=dtype)
         n_random = n_rays_per_image if n_rays_per_image is not None else self.n_rays_per_image
         if n_random is not None:
-            if n_random < 1:
-                raise ValueError(f"n_rays_per_image must be positive, got {n_random}.")
+            n_random = _ray_count(n_random)
             if self.image_height is not None:
                 height, width = self.image_height, self.image_width
                 half = torch.tensor(
@@ -389,6 +390,78 @@ class SecantRaysampler(nn.Module):
             field_type=self.field_type or default_type,
             kwargs={"cameras": cameras, **kwargs},
         )
+
+
+def check_field_matches_cameras(field, cameras: CamerasBase) -> None:
+    """
+    Raise ``ValueError`` when a field (or a volumetric function that is an ``nn.Module``)
+    keeps its parameters in another dtype or on another device than the cameras. A field
+    without parameters (e.g. an analytic function) is not checked.
+    """
+    parameter = _first_floating_parameter(field)
+    if parameter is None:
+        return
+    camera_dtype = cameras.R.dtype
+    if parameter.dtype != camera_dtype:
+        raise ValueError(
+            f"The field's parameters are {_dtype_name(parameter.dtype)} but the cameras are "
+            f"{_dtype_name(camera_dtype)}: give both one dtype (field.to(torch."
+            f"{_dtype_name(camera_dtype)}), or cameras built from {_dtype_name(parameter.dtype)} "
+            "tensors)."
+        )
+    if not _same_device(parameter.device, cameras.device):
+        raise ValueError(
+            f"The field's parameters are on {parameter.device} but the cameras are on "
+            f"{cameras.device}; move one to the other (field.to(device) / cameras.to(device))."
+        )
+
+
+def _first_floating_parameter(field) -> torch.Tensor | None:
+    if not isinstance(field, nn.Module):
+        return None
+    for parameter in field.parameters():
+        if parameter.is_floating_point():
+            return parameter
+    return None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Devices equal up to an unset CUDA index (``cuda`` is the current CUDA device)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        if a.type != "cuda":
+            return True
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (
+            b.index if b.index is not None else current
+        )
+    return a.index == b.index
+
+
+def _check_latent_device(latent: torch.Tensor, cameras: CamerasBase) -> None:
+    if isinstance(latent, torch.Tensor) and not _same_device(latent.device, cameras.device):
+        raise ValueError(
+            f"The latent codes are on {latent.device} but the cameras are on {cameras.device}."
+        )
+
+
+def _ray_count(value) -> int:
+    """``n_rays_per_image`` as a positive ``int`` (``ValueError`` otherwise)."""
+    if isinstance(value, bool):
+        raise ValueError(f"n_rays_per_image must be a positive integer, got {value!r}.")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"n_rays_per_image must be a positive integer, got {value!r}.") from None
+    if count < 1:
+        raise ValueError(f"n_rays_per_image must be positive, got {count}.")
+    return count
 
 
 def _check_steps(n_steps: int, n_secant_steps: int) -> None:

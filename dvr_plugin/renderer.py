@@ -5,6 +5,11 @@ It is the bundle of :class:`~dvr_plugin.raysampler.SecantRaysampler` (rays, root
 implicit gradient), one field evaluation for colour at the surface points, and
 :class:`~dvr_plugin.raymarcher.SurfaceRaymarcher`. The same pieces also plug into PyTorch3D's
 own ``ImplicitRenderer``; :class:`FieldVolumetricFunction` adapts a field for that route.
+
+A :class:`~dvr_plugin.appearance.ViewDependentField` (a geometry network with a view-dependent
+colour head) is recognised by both: the root finder marches its geometry network alone, and the
+head shades each hit with its own ray's direction, its normal computed at the surface point that
+carries the implicit gradient (exact colour gradients; :mod:`dvr_plugin.appearance`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .appearance import ViewDependentField, geometry_of, view_dependent_field_of
 from .field import evaluate_field, field_type_of
 from .raymarcher import SurfaceRaymarcher
 from .raysampler import SecantRaysampler, SurfaceRayBundle
@@ -63,6 +69,13 @@ class FieldVolumetricFunction(nn.Module):
     the field's RGB (ones for a geometry-only field). ``SecantRaysampler`` reads the matching
     ``level`` and ``field_type`` from this object.
 
+    For a :class:`~dvr_plugin.appearance.ViewDependentField` the features are the head's colour
+    of every sample seen along its ray's direction, with exact gradients through the normal.
+    That needs the normal at every sample the function is asked for, including the root
+    finder's march (a backward pass through the geometry network per call), unless the caller
+    passes ``densities_only=True``: this route works, but :class:`DVRRenderer`, which marches
+    the geometry alone, is the fast one.
+
     Args (keyword-only):
         field: a field following :mod:`dvr_plugin.field`'s protocol.
     """
@@ -74,13 +87,20 @@ class FieldVolumetricFunction(nn.Module):
         self.level = 0.5 if self.field_type == "occupancy" else 0.0
 
     def forward(
-        self, ray_bundle, latent: torch.Tensor | None = None, **kwargs
+        self,
+        ray_bundle,
+        latent: torch.Tensor | None = None,
+        densities_only: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             ray_bundle: with ``origins`` `(B, ..., 3)`, ``directions`` `(B, ..., 3)`,
                 ``lengths`` `(B, ..., n)`.
             latent: `(B, C)` codes or ``None``.
+            densities_only: the caller reads the densities alone (e.g. a root finder): a
+                view-dependent field then evaluates its geometry network only, and the
+                features are ones.
 
         Returns:
             densities `(B, ..., n, 1)` and features `(B, ..., n, 3)`.
@@ -90,9 +110,16 @@ class FieldVolumetricFunction(nn.Module):
         )
         shape = points.shape[:-1]
         flat = points.reshape(shape[0], -1, 3)
-        out = evaluate_field(self.field, flat, latent)
-        values = torch.sigmoid(out.values) if self.field_type == "occupancy" else out.values
-        rgb = out.rgb if out.rgb is not None else torch.ones_like(flat)
+        model = view_dependent_field_of(self.field)
+        if model is not None and densities_only:
+            values, rgb = evaluate_field(model.geometry, flat, latent).values, torch.ones_like(flat)
+        elif model is not None:
+            view = ray_bundle.directions[..., None, :].expand(points.shape).reshape(flat.shape)
+            values, rgb, _ = model.shade(flat, view, latent)
+        else:
+            values, rgb = evaluate_field(self.field, flat, latent)
+            rgb = rgb if rgb is not None else torch.ones_like(flat)
+        values = torch.sigmoid(values) if self.field_type == "occupancy" else values
         return values.reshape(*shape, 1), rgb.reshape(*shape, 3)
 
 
@@ -159,9 +186,10 @@ class DVRRenderer(nn.Module):
         Returns:
             DVRRenderOutput.
         """
+        model = view_dependent_field_of(self.field)
         bundle = self.raysampler(
             cameras=cameras,
-            field=self.field,
+            field=geometry_of(self.field),
             latent=latent,
             xys=xys,
             n_steps=n_steps,
@@ -171,7 +199,9 @@ class DVRRenderer(nn.Module):
         points = bundle.origins + bundle.lengths * bundle.directions
         # the colour from the implicit-gradient evaluation where the raysampler had it
         rgb = bundle.features
-        if rgb is None:
+        if model is not None:
+            rgb = self._view_dependent_colour(model, points, bundle.directions, latent, bundle.hit)
+        elif rgb is None:
             rgb = self._colour(points, latent, bundle.hit)
         channels = self.raymarcher(
             rays_densities=bundle.lengths[..., None],
@@ -221,4 +251,44 @@ class DVRRenderer(nn.Module):
                 if colour is None:
                     break
                 rgb[b, part] = colour[0].to(rgb.dtype)
+        return rgb.reshape(points.shape)
+
+    def _view_dependent_colour(
+        self,
+        model: ViewDependentField,
+        points: torch.Tensor,
+        directions: torch.Tensor,
+        latent: torch.Tensor | None,
+        hit: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        `(B, ..., 3)` colours of the view-dependent head at `(B, ..., 3)` surface points seen
+        along their rays' `(B, ..., 3)` directions (white where a ray missed). With gradients,
+        the hits are shaded in one call and ``points`` carry the implicit gradient, so the
+        normal's derivative through the moving surface point enters the backward pass
+        (:meth:`~dvr_plugin.appearance.ViewDependentField.shade`); without, in chunks.
+        """
+        batch = points.shape[0]
+        flat = points.reshape(batch, -1, 3)
+        flat_directions = directions.reshape(batch, -1, 3)
+        hits = hit.reshape(batch, -1)
+        if torch.is_grad_enabled():
+            images, rows = torch.nonzero(hits, as_tuple=True)
+            code = None if latent is None else latent[images]
+            # one ray per row, with its image's code
+            shaded = model.shade(
+                flat[images, rows][:, None], flat_directions[images, rows][:, None], code
+            )
+            white = torch.ones_like(flat.detach())
+            return white.index_put((images, rows), shaded.rgb[:, 0].to(white.dtype)).reshape(
+                points.shape
+            )
+        rgb = torch.ones_like(flat)
+        for b in range(batch):
+            rows = torch.nonzero(hits[b], as_tuple=True)[0]
+            code = None if latent is None else latent[b : b + 1]
+            for i in range(0, rows.shape[0], self.chunk_size):
+                part = rows[i : i + self.chunk_size]
+                shaded = model.shade(flat[b : b + 1, part], flat_directions[b : b + 1, part], code)
+                rgb[b, part] = shaded.rgb[0].to(rgb.dtype)
         return rgb.reshape(points.shape)

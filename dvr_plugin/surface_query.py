@@ -168,7 +168,9 @@ class VolumetricFunctionQuery:
             lengths=lengths[None],
             xys=origins.new_zeros(1, n_rays, 2),
         )
-        out = self.volumetric_function(ray_bundle=bundle, **self.kwargs)
+        # densities are all the root finder needs: a function that can skip its features
+        # (``FieldVolumetricFunction``) does; others take the keyword in their ``**kwargs``
+        out = self.volumetric_function(ray_bundle=bundle, densities_only=True, **self.kwargs)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise ValueError("A volumetric function must return a pair (densities, features).")
         densities = out[0]

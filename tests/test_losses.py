@@ -361,6 +361,8 @@ def test_loss_weights_defaults_and_presets():
         "occupancy": 1.0,
         "normal": 0.05,
         "image_gradient": 0.0,
+        "eikonal": 0.0,
+        "mask": 0.0,
     }
     assert LossWeights.from_dict(weights.to_dict()) == weights
     dtu = LossWeights.reference("dtu_rgb")

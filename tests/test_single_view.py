@@ -437,7 +437,10 @@ class TestReconstructAndEvaluate(unittest.TestCase):
             big = os.path.join(tmp, "big.png")
             Image.open(image).resize((48, 48)).save(big)
             code, _, err = run_cli(
-                ["reconstruct", big, "--checkpoint", checkpoint, "--out", out, "--device", "cpu"]
+                [
+                    "reconstruct", big, "--checkpoint", checkpoint, "--out", out, "--device",
+                    "cpu", "--force",
+                ]
             )
             self.assertEqual(code, 2)
             self.assertIn("pass --resize", err)

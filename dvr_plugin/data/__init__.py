@@ -4,10 +4,13 @@ cameras in one normalised object frame (the object inside the unit cube ``[-0.5,
 
 Loaders: :func:`load_dtu` (IDR / NeuS layout), :func:`load_dtu_monosdf` (MonoSDF 384x384 crop),
 :func:`load_nerf_synthetic`, :func:`load_dvr_layout` (the reference DVR layout) and
-:func:`render_mesh_views` (synthetic renders of any mesh). See ``docs/data.md``.
+:func:`render_mesh_views` (synthetic renders of any mesh); :func:`detect_data_format` tells
+which of these a path holds. See ``docs/data.md``.
 """
 
+from .detect import DetectedFormat, detect_data_format
 from .dtu import load_dtu, load_dtu_monosdf, monosdf_crop_matrix
+from .dtu_like import make_dtu_like_scene
 from .dvr_layout import load_dvr_layout, write_dvr_layout
 from .multiview import MultiViewData, as_ndc_perspective, index_cameras
 from .nerf_synthetic import load_nerf_synthetic
@@ -25,11 +28,13 @@ from .synthetic import (
 )
 
 __all__ = [
+    "DetectedFormat",
     "MeshNormalization",
     "MultiViewData",
     "SyntheticViews",
     "as_ndc_perspective",
     "cameras_looking_at_origin",
+    "detect_data_format",
     "fibonacci_sphere",
     "find_shared_data",
     "index_cameras",
@@ -38,6 +43,7 @@ __all__ = [
     "load_dvr_layout",
     "load_mesh",
     "load_nerf_synthetic",
+    "make_dtu_like_scene",
     "missing_data_message",
     "monosdf_crop_matrix",
     "normalize_mesh",

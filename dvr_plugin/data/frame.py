@@ -32,6 +32,16 @@ FORMAT_UNITS = {
 
 FRAMES = ("world", "normalised")
 
+# The normalised frame in words (the frame fields are fitted in).
+NORMALISED_UNITS = "normalised object frame (the object inside the unit cube [-0.5, 0.5]^3)"
+
+# Keys of the header lines that :meth:`WorldFrame.file_comments` writes.
+_FRAME_KEY = "frame: "
+_UNITS_KEY = "units: "
+_FORMAT_KEY = "data format: "
+_WORLD_UNITS_KEY = "world units: "
+_MATRIX_KEY = "to_world (normalised -> world, row-major 4x4): "
+
 
 @dataclass(frozen=True)
 class WorldFrame:
@@ -88,7 +98,30 @@ class WorldFrame:
     def describe(self) -> str:
         """One line for logs and file headers."""
         units = self.units or "units unknown"
-        return f"frame: world ({self.format} data, {units}); normalised -> world scale {self.scale:.6g}"
+        return (
+            f"frame: world ({self.format} data, {units}); normalised -> world scale "
+            f"{self.scale:.6g}"
+        )
+
+    def file_comments(self, frame: str = "world") -> list[str]:
+        """
+        Header lines for a file whose coordinates are in ``frame`` (``"world"`` or
+        ``"normalised"``): the frame, its units, the data format and ``to_world`` (17
+        significant digits), so that the file can be moved to the other frame without the
+        checkpoint. Written as PLY ``comment`` / OBJ ``#`` lines by
+        :func:`dvr_plugin.meshing.save_mesh`; read back by :func:`frame_from_comments`.
+        """
+        frame = check_frame_name(frame)
+        world_units = self.units or "units unknown"
+        units = world_units if frame == "world" else NORMALISED_UNITS
+        matrix = " ".join(format(float(v), ".17g") for v in self.to_world.reshape(-1))
+        return [
+            f"{_FRAME_KEY}{frame}",
+            f"{_UNITS_KEY}{units}",
+            f"{_FORMAT_KEY}{self.format}",
+            f"{_WORLD_UNITS_KEY}{world_units}",
+            f"{_MATRIX_KEY}{matrix}",
+        ]
 
     # -- points and meshes ------------------------------------------------------------------
 
@@ -108,6 +141,50 @@ class WorldFrame:
     def mesh_to_normalised(self, meshes: Any) -> Any:
         """A ``Meshes`` in the world frame, moved to the normalised frame."""
         return _move_meshes(meshes, torch.linalg.inv(self.to_world))
+
+
+def check_frame_name(frame: str) -> str:
+    """``frame`` when it is one of :data:`FRAMES`, else a ``ValueError`` naming the choices."""
+    if frame not in FRAMES:
+        raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}.")
+    return frame
+
+
+def frame_from_comments(comments: Sequence[str]) -> tuple[Optional[str], Optional[WorldFrame]]:
+    """
+    The frame a mesh file states in its header (the lines of :meth:`WorldFrame.file_comments`).
+
+    Args:
+        comments: the file's comment lines, without the ``comment`` / ``#`` marker.
+
+    Returns:
+        ``(frame, data_frame)``: ``"world"`` / ``"normalised"`` or ``None`` when the file
+        states no frame, and the :class:`WorldFrame` when it records ``to_world``, else
+        ``None``.
+    """
+    frame = world_units = matrix = None
+    format = "unknown"
+    for line in (str(c).strip() for c in comments):
+        if line.startswith(_FRAME_KEY):
+            value = line[len(_FRAME_KEY):].strip()
+            frame = value if value in FRAMES else None
+        elif line.startswith(_WORLD_UNITS_KEY):
+            world_units = line[len(_WORLD_UNITS_KEY):].strip()
+        elif line.startswith(_FORMAT_KEY):
+            format = line[len(_FORMAT_KEY):].strip()
+        elif line.startswith(_MATRIX_KEY):
+            try:
+                values = [float(v) for v in line[len(_MATRIX_KEY):].split()]
+            except ValueError:
+                values = []
+            if len(values) == 16:
+                matrix = torch.tensor(values, dtype=torch.float64).reshape(4, 4)
+    data_frame = None
+    if matrix is not None:
+        if world_units in (None, "units unknown"):
+            world_units = FORMAT_UNITS.get(format)
+        data_frame = WorldFrame(matrix, format, world_units)
+    return frame, data_frame
 
 
 def _apply(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -87,11 +87,17 @@ class SyntheticViews:
 
 def load_mesh(path: PathLike, *, device: Device = "cpu") -> Meshes:
     """
-    Load an ``.obj`` (with its texture when the ``.mtl`` has one) as a ``Meshes`` of one; meshes
-    without a texture get a uniform light grey vertex colour.
+    Load an ``.obj`` (with its texture when the ``.mtl`` has one) or a ``.ply`` / ``.off``
+    (vertex colours when it has them, through ``pytorch3d.io.IO``) as a ``Meshes`` of one;
+    meshes without a texture get a uniform light grey vertex colour.
     """
     try:
-        mesh = load_objs_as_meshes([str(path)], device=device, load_textures=True)
+        if str(path).lower().endswith(".obj"):
+            mesh = load_objs_as_meshes([str(path)], device=device, load_textures=True)
+        else:
+            from pytorch3d.io import IO
+
+            mesh = IO().load_mesh(str(path), device=device)
     except Exception as error:  # noqa: BLE001 - any parse failure becomes a ValueError
         raise ValueError(f"Cannot load mesh {path}: {error}") from error
     if mesh.textures is None:

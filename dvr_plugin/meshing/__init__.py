@@ -9,7 +9,7 @@ through ``pytorch3d.io``. See ``docs/meshing.md``.
 """
 
 from .extract import MeshExtraction, MeshExtractionStats, extract_mesh
-from .io import load_mesh, save_mesh
+from .io import load_mesh, read_mesh_comments, save_mesh
 from .marching import marching_cubes_grid
 from .mise import MiseLevelStats, MiseResult, run_mise
 
@@ -21,6 +21,7 @@ __all__ = [
     "extract_mesh",
     "load_mesh",
     "marching_cubes_grid",
+    "read_mesh_comments",
     "run_mise",
     "save_mesh",
 ]

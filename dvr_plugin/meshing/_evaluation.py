@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..appearance import geometry_of
 from ..field import evaluate_field, field_type_of
 
 
@@ -44,6 +45,9 @@ class ChunkedFieldEvaluator:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
         self.field = field
+        # values alone come from the geometry network (a view-dependent field's own call also
+        # computes its normal and colour)
+        self.geometry = geometry_of(field)
         self.latent = latent
         self.level = float(level)
         self.chunk_size = int(chunk_size)
@@ -53,16 +57,22 @@ class ChunkedFieldEvaluator:
         self.points = 0
         self.max_points_per_call = 0
 
-    def _call(self, points: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """One field call on `(P, 3)` points, ``P <= chunk_size``; returns `(P,)`, `(P, 3)`."""
+    def _call(
+        self, points: torch.Tensor, *, colour: bool = False
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        One field call on `(P, 3)` points, ``P <= chunk_size``; returns `(P,)` values and
+        `(P, 3)` colours (``None`` unless ``colour`` and the field has a colour head).
+        """
         n_points = points.shape[0]
         if n_points > self.chunk_size:  # pragma: no cover - guarded by the callers
             raise ValueError(f"{n_points} points exceed chunk_size={self.chunk_size}.")
         self.calls += 1
         self.points += n_points
         self.max_points_per_call = max(self.max_points_per_call, n_points)
-        values, rgb = evaluate_field(self.field, points[None], self.latent)
-        return values[0], (None if rgb is None else rgb[0])
+        network = self.field if colour else self.geometry
+        values, rgb = evaluate_field(network, points[None], self.latent)
+        return values[0], (None if rgb is None or not colour else rgb[0])
 
     def _inside(self, values: torch.Tensor) -> torch.Tensor:
         return self.orientation * (values - self.level)
@@ -105,7 +115,7 @@ class ChunkedFieldEvaluator:
         """
         inside, colours = [], []
         for chunk in points.split(self.chunk_size):
-            values, rgb = self._call(chunk)
+            values, rgb = self._call(chunk, colour=True)
             inside.append(self._inside(values.float()))
             colours.append(rgb)
         if not inside:

@@ -1,6 +1,7 @@
 """
 Evaluation metrics: the Occupancy Networks / DVR mesh and point-cloud protocol, Kaolin-style
-metrics under Kaolin's names and conventions, and image metrics. See ``docs/metrics.md``.
+metrics under Kaolin's names and conventions, the observed-region (DTU-style) variant, and
+image metrics. See ``docs/metrics.md``.
 """
 
 from .image import depth_error, mask_iou, psnr, ssim
@@ -22,6 +23,7 @@ from .mesh import (
     sample_surface,
     winding_numbers,
 )
+from .observed import evaluate_observed, visible_points
 from .pointcloud import (
     DEFAULT_THRESHOLDS,
     EMPTY_VALUES,
@@ -41,6 +43,7 @@ __all__ = [
     "depth_error",
     "dvr_thresholds",
     "evaluate_meshes",
+    "evaluate_observed",
     "evaluate_pointclouds",
     "f_score",
     "index_vertices_by_faces",
@@ -59,5 +62,6 @@ __all__ = [
     "sample_surface",
     "ssim",
     "unit_cube_transform",
+    "visible_points",
     "winding_numbers",
 ]

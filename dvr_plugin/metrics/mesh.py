@@ -344,6 +344,10 @@ def sample_surface(meshes: Meshes, n_points: int) -> tuple[torch.Tensor, torch.T
     if meshes.isempty():
         zeros = torch.zeros(len(meshes), n_points, 3, device=meshes.device)
         return zeros, zeros.clone()
+    if meshes.verts_packed().dtype != torch.float32:  # PyTorch3D's sampler is float32-only
+        meshes = Meshes(
+            verts=[v.float() for v in meshes.verts_list()], faces=meshes.faces_list()
+        )
     points, normals = sample_points_from_meshes(meshes, n_points, return_normals=True)
     return points, normals
 

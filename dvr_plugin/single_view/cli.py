@@ -176,6 +176,9 @@ def add_single_view_parsers(subparsers: Any) -> None:
     recon.add_argument("--steps", type=int, default=128, help="marching steps per ray")
     recon.add_argument("--resize", action="store_true", help="resize an image of another size")
     recon.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    recon.add_argument(
+        "--force", action="store_true", help="overwrite the outputs of an earlier reconstruction"
+    )
     recon.set_defaults(run=run_reconstruct)
 
     evaluate = subparsers.add_parser(
@@ -237,16 +240,22 @@ def run_make_category(args: argparse.Namespace) -> int:
     return 0
 
 
+RECONSTRUCT_OUTPUTS = ("mesh.ply", "turntable.gif", "renders.png", "reconstruction.json")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+FILE_SUFFIXES = (".ply", ".obj", ".off", ".stl", ".glb", ".gltf", ".gif", ".json") + IMAGE_SUFFIXES
+
+
 @clean_errors
 def run_reconstruct(args: argparse.Namespace) -> int:
-    """``dvr reconstruct``."""
+    """``dvr reconstruct``: every argument is checked before the checkpoint is loaded."""
     from .reconstruct import reconstruct_image
 
+    device = check_reconstruct_arguments(args)
     summary = reconstruct_image(
         args.image,
         args.checkpoint,
         args.out,
-        device=_device(args.device),
+        device=device,
         resolution=args.resolution,
         n_frames=args.frames,
         render_size=args.size,
@@ -255,7 +264,91 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     )
     mesh = summary["mesh"] or f"no mesh (the field holds no surface: {summary['mesh_status']})"
     print(f"{args.out}: {mesh}, {summary['turntable']}, {summary['renders']}")
+    if summary.get("mesh_frame"):
+        print(f"mesh frame: {summary['mesh_frame']}")
     return 0 if summary["mesh"] else 1
+
+
+def check_reconstruct_arguments(args: argparse.Namespace) -> str:
+    """
+    Check the arguments of ``dvr reconstruct`` without loading the checkpoint; return the
+    device. ``ValueError`` / ``FileNotFoundError`` name the problem: a count that is not
+    positive (``--steps`` >= 2; ``--resolution`` below 32 or 32 times a power of two), an input
+    image that is missing or not an image, a missing checkpoint, an ``--out`` that is a file
+    or names a file, whose parent folder is missing, or that holds an earlier reconstruction
+    (without ``--force``), an unknown device.
+    """
+    from ..training.checkpoint import checkpoint_exists
+    from ..training.config import resolve_device
+
+    for flag, value, least in (
+        ("--resolution", args.resolution, 1),
+        ("--frames", args.frames, 1),
+        ("--size", args.size, 1),
+        ("--steps", args.steps, 2),
+    ):
+        if value < least:
+            bound = "a positive integer" if least == 1 else f"an integer >= {least}"
+            raise ValueError(f"{flag} must be {bound}, got {value}.")
+    if args.resolution > 32 and (args.resolution % 32 or (args.resolution // 32) & (
+        args.resolution // 32 - 1
+    )):
+        raise ValueError(
+            "--resolution must be below 32 or 32 times a power of two (64, 128, 256, ...), got "
+            f"{args.resolution}."
+        )
+    _check_input_image(args.image)
+    if not checkpoint_exists(args.checkpoint):
+        raise FileNotFoundError(f"No checkpoint at {args.checkpoint}.")
+    _check_output_folder(args.out, force=args.force)
+    try:
+        return str(resolve_device(args.device))
+    except RuntimeError as error:  # torch.device("nonsense")
+        raise ValueError(f"Unknown device {args.device!r} ({error}).") from None
+
+
+def _check_input_image(path: str) -> None:
+    """A readable image file (only its header is read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Input image not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"The input image {path} is a folder; give an image file.")
+    if not path.lower().endswith(IMAGE_SUFFIXES):
+        raise ValueError(
+            f"The input image {path} has an unknown extension; give one of "
+            f"{', '.join(IMAGE_SUFFIXES)}."
+        )
+    try:
+        with Image.open(path):
+            pass
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"Cannot read the input image {path}: {error}") from None
+
+
+def _check_output_folder(out: str, *, force: bool) -> None:
+    """``--out`` is a folder (new, or without an earlier reconstruction unless ``force``)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is an existing file; give a folder.")
+    if not os.path.exists(out):
+        if out.lower().endswith(FILE_SUFFIXES):
+            raise ValueError(
+                f"--out {out} names a file; give the output folder (it receives "
+                f"{', '.join(RECONSTRUCT_OUTPUTS)})."
+            )
+        parent = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(
+                f"The folder that would hold --out {out} does not exist: {parent}"
+            )
+        return
+    earlier = [name for name in RECONSTRUCT_OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if earlier and not force:
+        raise ValueError(
+            f"{out} already holds {', '.join(earlier)} of an earlier reconstruction; pass "
+            "--force to overwrite, or choose another --out."
+        )
 
 
 @clean_errors

@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from ..data.frame import WorldFrame
 from ..data.io import read_rgb
 from ..io import make_dirs
 from ..training.evaluation import orbit_cameras
@@ -62,6 +63,21 @@ def read_input_image(
     return image.clamp(0.0, 1.0).float()
 
 
+CATEGORY_UNITS = "the category's object frame (the frame of its ground-truth meshes)"
+
+
+def reconstruction_frame(state: dict) -> WorldFrame:
+    """
+    The world frame of a single-view checkpoint's reconstructions: the ``data_frame`` it
+    records, else the category's object frame, in which the field is trained (objects
+    centred, as their ground-truth meshes are): the identity.
+    """
+    stored = WorldFrame.from_dict(state.get("data_frame"))
+    if stored is not None:
+        return stored
+    return WorldFrame(torch.eye(4, dtype=torch.float64), "single-view", CATEGORY_UNITS)
+
+
 @torch.no_grad()
 def reconstruct_image(
     image: str,
@@ -82,7 +98,8 @@ def reconstruct_image(
     Reconstruct the object in one image with a single-view checkpoint.
 
     Writes into ``out_dir``: ``mesh.ply`` (MISE + marching cubes of the conditioned field, with
-    vertex colours; skipped when the field holds no surface), ``turntable.gif`` (colour |
+    vertex colours, in the frame of :func:`reconstruction_frame`, which its header states;
+    skipped when the field holds no surface), ``turntable.gif`` (colour |
     normals on an orbit like the training cameras), ``renders.png`` (the input next to views
     from around the object, colour above normals) and ``reconstruction.json``.
 
@@ -110,10 +127,16 @@ def reconstruct_image(
         "mesh_faces": int(extraction.stats.n_faces),
         "mesh_status": extraction.stats.status,
     }
+    frame = reconstruction_frame(state)
+    summary["mesh_frame"] = frame.describe()
     if extraction.is_empty:
         summary["mesh"] = None
     else:
-        save_mesh(extraction.mesh, os.path.join(out_dir, "mesh.ply"))
+        save_mesh(
+            frame.mesh_to_world(extraction.mesh),
+            os.path.join(out_dir, "mesh.ply"),
+            comments=frame.file_comments("world"),
+        )
         summary["mesh"] = "mesh.ply"
 
     orbit = dict(state.get("orbit") or {})

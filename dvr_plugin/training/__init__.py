@@ -46,7 +46,14 @@ from .evaluation import (
     turntable_frames,
 )
 from .fit import finish_fit, fit, packaged_config, render_checkpoint, run_fit_demo
-from .trainer import AutocastField, Trainer, build_field, build_optimizer, seed_everything
+from .trainer import (
+    AutocastField,
+    FitInterrupted,
+    Trainer,
+    build_field,
+    build_optimizer,
+    seed_everything,
+)
 
 __all__ = [
     "AutocastField",
@@ -55,6 +62,7 @@ __all__ = [
     "EvalConfig",
     "FitConfig",
     "FitData",
+    "FitInterrupted",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",

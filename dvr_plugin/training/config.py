@@ -96,6 +96,13 @@ class DataConfig:
             raise ValueError(f"data.format must be one of {DATA_FORMATS}, got {self.format!r}.")
         if self.format != "demo" and not self.path:
             raise ValueError(f"data.path is required for data.format={self.format!r}.")
+        if self.format == "demo" and self.path:
+            # A path with the default format would silently train the built-in scene.
+            raise ValueError(
+                f"data.format=demo is the built-in scene and reads no files, but data.path="
+                f"{self.path!r} is set; set data.format to the data's format "
+                f"({', '.join(f for f in DATA_FORMATS if f != 'demo')}) or drop data.path."
+            )
         if self.empty_masks not in EMPTY_MASK_POLICIES:
             raise ValueError(
                 f"data.empty_masks must be one of {EMPTY_MASK_POLICIES}, got {self.empty_masks!r}."
@@ -125,14 +132,38 @@ class ModelConfig:
         n_blocks: number of residual blocks.
         n_frequencies: Fourier feature frequencies of the input (0 = the reference decoder).
         field_type: ``"occupancy"`` (DVR) or ``"sdf"``.
+        fourier_anneal_steps: fade the Fourier bands in from coarse to fine over this many
+            steps (Nerfies / BARF window; 0 = all bands from the start).
+        geometric_init_radius: start the field as a sphere of this radius (scene units) around
+            the origin (``None`` = the reference initialisation for occupancy, radius 0.3 for
+            SDFs); see ``docs/losses.md``.
+        geometric_init_sharpness: logit slope per scene unit of the occupancy sphere.
+        colour: ``"texture"`` (DVR's view-independent texture head, the default) or
+            ``"view_dependent"`` (an IDR-style rendering network of the surface point, its
+            normal, the viewing direction and the geometry network's last hidden activation;
+            :mod:`dvr_plugin.appearance`).
+        colour_hidden_size: width of the view-dependent head's hidden layers.
+        colour_n_layers: number of its hidden layers.
+        colour_view_frequencies: Fourier bands of the viewing direction (IDR: 4).
+        colour_point_frequencies: Fourier bands of the surface point fed to the head (IDR: 0).
     """
 
     hidden_size: int = 128
     n_blocks: int = 5
     n_frequencies: int = 6
     field_type: str = "occupancy"
+    fourier_anneal_steps: int = 0
+    geometric_init_radius: Optional[float] = None
+    geometric_init_sharpness: float = 10.0
+    colour: str = "texture"
+    colour_hidden_size: int = 128
+    colour_n_layers: int = 4
+    colour_view_frequencies: int = 4
+    colour_point_frequencies: int = 0
 
     def __post_init__(self) -> None:
+        from ..appearance import COLOUR_MODELS
+
         _positive("model.hidden_size", self.hidden_size)
         if self.n_blocks < 0 or self.n_frequencies < 0:
             raise ValueError("model.n_blocks and model.n_frequencies must be >= 0.")
@@ -140,6 +171,35 @@ class ModelConfig:
             raise ValueError(
                 f"model.field_type must be one of {FIELD_TYPES}, got {self.field_type!r}."
             )
+        _check_geometry_model(self)
+        if self.colour not in COLOUR_MODELS:
+            raise ValueError(f"model.colour must be one of {COLOUR_MODELS}, got {self.colour!r}.")
+        _positive("model.colour_hidden_size", self.colour_hidden_size)
+        _positive("model.colour_n_layers", self.colour_n_layers)
+        if self.colour_view_frequencies < 0 or self.colour_point_frequencies < 0:
+            raise ValueError(
+                "model.colour_view_frequencies and model.colour_point_frequencies must be >= 0."
+            )
+
+
+def _check_geometry_model(model: ModelConfig) -> None:
+    """The annealing and sphere-initialisation options of ``model``."""
+    if model.fourier_anneal_steps < 0:
+        raise ValueError(
+            f"model.fourier_anneal_steps must be >= 0, got {model.fourier_anneal_steps}."
+        )
+    if model.fourier_anneal_steps > 0 and model.n_frequencies == 0:
+        raise ValueError("model.fourier_anneal_steps > 0 needs model.n_frequencies > 0.")
+    radius = model.geometric_init_radius
+    if radius is not None and not (math.isfinite(radius) and 0 < radius < 0.5):
+        raise ValueError(
+            f"model.geometric_init_radius must lie in (0, 0.5) (the unit cube), got {radius}."
+        )
+    if not (math.isfinite(model.geometric_init_sharpness) and model.geometric_init_sharpness > 0):
+        raise ValueError(
+            "model.geometric_init_sharpness must be positive, got "
+            f"{model.geometric_init_sharpness}."
+        )
 
 
 @dataclass
@@ -276,9 +336,19 @@ class LossConfig:
 
     Members:
         rgb, depth, world_point, freespace, occupancy, normal, image_gradient: weights.
+        eikonal: weight of the eikonal term (SDF fields only; 0 = off).
+        mask: weight of the soft mask loss (0 = off).
         normal_jitter: side of the cube of offsets of the normal-smoothness neighbours.
         visual_hull_depth: with depth maps, place occupancy points at the true depth.
         sdf_beta: sharpness of the free-space / occupancy hinge for SDF fields.
+        eikonal_box_points: uniform points per image in the box for the eikonal term, besides
+            the surface points (0 = half of ``train.rays_per_image``, as IDR).
+        mask_samples: depths per ray of the soft mask loss's search for the smallest value.
+        mask_alpha_start: the soft mask's initial sharpness (``None`` = 50 for SDFs, as IDR,
+            and 1 for occupancy logits).
+        mask_alpha_factor, mask_alpha_every, mask_alpha_increases: the sharpness is multiplied
+            by ``mask_alpha_factor`` every ``mask_alpha_every`` steps, ``mask_alpha_increases``
+            times (IDR: 2, five times); ``mask_alpha_every: 0`` keeps it constant.
     """
 
     rgb: float = 1.0
@@ -291,15 +361,38 @@ class LossConfig:
     normal_jitter: float = 1e-3
     visual_hull_depth: bool = True
     sdf_beta: float = 100.0
+    eikonal: float = 0.0
+    mask: float = 0.0
+    eikonal_box_points: int = 0
+    mask_samples: int = 64
+    mask_alpha_start: Optional[float] = None
+    mask_alpha_factor: float = 2.0
+    mask_alpha_every: int = 1000
+    mask_alpha_increases: int = 5
 
     def __post_init__(self) -> None:
         self.weights()  # validates the weights
+        _check_geometry_loss(self)
         if not self.normal_jitter >= 0:
             raise ValueError(f"loss.normal_jitter must be >= 0, got {self.normal_jitter}.")
 
     def weights(self) -> LossWeights:
         """The weights as :class:`dvr_plugin.losses.LossWeights`."""
         return LossWeights(**{name: getattr(self, name) for name in LossWeights.names()})
+
+
+def _check_geometry_loss(loss: LossConfig) -> None:
+    """The eikonal and soft-mask options of ``loss``."""
+    if loss.eikonal_box_points < 0:
+        raise ValueError(f"loss.eikonal_box_points must be >= 0, got {loss.eikonal_box_points}.")
+    _positive("loss.mask_samples", loss.mask_samples)
+    start = loss.mask_alpha_start
+    if start is not None and not (math.isfinite(start) and start > 0):
+        raise ValueError(f"loss.mask_alpha_start must be positive, got {start}.")
+    if not (math.isfinite(loss.mask_alpha_factor) and loss.mask_alpha_factor >= 1):
+        raise ValueError(f"loss.mask_alpha_factor must be >= 1, got {loss.mask_alpha_factor}.")
+    if loss.mask_alpha_every < 0 or loss.mask_alpha_increases < 0:
+        raise ValueError("loss.mask_alpha_every and loss.mask_alpha_increases must be >= 0.")
 
 
 @dataclass
@@ -375,6 +468,11 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_top_level(self)
+        if self.loss.eikonal > 0 and self.model.field_type != "sdf":
+            raise ValueError(
+                "loss.eikonal > 0 needs model.field_type=sdf (the eikonal term asks for a "
+                "unit-length gradient, which only signed distances have)."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML / JSON / checkpoint friendly)."""

@@ -47,6 +47,8 @@ def render_views(
     background: Sequence[float] = (1.0, 1.0, 1.0),
     batch_size: int = 1,
     latent: Optional[torch.Tensor] = None,
+    progress: bool = False,
+    description: str = "rendering views",
 ) -> RenderedViews:
     """
     Render every camera of a batch at full resolution with DVR (no gradients).
@@ -61,10 +63,14 @@ def render_views(
         batch_size: cameras rendered per call.
         latent: `(N, C)` codes of a conditioned field (camera ``i`` rendered with
             ``latent[i]``), or ``None``.
+        progress: show a progress bar (tqdm, on stderr) over the views.
+        description: the progress bar's label.
 
     Returns:
         RenderedViews on the CPU.
     """
+    from tqdm.auto import tqdm
+
     height, width = int(image_size[0]), int(image_size[1])
     renderer = DVRRenderer(
         field=field,
@@ -78,12 +84,17 @@ def render_views(
         background_color=list(background),
     )
     parts: list[Any] = []
+    bar = tqdm(
+        total=len(cameras), desc=description, unit="view", disable=not progress, leave=False
+    )
     for start in range(0, len(cameras), batch_size):
         index = list(range(start, min(start + batch_size, len(cameras))))
         out = renderer(cameras[index], latent=None if latent is None else latent[index])
         parts.append(
             (out.images.cpu(), out.masks.cpu(), out.depths.cpu(), out.normals.cpu())
         )
+        bar.update(len(index))
+    bar.close()
     images, masks, depths, normals = (torch.cat(p) for p in zip(*parts, strict=False))
     return RenderedViews(images=images, masks=masks, depths=depths, normals=normals)
 
@@ -259,10 +270,11 @@ def turntable_frames(
     background: Sequence[float] = (1.0, 1.0, 1.0),
     device: torch.device | str = "cpu",
     with_normals: bool = True,
+    progress: bool = False,
 ) -> list[torch.Tensor]:
     """
     Frames of a turntable (:func:`orbit_cameras`): each `(S, S, 3)`, or `(S, 2S, 3)` (colour next
-    to normals) when ``with_normals``.
+    to normals) when ``with_normals``; ``progress`` shows a progress bar (tqdm, on stderr).
     """
     cameras = orbit_cameras(
         n_frames,
@@ -275,7 +287,13 @@ def turntable_frames(
         device=device,
     )
     rendered = render_views(
-        field, cameras, (image_size, image_size), n_steps=n_steps, background=background
+        field,
+        cameras,
+        (image_size, image_size),
+        n_steps=n_steps,
+        background=background,
+        progress=progress,
+        description="turntable",
     )
     frames = []
     for i in range(n_frames):
@@ -300,17 +318,23 @@ def mesh_metrics(
     Extract the fitted surface as a mesh and score it against a ground-truth mesh (Chamfer-L1,
     normal consistency, F-score at 1%, with the Occupancy Networks normalisation).
 
+    Frames: the field is meshed in its own (normalised) frame and scored there against
+    ``gt_mesh``, which must be in that frame too (``FitData.mesh`` is). The distances are in
+    units of the ground truth's bounding box (longest side 1), so they are the same in any
+    frame that differs by a similarity (e.g. the data's world frame).
+
     Args:
         field: the fitted field (put in ``eval()`` mode by the caller).
-        gt_mesh: a ``Meshes`` of one in the same (normalised) frame, or ``None`` (then only the
-            mesh is extracted).
+        gt_mesh: a ``Meshes`` of one in the normalised frame, or ``None`` (then only the mesh
+            is extracted).
         resolution: MISE grid resolution (a power-of-two multiple of 32).
         n_points: surface samples per mesh.
         seed: seeds the surface samples.
 
     Returns:
-        ``(metrics, mesh)``; ``metrics`` is empty when no ground truth is given, ``mesh`` is
-        ``None`` when extraction failed.
+        ``(metrics, mesh)``; ``metrics`` is empty when no ground truth is given, ``mesh`` (in
+        the normalised frame: move it with :class:`dvr_plugin.data.frame.WorldFrame` before
+        writing it) is ``None`` when extraction failed.
     """
     from ..meshing import extract_mesh
     from ..metrics import evaluate_meshes

@@ -13,7 +13,8 @@ final outputs into one folder:
 ``curves.png``         training curves
 ``comparison.png``     the final grid on the held-out views
 ``turntable.gif``      an orbit around the object (colour | normals)
-``mesh.ply``           the extracted surface (when ``eval.mesh_resolution > 0``)
+``mesh.ply``           the extracted surface in the data's world frame, said in its header
+                       (when ``eval.mesh_resolution > 0``)
 ``metrics.json``       held-out metrics (final and untrained), 3D metrics, timings
 =====================  ==========================================================================
 
@@ -47,7 +48,16 @@ from .evaluation import (
     turntable_frames,
 )
 from .logs import read_csv
-from .trainer import CHECKPOINT_NAME, VAL_LOG_NAME, Trainer, build_field
+from .trainer import (
+    CHECKPOINT_NAME,
+    TRAIN_LOG_NAME,
+    VAL_LOG_NAME,
+    Trainer,
+    build_field,
+    collapse_reason,
+    headline_psnr,
+    untrained_row,
+)
 
 MESH_SCORE_KEYS = (
     "chamfer_l1",
@@ -61,13 +71,22 @@ MESH_SCORE_KEYS = (
 )
 
 
+PACKAGED_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+
+
+def packaged_config_names() -> list[str]:
+    """The names of the configurations shipped in ``dvr_plugin/configs`` (``["cow", ...]``)."""
+    return sorted(f[:-5] for f in os.listdir(PACKAGED_CONFIG_DIR) if f.endswith(".yaml"))
+
+
 def packaged_config(name: str) -> str:
     """The path of a configuration shipped in ``dvr_plugin/configs`` (e.g. ``"demo"``)."""
-    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
-    path = os.path.join(folder, name if name.endswith(".yaml") else f"{name}.yaml")
+    path = os.path.join(PACKAGED_CONFIG_DIR, name if name.endswith(".yaml") else f"{name}.yaml")
     if not os.path.exists(path):
-        available = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
-        raise FileNotFoundError(f"No packaged config {name!r}; available: {available}.")
+        raise FileNotFoundError(
+            f"No packaged config {name!r} and no file of that name; packaged: "
+            f"{', '.join(packaged_config_names())}."
+        )
     return path
 
 
@@ -94,8 +113,17 @@ def fit(
     output. Without that environment nothing changes.
 
     Returns:
-        The report also written to ``metrics.json``; on ranks other than 0 only ``rank``,
-        ``world_size`` and ``train`` (iterations and seconds).
+        The report also written to ``metrics.json`` (with ``status``: ``"ok"`` or
+        ``"collapsed"`` and ``status_reason``, and ``headline``: which PSNR leads); on ranks
+        other than 0 only ``rank``, ``world_size`` and ``train`` (iterations and seconds); for
+        a resume already at ``train.iterations`` (and ``metrics.json`` written)
+        ``{"nothing_to_do": True, "message": str, "step": int}``, and nothing is written.
+
+    Raises:
+        ValueError: bad input, or a resume that is refused (other data, ``train.iterations``
+            below the checkpoint's step); nothing is written then.
+        FitInterrupted: Ctrl-C during training, after the checkpoint of the current step was
+            written (:class:`.trainer.FitInterrupted`).
     """
     wall_start = time.perf_counter()
     config, device = resolve_config(config)
@@ -145,7 +173,11 @@ def _fit(
             "world_size": context.world_size,
             "train": {"iterations": trainer.step, "seconds": trainer.train_seconds},
         }
-    report = finish_fit(trainer, out_dir=out_dir, gt_mesh=data.mesh)
+    metrics_path = os.path.join(out_dir, "metrics.json")
+    if summary["nothing_to_do"] is not None and path_manager.exists(metrics_path):
+        return {"nothing_to_do": True, "message": summary["nothing_to_do"], "step": trainer.step}
+    # (a finished fit whose final outputs are missing, e.g. interrupted after training: write them)
+    report = finish_fit(trainer, out_dir=out_dir, gt_mesh=data.mesh, progress=progress)
     if context is not None:
         report["train"]["world_size"] = context.world_size
         report["train"]["backend"] = context.backend
@@ -157,10 +189,14 @@ def _fit(
 
 
 @torch.no_grad()
-def finish_fit(trainer: Trainer, *, out_dir: str, gt_mesh=None) -> dict[str, Any]:
+def finish_fit(
+    trainer: Trainer, *, out_dir: str, gt_mesh=None, progress: bool = False
+) -> dict[str, Any]:
     """
-    Final outputs of a fit: the held-out comparison grid, the turntable GIF, the mesh and its
-    metrics, and the report (returned; :func:`fit` writes it to ``metrics.json``).
+    Final outputs of a fit: the held-out comparison grid, the turntable GIF, the mesh (in the
+    data's world frame) and its metrics, and the report (returned; :func:`fit` writes it to
+    ``metrics.json``). ``progress`` shows bars (stderr) for the held-out renders and the
+    turntable.
     """
     config = trainer.config
     field = trainer.field.eval()
@@ -194,6 +230,8 @@ def finish_fit(trainer: Trainer, *, out_dir: str, gt_mesh=None) -> dict[str, Any
             n_secant_steps=config.train.n_secant_steps,
             background=config.background,
             batch_size=4 if device.type == "cuda" else 1,
+            progress=progress,
+            description="held-out views",
         )
         metrics = image_metrics(rendered, val.images, val.masks)
         report["held_out"] = metrics
@@ -204,6 +242,18 @@ def finish_fit(trainer: Trainer, *, out_dir: str, gt_mesh=None) -> dict[str, Any
         initial = _initial_validation(os.path.join(out_dir, VAL_LOG_NAME))
         if initial is not None:
             report["untrained_held_out"] = initial
+        report["headline"] = headline_entry(metrics, trainer.background_modelled)
+    report["data"]["background_modelled"] = trainer.background_modelled
+    report.update(fit_status(report, os.path.join(out_dir, TRAIN_LOG_NAME)))
+    if report["status"] != "ok":
+        import warnings
+
+        warnings.warn(
+            f"The fit collapsed: {report['status_reason']}. See 'When a fit collapses' in "
+            "docs/training.md.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     report["timing"]["held_out_render_seconds"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -217,6 +267,7 @@ def finish_fit(trainer: Trainer, *, out_dir: str, gt_mesh=None) -> dict[str, Any
             n_steps=config.eval.n_steps,
             background=config.background,
             device=device,
+            progress=progress,
             **orbit,
         )
         save_gif(frames, os.path.join(out_dir, "turntable.gif"))
@@ -234,11 +285,23 @@ def finish_fit(trainer: Trainer, *, out_dir: str, gt_mesh=None) -> dict[str, Any
             )
         except ImportError as error:  # meshing or metrics not installed: skip the 3D part
             scores, mesh = {"skipped": str(error)}, None
+        report["mesh"] = {k: v for k, v in scores.items() if k in MESH_SCORE_KEYS or k == "skipped"}
+        if "chamfer_l1" in report["mesh"]:  # scored in the fitting frame, like the ground truth
+            report["mesh"]["frame"] = (
+                "normalised (prediction and ground truth in the fitting frame; distances in "
+                "units of the ground truth's bounding box, longest side 1)"
+            )
         if mesh is not None:
+            from ..data.frame import WorldFrame
             from ..meshing import save_mesh
 
-            save_mesh(mesh, os.path.join(out_dir, "mesh.ply"))
-        report["mesh"] = {k: v for k, v in scores.items() if k in MESH_SCORE_KEYS or k == "skipped"}
+            frame = WorldFrame.from_views(trainer.train_data, config.data.format)
+            save_mesh(
+                frame.mesh_to_world(mesh),
+                os.path.join(out_dir, "mesh.ply"),
+                comments=frame.file_comments("world"),
+            )
+            report["mesh"]["file_frame"] = f"mesh.ply: {frame.describe()}"
     report["timing"]["mesh_seconds"] = time.perf_counter() - start
     names = {name for name in path_manager.ls(out_dir) if not name.startswith(".")}
     report["outputs"] = sorted(names | {"metrics.json"})
@@ -258,10 +321,14 @@ def render_checkpoint(
     n_steps: int = 128,
     device: str = "auto",
     fps: int = 12,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """
     Render a fitted checkpoint: an orbit (turntable GIF plus one PNG per frame) or the views of
     its data set (PNG per view and a comparison grid with the ground truth).
+
+    Every argument is checked (:func:`check_render_settings`, the checkpoint exists, ``out_dir``
+    is not a file) before the checkpoint is loaded.
 
     Args:
         checkpoint: a checkpoint written by a fit.
@@ -274,14 +341,36 @@ def render_checkpoint(
         n_steps: marching steps per ray.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` ...
         fps: GIF frame rate.
+        progress: show a progress bar (tqdm, on stderr) while rendering.
 
     Returns:
         ``{"images": [...], "gif": path or None, "grid": path or None, "seconds": float}``.
+
+    Raises:
+        ValueError: a bad setting, an output path that is a file, an unknown device.
+        FileNotFoundError: no checkpoint at ``checkpoint``.
     """
-    if cameras not in ("orbit", "held-out", "all"):
-        raise ValueError(f"cameras must be 'orbit', 'held-out' or 'all', got {cameras!r}.")
+    from .checkpoint import checkpoint_exists
+
+    check_render_settings(
+        cameras=cameras,
+        n_frames=n_frames,
+        image_size=image_size,
+        distance=distance,
+        fov=fov,
+        elevation=elevation,
+        n_steps=n_steps,
+        fps=fps,
+    )
+    if not checkpoint_exists(str(checkpoint)):
+        raise FileNotFoundError(f"No checkpoint at {checkpoint}.")
+    if path_manager.exists(str(out_dir)) and not path_manager.isdir(str(out_dir)):
+        raise ValueError(f"The output folder {out_dir} is an existing file.")
     start = time.perf_counter()
-    device_t = resolve_device(device)
+    try:
+        device_t = resolve_device(device)
+    except RuntimeError as error:  # torch.device("nonsense")
+        raise ValueError(f"Unknown device {device!r} ({error}).") from None
     state = load_checkpoint(checkpoint, map_location=device_t)
     config = load_config(base=state["config"])
     field = build_field(config).to(device_t)
@@ -308,6 +397,7 @@ def render_checkpoint(
             background=background,
             device=device_t,
             with_normals=False,
+            progress=progress,
             **orbit,
         )
         for i, frame in enumerate(frames):
@@ -328,6 +418,8 @@ def render_checkpoint(
             n_steps=n_steps,
             background=background,
             batch_size=4 if device_t.type == "cuda" else 1,
+            progress=progress,
+            description=f"{cameras} views",
         )
         for i, name in enumerate(views.names):
             path = os.path.join(out_dir, f"{name}.png")
@@ -345,6 +437,59 @@ def render_checkpoint(
     result["images"] = written
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+RENDER_CAMERAS = ("orbit", "held-out", "all")
+
+
+def check_render_settings(
+    *,
+    cameras: str = "orbit",
+    n_frames: int = 36,
+    image_size: Optional[int] = None,
+    distance: Optional[float] = None,
+    fov: Optional[float] = None,
+    elevation: Optional[float] = None,
+    n_steps: int = 128,
+    fps: int = 12,
+    names: Optional[Mapping[str, str]] = None,
+) -> None:
+    """
+    Raise ``ValueError`` for a setting of :func:`render_checkpoint` that cannot render: frames,
+    pixels, steps or frame rate that are not positive integers (steps: >= 2), a camera distance
+    that is not positive, a field of view outside (0, 180) degrees, a non-finite elevation.
+    ``names`` maps an argument to the name the message uses (e.g. ``{"n_frames": "--frames"}``).
+    """
+    names = names or {}
+
+    def label(key: str) -> str:
+        return names.get(key, key)
+
+    if cameras not in RENDER_CAMERAS:
+        raise ValueError(
+            f"{label('cameras')} must be one of {', '.join(RENDER_CAMERAS)}, got {cameras!r}."
+        )
+    for key, value, least in (
+        ("n_frames", n_frames, 1),
+        ("image_size", image_size, 1),
+        ("n_steps", n_steps, 2),
+        ("fps", fps, 1),
+    ):
+        if value is None and key == "image_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            bound = "a positive integer" if least == 1 else f"an integer >= {least}"
+            raise ValueError(f"{label(key)} must be {bound}, got {value!r}.")
+    for key, value in (("distance", distance), ("fov", fov), ("elevation", elevation)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"{label(key)} must be a finite number, got {value!r}.")
+    if distance is not None and distance <= 0:
+        raise ValueError(
+            f"{label('distance')} must be positive (the cameras' distance from the centre), "
+            f"got {distance!r}."
+        )
+    if fov is not None and not 0 < fov < 180:
+        raise ValueError(f"{label('fov')} must be between 0 and 180 degrees, got {fov!r}.")
 
 
 def run_fit_demo(
@@ -401,17 +546,37 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# Logged training steps whose hit rate decides "no ray hits the object any more" at the end.
+FINAL_HIT_ROWS = 5
+
+
+def fit_status(report: Mapping[str, Any], train_csv: str) -> dict[str, Any]:
+    """
+    ``{"status": "ok" | "collapsed", "status_reason": None | str}`` of a finished fit: collapsed
+    when the held-out mask IoU fell below :data:`.trainer.MASK_IOU_FLOOR` or below the untrained
+    model's, or no sampled training ray hit a surface in the last :data:`FINAL_HIT_ROWS`
+    logged steps (:func:`.trainer.collapse_reason`).
+    """
+    hit_rates = read_csv(train_csv).get("hit_rate", [])[-FINAL_HIT_ROWS:]
+    reason = collapse_reason(
+        report.get("held_out"), report.get("untrained_held_out"), hit_rates=hit_rates
+    )
+    return {"status": "ok" if reason is None else "collapsed", "status_reason": reason}
+
+
+def headline_entry(metrics: Mapping[str, Any], background_modelled: bool) -> dict[str, Any]:
+    """
+    The ``headline`` of ``metrics.json``: which PSNR leads the reports (``psnr`` for the whole
+    image when the background is modelled, else ``psnr_masked``, inside the true mask), its
+    value and why.
+    """
+    key, words = headline_psnr(background_modelled)
+    return {"psnr": key, "value": metrics.get(key), "why": words}
+
+
 def _initial_validation(val_csv: str) -> Optional[dict[str, float]]:
     """The step-0 row of the validation log (the untrained model), if there is one."""
-    log = read_csv(val_csv)
-    steps = log.get("step", [])
-    if not steps or steps[0] != 0:
-        return None
-    return {
-        key: values[0]
-        for key, values in log.items()
-        if key not in ("step", "seconds") and math.isfinite(values[0])
-    }
+    return untrained_row(val_csv)
 
 
 DEMO_OUTPUTS = (

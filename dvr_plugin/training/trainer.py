@@ -22,6 +22,7 @@ its share of the global batch, with DistributedDataParallel: see :mod:`.distribu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from ..acceleration import OccupancyGrid
+from ..appearance import RenderingNetwork, ViewDependentField, geometry_of
 from ..data import MultiViewData, index_cameras
 from ..data.frame import WorldFrame, data_fingerprint
 from ..field import FieldOutput, OccupancyTextureField, evaluate_field, field_type_of
@@ -41,13 +43,17 @@ from ..io import atomic_write, make_dirs
 from ..losses import (
     LossWeights,
     depth_loss,
+    eikonal_penalty,
     freespace_and_occupancy_points,
     freespace_loss,
     image_gradient_loss,
     jitter_points,
+    min_outside_along_rays,
     normal_smoothness_loss,
     occupancy_loss,
     rgb_loss,
+    soft_mask_alpha,
+    soft_mask_loss,
     total_loss,
     world_point_loss,
 )
@@ -107,15 +113,43 @@ class AutocastField(nn.Module):
         return FieldOutput(out.values.float(), rgb)
 
 
-def build_field(config: FitConfig) -> OccupancyTextureField:
-    """The field of ``config.model`` (initialised from the global torch RNG)."""
+def build_field(config: FitConfig) -> nn.Module:
+    """
+    The field of ``config.model`` (initialised from the global torch RNG): an
+    :class:`OccupancyTextureField`, or with ``model.colour="view_dependent"`` a
+    :class:`~dvr_plugin.appearance.ViewDependentField` (that network without its texture head,
+    as ``geometry``, and an IDR-style rendering network on its last hidden activation).
+
+    Raises:
+        ValueError: for ``model.colour="view_dependent"`` with ``mixed_precision``.
+    """
     model = config.model
-    return OccupancyTextureField(
+    view_dependent = model.colour == "view_dependent"
+    geometry = OccupancyTextureField(
         hidden_size=model.hidden_size,
         n_blocks=model.n_blocks,
         n_frequencies=model.n_frequencies,
         field_type=model.field_type,
+        fourier_anneal=model.fourier_anneal_steps > 0,
+        geometric_init_radius=model.geometric_init_radius,
+        geometric_init_sharpness=model.geometric_init_sharpness,
+        rgb=not view_dependent,
     )
+    if not view_dependent:
+        return geometry
+    if config.mixed_precision:
+        raise ValueError(
+            "model.colour=view_dependent does not run under mixed_precision (its normals need "
+            "second derivatives in full precision); set mixed_precision: false."
+        )
+    appearance = RenderingNetwork(
+        feature_size=model.hidden_size,
+        hidden_size=model.colour_hidden_size,
+        n_layers=model.colour_n_layers,
+        n_view_frequencies=model.colour_view_frequencies,
+        n_point_frequencies=model.colour_point_frequencies,
+    )
+    return ViewDependentField(geometry=geometry, appearance=appearance)
 
 
 def draw_pixel_batch(
@@ -428,6 +462,18 @@ class Trainer:
         self.last_validation: Optional[dict[str, Any]] = None
         self.stopped_early = False
 
+        # Which PSNR leads reports: inside the mask when the images show a real background.
+        self.background_modelled = background_is_modelled(
+            config.data.format,
+            self.train_data if self.val_data is None else self.val_data,
+            config.background,
+        )
+        self.headline_psnr, _ = headline_psnr(self.background_modelled)
+        self.untrained_validation: Optional[dict[str, Any]] = None
+        self.collapse: Optional[str] = None
+        # A resumed checkpoint already at train.iterations: fit() trains nothing, writes nothing.
+        self.nothing_to_do: Optional[str] = None
+
         resumed = False
         if resume or resume_from is not None:
             path = resume_from or self._path(CHECKPOINT_NAME)
@@ -438,8 +484,18 @@ class Trainer:
                 state = read(map_location=self.device)
             else:  # rank 0 reads the file; every rank gets its contents
                 state = self.dist.from_main(read, map_location="cpu")
-            self.load_state(state)
+            # Every refusal (other data first) comes before anything in out_dir is touched.
+            self.load_state(state, path=path)
+            self._check_resume_step(state, path)
             resumed = True
+            if self.step == config.train.iterations:
+                self.nothing_to_do = (
+                    f"{path} is already at step {self.step} = train.iterations: nothing to do "
+                    f"(nothing was written); pass train.iterations=N with N > {self.step} to "
+                    "train longer."
+                )
+            if self.out_dir is not None and self.is_main:
+                self.untrained_validation = untrained_row(self._path(VAL_LOG_NAME))
         elif self.out_dir is not None and self._on_main(
             checkpoint_exists, self._path(CHECKPOINT_NAME)
         ):
@@ -450,7 +506,7 @@ class Trainer:
 
         self.train_log = self.val_log = None
         self.tensorboard = None
-        if self.out_dir is not None and self.is_main:
+        if self.out_dir is not None and self.is_main and self.nothing_to_do is None:
             self.train_log, self.val_log, self.tensorboard = open_run_outputs(
                 self.out_dir,
                 config.to_dict(),
@@ -476,33 +532,139 @@ class Trainer:
         full = torch.zeros(select.shape, dtype=torch.float32, device=points.device)
         if rows.numel() == 0:
             return full
-        values = evaluate_field(self.network, points[rows, cols][None]).values[0]
+        values = evaluate_field(self._geometry_network(), points[rows, cols][None]).values[0]
         return full.index_put((rows, cols), values.float())
 
-    def _normal_term(self, surface: torch.Tensor, hit: torch.Tensor) -> Optional[torch.Tensor]:
-        """Normal smoothness at the (detached) surface points and jittered neighbours."""
-        rows, cols = hit.nonzero(as_tuple=True)
+    def _geometry_network(self) -> nn.Module:
+        """The network the field's values come from (a view-dependent field's geometry)."""
+        return geometry_of(self.network)
+
+    def _jittered_hits(self, points: torch.Tensor) -> torch.Tensor:
+        """`(N, 3)` hit points moved by the normal term's jitter (drawn in step on all ranks)."""
         jitter = jitter_points
+        total = points.shape[0]
         if self.dist is not None:
             # Every rank draws the offsets of all ranks' hit points (in rank order) and keeps
             # its own, so that the generators stay in step; a rank without hits draws too.
-            hits = self.dist.ragged_shard(rows.numel())
-            jitter = hits.global_call(jitter_points)
-            if rows.numel() == 0 and hits.total > 0:
-                jitter(surface.detach()[rows, cols], self.config.loss.normal_jitter, self.generator)
-        if rows.numel() == 0:
-            return None
-        points = surface.detach()[rows, cols]
-        neighbours = jitter(points, self.config.loss.normal_jitter, self.generator)
-        both = torch.cat([points, neighbours]).requires_grad_(True)
-        values = evaluate_field(self.network, both[None]).values[0]
-        (gradient,) = torch.autograd.grad(values.sum(), both, create_graph=True)
-        gradient = gradient.float()
+            hits = self.dist.ragged_shard(points.shape[0])
+            jitter, total = hits.global_call(jitter_points), hits.total
+        if total == 0:
+            return points
+        return jitter(points, self.config.loss.normal_jitter, self.generator)
+
+    def _box_points(self, batch: int, n_rays: int) -> torch.Tensor:
+        """`(B, N, 3)` uniform points in the marching box for the eikonal term, ``N`` from
+        ``loss.eikonal_box_points`` (0: half the rays per image); drawn for the global batch."""
+        count = self.config.loss.eikonal_box_points or max(1, n_rays // 2)
+        total = batch if self.shard is None else self.shard.total
+        u = torch.rand((total, count, 3), generator=self.generator, device=self.device)
+        if self.shard is not None:
+            u = self.shard.take(u)
+        return self.box_min + u * (self.box_max - self.box_min)
+
+    def _gradient_terms(
+        self, surface: torch.Tensor, hit: torch.Tensor
+    ) -> dict[str, Optional[torch.Tensor]]:
+        """
+        The terms on spatial gradients of the field, from one evaluation and one double
+        backward: normal smoothness at the (detached) surface points of the hits and at
+        jittered neighbours (``loss.normal``), and the eikonal term at the surface points and
+        uniform points in the box (``loss.eikonal``). A term without points is ``None``.
+        """
+        with_normal, with_eikonal = self.weights.normal > 0, self.weights.eikonal > 0
+        rows, cols = hit.nonzero(as_tuple=True)
         count = rows.numel()
+        points = surface.detach()[rows, cols]
+        parts = [points]
+        if with_normal:
+            parts.append(self._jittered_hits(points))
+        if with_eikonal:
+            box = self._box_points(*hit.shape)
+            parts.append(box.reshape(-1, 3))
+        terms: dict[str, Optional[torch.Tensor]] = {}
+        if with_normal:
+            terms["normal"] = None
+        if with_eikonal:
+            terms["eikonal"] = None
+        every = torch.cat(parts).requires_grad_(True)
+        if every.shape[0] == 0:
+            return terms
+        values = evaluate_field(self._geometry_network(), every[None]).values[0]
+        (gradient,) = torch.autograd.grad(values.sum(), every, create_graph=True)
+        gradient = gradient.float()
         zeros = torch.zeros(*hit.shape, 3, dtype=torch.float32, device=hit.device)
-        normals = zeros.index_put((rows, cols), gradient[:count])
-        normals_jittered = zeros.index_put((rows, cols), gradient[count:])
-        return normal_smoothness_loss(normals, normals_jittered, hit)
+        at_hits = zeros.index_put((rows, cols), gradient[:count])
+        if with_normal and count > 0:
+            normals_jittered = zeros.index_put((rows, cols), gradient[count : 2 * count])
+            terms["normal"] = normal_smoothness_loss(at_hits, normals_jittered, hit)
+        if with_eikonal:
+            at_box = gradient[gradient.shape[0] - box.shape[0] * box.shape[1] :]
+            gradients = torch.cat([at_hits, at_box.reshape(box.shape)], dim=1)
+            in_box = torch.ones(box.shape[:2], dtype=torch.bool, device=hit.device)
+            select = torch.cat([hit, in_box], dim=1)
+            terms["eikonal"] = eikonal_penalty(gradients, select)
+        return terms
+
+    def _mask_alpha(self, step: int) -> float:
+        """The soft mask's sharpness at a training step (``loss.mask_alpha_*``)."""
+        loss = self.config.loss
+        start = loss.mask_alpha_start
+        if start is None:
+            start = 50.0 if self.config.model.field_type == "sdf" else 1.0
+        return soft_mask_alpha(
+            step,
+            start=start,
+            factor=loss.mask_alpha_factor,
+            every=loss.mask_alpha_every,
+            increases=loss.mask_alpha_increases,
+        )
+
+    def _mask_term(
+        self,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        hit: torch.Tensor,
+        gt_mask: torch.Tensor,
+    ) -> Optional[torch.Tensor]:
+        """
+        IDR's soft mask loss on the rays outside the mask or without a hit (those crossing the
+        box), with the smallest outside value along each ray from a stratified search of
+        ``loss.mask_samples`` depths in the box.
+        """
+        origins, directions = origins.detach(), directions.detach()
+        near, far, missed = intersect_box(origins, directions, self.box_min, self.box_max)
+        has_range = ~missed & torch.isfinite(near) & torch.isfinite(far) & (far > near)
+        select = has_range & ~(hit & gt_mask)
+        total = hit.shape[0] if self.shard is None else self.shard.total
+        offsets = torch.rand((total, hit.shape[1]), generator=self.generator, device=self.device)
+        if self.shard is not None:
+            offsets = self.shard.take(offsets)
+        if not bool(select.any()):
+            return None
+        minimum = min_outside_along_rays(
+            self._geometry_network(),
+            origins,
+            directions,
+            near,
+            far,
+            select,
+            n_samples=self.config.loss.mask_samples,
+            offsets=offsets,
+            field_type=self.config.model.field_type,
+        )
+        alpha = self._mask_alpha(self.step)
+        return soft_mask_loss(minimum.values, gt_mask, alpha, select=select)
+
+    def _update_annealing(self) -> None:
+        """Set the Fourier features' coarse-to-fine progress to ``step / fourier_anneal_steps``
+        (capped at 1); the progress is a buffer of the field, saved with the model."""
+        steps = self.config.model.fourier_anneal_steps
+        if steps <= 0:
+            return
+        progress = min(1.0, self.step / steps)
+        for module in self.field.modules():
+            if isinstance(module, OccupancyTextureField) and module.encoding.anneal:
+                module.set_encoding_progress(progress)
 
     def _forward_losses(
         self,
@@ -572,10 +734,12 @@ class Trainer:
             options = {"field_type": field_type, "sdf_beta": cfg.loss.sdf_beta}
             terms["freespace"] = freespace_loss(values, points.freespace_select, **options)
             terms["occupancy"] = occupancy_loss(values, points.occupancy_select, **options)
-        if self.weights.normal > 0:
-            terms["normal"] = self._normal_term(out.surface_points, hit)
+        if self.weights.normal > 0 or self.weights.eikonal > 0:
+            terms.update(self._gradient_terms(out.surface_points, hit))
         if self.weights.image_gradient > 0:
             terms["image_gradient"] = image_gradient_loss(pred_rgb, gt_rgb, hit & gt_mask)
+        if self.weights.mask > 0:
+            terms["mask"] = self._mask_term(bundle.origins, bundle.directions, hit, gt_mask)
         return terms, hit
 
     def train_step(self) -> dict[str, float]:
@@ -592,6 +756,7 @@ class Trainer:
         """
         cfg = self.config
         data = self.train_data
+        self._update_annealing()
         index, masks, sample = draw_pixel_batch(
             data, cfg.train, image_generator=self.image_generator, generator=self.generator
         )
@@ -670,6 +835,10 @@ class Trainer:
         stats["n_steps"] = float(n_steps)
         stats["hit_rate"] = hit_rate
         stats["train_mask_agreement"] = agreement
+        if self.weights.mask > 0:
+            stats["mask_alpha"] = self._mask_alpha(self.step - 1)  # the step just taken
+        if cfg.model.fourier_anneal_steps > 0:
+            stats["fourier_progress"] = min(1.0, (self.step - 1) / cfg.model.fourier_anneal_steps)
         return stats
 
     # -----------------------------------------------------------------------------------------
@@ -691,7 +860,7 @@ class Trainer:
             self.config.seed + 7919 * self.step
         )
         fraction = train.grid_refresh_fraction if self._grid_fresh else 1.0
-        self.grid.refresh(self.field, fraction=fraction, generator=generator)
+        self.grid.refresh(geometry_of(self.field), fraction=fraction, generator=generator)
         self._grid_fresh = True
 
     def validate(self, *, save_grid: bool = True) -> Optional[dict[str, Any]]:
@@ -755,11 +924,42 @@ class Trainer:
             **({"occupancy_grid": self.grid.state_dict()} if self.grid is not None else {}),
         }
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
+    def load_state(self, state: Mapping[str, Any], *, path: Optional[str] = None) -> None:
         """
         Restore what :meth:`state_dict` saved (model, optimiser, schedule, step, RNG and the
         occupancy grid; a checkpoint without a grid gets one refreshed on the next step).
+
+        The checkpoint's data fingerprint must match the trainer's data (format, views, image
+        size, cameras, colours); a checkpoint without one (older) is loaded with a warning.
+        ``path`` names the checkpoint in messages.
+
+        Raises:
+            ValueError: the checkpoint was trained on other data (one line saying what
+                differs; nothing is changed), or its model does not match.
         """
+        where = path or "the checkpoint"
+        if "data_fingerprint" not in state:
+            import warnings
+
+            warnings.warn(
+                f"{where} holds no data fingerprint (an older checkpoint): cannot check that "
+                "it was trained on this data; resuming anyway.",
+                stacklevel=2,
+            )
+        else:
+            mismatch = resume_data_mismatch(
+                state["data_fingerprint"],
+                data_format=self.config.data.format,
+                train_data=self.train_data,
+                val_data=self.val_data,
+            )
+            if mismatch is not None:
+                then = (state.get("config") or {}).get("data") or {}
+                raise ValueError(
+                    f"Cannot resume {where}: it was trained on other data ({mismatch}; "
+                    f"checkpoint data: {then.get('format')} at {then.get('path')}). Nothing was "
+                    "written; resume with the data it was started on, or fit into another folder."
+                )
         self.step, self.train_seconds = restore_training_state(
             state,
             model=self.field,
@@ -773,6 +973,27 @@ class Trainer:
             if tuple(saved_grid["occupied"].shape) == tuple(self.grid.resolution):
                 self.grid.load_state_dict(saved_grid)
                 self._grid_fresh = True
+
+    def _check_resume_step(self, state: Mapping[str, Any], path: str) -> None:
+        """
+        Refuse a resume that cannot train: ``train.iterations`` below the checkpoint's step, or
+        a ``train.time_budget_s`` the checkpoint has used up (``ValueError``, nothing written).
+        """
+        train = self.config.train
+        step = int(state["step"])
+        if train.iterations < step:
+            raise ValueError(
+                f"train.iterations={train.iterations} is below the step of {path} ({step}); "
+                f"pass train.iterations=N with N > {step} to train longer. Nothing was written."
+            )
+        seconds = float(state.get("train_seconds", 0.0))
+        budget = train.time_budget_s
+        if budget is not None and seconds >= budget and step < train.iterations:
+            raise ValueError(
+                f"{path} has used its train.time_budget_s={budget:g} s ({seconds:.0f} s of "
+                "training); pass a larger train.time_budget_s (or null) to continue. Nothing "
+                "was written."
+            )
 
     def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
         """
@@ -794,69 +1015,150 @@ class Trainer:
         checkpointing on the way; the checkpoint, a last validation and the curves plot are
         written at the end.
 
+        Safety: after every validation (and when no sampled ray has hit a surface for
+        :data:`ZERO_HIT_STEPS` steps) the fit is checked for a collapse
+        (:func:`collapse_reason`), which is warned about at once. Ctrl-C stops at the end of the
+        current step: the checkpoint of that step is written and :class:`FitInterrupted` raised
+        (a second Ctrl-C stops at once; a ``KeyboardInterrupt`` raised inside a step rewinds the
+        trainer's generators to the step's start, so the resumed run draws that step again). A
+        resume already at ``train.iterations`` trains and writes nothing.
+
         Returns:
-            ``step``, ``train_seconds``, ``stopped_early``, ``last`` (the last step's losses)
-            and ``validation`` (the last validation metrics or ``None``).
+            ``step``, ``train_seconds``, ``stopped_early``, ``last`` (the last step's losses),
+            ``validation`` (the last validation metrics or ``None``), ``collapse`` (the reason,
+            or ``None``) and ``nothing_to_do`` (a message, or ``None``).
         """
         cfg = self.config
         total = cfg.train.iterations
         budget = cfg.train.time_budget_s
+        if self.nothing_to_do is not None:
+            return self._summary({})
         if self.step == 0 and cfg.eval.validate_every > 0:
             self.validate()
+            self._check_collapse(None)  # keeps the untrained model's metrics
         last: dict[str, float] = {}
+        zero_hits = 0
+        # The step and generator states at the start of the running step (see the except).
+        at_start: Optional[tuple[int, dict[str, torch.Tensor]]] = None
         bar = progress_bar(total=total, initial=self.step, enabled=self.progress, desc="fit")
+        interrupts = deferred_interrupt(enabled=self.dist is None, notify=bar.write)
         try:
-            while self.step < total:
-                if budget is not None and self._agree(self.train_seconds >= budget):
-                    self.stopped_early = True
-                    break
-                start = time.perf_counter()
-                last = self.train_step()
-                self.train_seconds += time.perf_counter() - start
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{last['loss']:.4g}",
-                    rgb=f"{last.get('rgb', 0.0):.3g}",
-                    fs=f"{last.get('freespace', 0.0):.3g}",
-                    occ=f"{last.get('occupancy', 0.0):.3g}",
-                    hit=f"{last['hit_rate']:.2f}",
-                    n=int(last["n_steps"]),
-                    refresh=False,
-                )
-                if self.step % cfg.eval.log_every == 0 or self.step == total:
-                    log_train_row(
-                        last,
-                        step=self.step,
-                        seconds=self.train_seconds,
-                        train_log=self.train_log,
-                        tensorboard=self.tensorboard,
+            with interrupts as interrupt:
+                while self.step < total:
+                    if budget is not None and self._agree(self.train_seconds >= budget):
+                        self.stopped_early = True
+                        break
+                    at_start = (
+                        self.step,
+                        {name: g.get_state() for name, g in self._generators().items()},
                     )
-                if cfg.eval.validate_every and self.step % cfg.eval.validate_every == 0:
-                    self.validate()
-                    if self.last_validation is not None:
-                        bar.write(
-                            f"step {self.step}: held-out PSNR "
-                            f"{self.last_validation['psnr']:.2f} dB, mask IoU "
-                            f"{self.last_validation['mask_iou']:.3f}"
+                    start = time.perf_counter()
+                    last = self.train_step()
+                    self.train_seconds += time.perf_counter() - start
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{last['loss']:.4g}",
+                        rgb=f"{last.get('rgb', 0.0):.3g}",
+                        fs=f"{last.get('freespace', 0.0):.3g}",
+                        occ=f"{last.get('occupancy', 0.0):.3g}",
+                        hit=f"{last['hit_rate']:.2f}",
+                        n=int(last["n_steps"]),
+                        refresh=False,
+                    )
+                    if self.step % cfg.eval.log_every == 0 or self.step == total:
+                        log_train_row(
+                            last,
+                            step=self.step,
+                            seconds=self.train_seconds,
+                            train_log=self.train_log,
+                            tensorboard=self.tensorboard,
                         )
-                if cfg.eval.checkpoint_every and self.step % cfg.eval.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    zero_hits = zero_hits + 1 if last["hit_rate"] == 0.0 else 0
+                    if zero_hits == ZERO_HIT_STEPS:
+                        self._warn_collapse(
+                            f"no sampled training ray has hit a surface for {zero_hits} steps",
+                            bar,
+                        )
+                    if cfg.eval.validate_every and self.step % cfg.eval.validate_every == 0:
+                        self.validate()
+                        if self.last_validation is not None:
+                            bar.write(f"step {self.step}: {self._describe_validation()}")
+                            self._check_collapse(bar)
+                    if cfg.eval.checkpoint_every and self.step % cfg.eval.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if interrupt.requested:
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if at_start is not None and at_start[0] == self.step:
+                # Stopped inside a step: back to the random state of its start, so that the
+                # resumed run draws what this step drew.
+                for name, generator in self._generators().items():
+                    generator.set_state(at_start[1][name])
+            bar.close()
+            raise FitInterrupted(step=self.step, path=self.save_checkpoint()) from None
         finally:
             bar.close()
         self.save_checkpoint()
         if self.last_validation is None or self.last_validation["step"] != self.step:
             self.validate()
+            if self.last_validation is not None and self.is_main:
+                self._check_collapse(None)
         if self.out_dir is not None and self.is_main:
             plot_run_curves(self.out_dir, [t for t in TERMS if getattr(self.weights, t) > 0])
         if self.tensorboard is not None:
             self.tensorboard.close()
+        return self._summary(last)
+
+    def _summary(self, last: Mapping[str, float]) -> dict[str, Any]:
         return {
             "step": self.step,
             "train_seconds": self.train_seconds,
             "stopped_early": self.stopped_early,
-            "last": last,
+            "last": dict(last),
             "validation": self.last_validation,
+            "collapse": self.collapse,
+            "nothing_to_do": self.nothing_to_do,
         }
+
+    def _describe_validation(self) -> str:
+        """The last validation in words, the headline PSNR first."""
+        metrics = self.last_validation or {}
+        if self.headline_psnr == "psnr_masked":
+            return (
+                f"held-out PSNR inside the mask {metrics['psnr_masked']:.2f} dB (whole image "
+                f"{metrics['psnr']:.2f} dB), mask IoU {metrics['mask_iou']:.3f}"
+            )
+        return f"held-out PSNR {metrics['psnr']:.2f} dB, mask IoU {metrics['mask_iou']:.3f}"
+
+    def _check_collapse(self, bar: Any) -> None:
+        """Warn when the last validation shows a collapsed fit (after the untrained one)."""
+        metrics = self.last_validation
+        if metrics is None:
+            return
+        if metrics["step"] == 0:
+            self.untrained_validation = dict(metrics)
+            return
+        reason = collapse_reason(metrics, self.untrained_validation)
+        self.collapse = None  # the latest validation decides (an early empty spell may recover)
+        if reason is not None:
+            self._warn_collapse(f"step {metrics['step']}: {reason}", bar)
+
+    def _warn_collapse(self, reason: str, bar: Any) -> None:
+        """Say loudly (progress bar line and a warning) that the fit is collapsing."""
+        import warnings
+
+        self.collapse = reason
+        message = (
+            f"WARNING: the fit is collapsing: {reason}. The object is vanishing from the field "
+            "(if later validations do not recover, stop and see 'When a fit collapses' in "
+            "docs/training.md)."
+        )
+        if not self.is_main:
+            return
+        if bar is not None:
+            bar.write(message)
+        # stacklevel 3: the warning points at the caller of the trainer's fit().
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     # -----------------------------------------------------------------------------------------
 
@@ -877,8 +1179,204 @@ class Trainer:
         return os.path.join(self.out_dir, *parts)
 
 
+def untrained_row(val_csv: Optional[str]) -> Optional[dict[str, float]]:
+    """The step-0 row (the untrained model) of a validation log, if there is one."""
+    from .logs import read_csv
+
+    if val_csv is None:
+        return None
+    log = read_csv(val_csv)
+    steps = log.get("step", [])
+    if not steps or steps[0] != 0:
+        return None
+    return {
+        key: values[0]
+        for key, values in log.items()
+        if key not in ("step", "seconds") and math.isfinite(values[0])
+    }
+
+
 def _read_for_resume(path: str, *, map_location: Any) -> dict[str, Any]:
     """The checkpoint to resume from, with a clear error when there is none."""
     if not checkpoint_exists(path):
         raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
     return load_checkpoint(path, map_location=map_location)
+
+
+# ---------------------------------------------------------------------------------------------
+# Safety: resume checks, collapse detection, the headline PSNR, Ctrl-C
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """
+    Training stopped by Ctrl-C (or a ``KeyboardInterrupt``) after the checkpoint of ``step``
+    was written to ``path`` (``None`` when nothing is written: no output folder, or a rank other
+    than 0). A ``KeyboardInterrupt``, so code that catches that still does.
+    """
+
+    def __init__(self, *, step: int, path: Optional[str]) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint: {path}")
+        self.step = step
+        self.path = path
+
+
+# A held-out mask IoU below this means the object has vanished (or fills the view).
+MASK_IOU_FLOOR = 0.05
+# Consecutive training steps without a single hit before the loop warns that the object vanished
+# (with uniform pixel sampling an early empty spell of a few dozen steps is common and recovers).
+ZERO_HIT_STEPS = 100
+# Formats whose images show a real background where the mask is 0 (photographs).
+REAL_BACKGROUND_FORMATS = ("dtu", "monosdf")
+
+
+def resume_data_mismatch(
+    saved: Optional[Mapping[str, Any]],
+    *,
+    data_format: str,
+    train_data: MultiViewData,
+    val_data: Optional[MultiViewData],
+) -> Optional[str]:
+    """
+    Why the data of a run differs from the data a checkpoint was trained on, or ``None`` when
+    they agree.
+
+    Args:
+        saved: the checkpoint's ``data_fingerprint`` (``{"format", "train", "val"}``).
+        data_format: the run's ``data.format``.
+        train_data, val_data: the run's views.
+    """
+    from ..data.frame import data_fingerprint, fingerprint_mismatch
+
+    if saved is None:
+        return None
+    if saved.get("format") != data_format:
+        return f"data.format {saved.get('format')} then, {data_format} now"
+    for what, views in (("training", train_data), ("held-out", val_data)):
+        then = saved.get("train" if what == "training" else "val")
+        if (then is None) != (views is None):
+            before = "no" if then is None else then["n_views"]
+            now = "none" if views is None else len(views)
+            return f"{before} {what} views then, {now} now"
+        if then is not None:
+            reason = fingerprint_mismatch(then, data_fingerprint(views))
+            if reason is not None:
+                return f"{what} views: {reason}"
+    return None
+
+
+def collapse_reason(
+    validation: Optional[Mapping[str, Any]],
+    untrained: Optional[Mapping[str, Any]],
+    *,
+    hit_rates: Sequence[float] = (),
+    floor: float = MASK_IOU_FLOOR,
+) -> Optional[str]:
+    """
+    Why a fit has collapsed (its object vanished, or it lost the silhouette it had untrained),
+    or ``None`` when it has not.
+
+    Args:
+        validation: held-out metrics with ``mask_iou`` (or ``None`` without held-out views).
+        untrained: the same metrics of the untrained model (step 0), or ``None``.
+        hit_rates: the share of sampled training rays that hit a surface, at recent logged
+            steps; all zero means no ray finds the object any more.
+        floor: the held-out mask IoU below which the object counts as vanished.
+
+    Returns:
+        The reasons in one line, or ``None``.
+    """
+    reasons = []
+    rates = [float(r) for r in hit_rates if math.isfinite(float(r))]
+    if rates and max(rates) == 0.0:
+        reasons.append(
+            f"no sampled training ray hit a surface in the last {len(rates)} logged steps"
+        )
+    if validation is not None and math.isfinite(float(validation.get("mask_iou", math.nan))):
+        iou = float(validation["mask_iou"])
+        before = None if untrained is None else untrained.get("mask_iou")
+        if iou < floor:
+            reasons.append(f"held-out mask IoU {iou:.3f} is below {floor}")
+        elif before is not None and math.isfinite(float(before)) and iou < float(before):
+            reasons.append(
+                f"held-out mask IoU {iou:.3f} is below the untrained model's {float(before):.3f}"
+            )
+    return "; ".join(reasons) or None
+
+
+def background_is_modelled(
+    data_format: str,
+    views: Optional[MultiViewData] = None,
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
+    tolerance: float = 0.05,
+) -> bool:
+    """
+    Whether the images show the configured ``background`` where the mask is 0, so that the
+    renders (which show it there) can match the whole image.
+
+    Photographs (``dtu``, ``monosdf``) show a real scene around the object: not modelled.
+    Rendered formats and NeRF-synthetic composite on the background; they, and other formats
+    (the reference DVR layout), are checked on ``views``: modelled when the pixels outside the
+    masks differ from ``background`` by less than ``tolerance`` on average.
+    """
+    if data_format in REAL_BACKGROUND_FORMATS:
+        return False
+    if views is None:
+        return data_format != "dvr"
+    with torch.no_grad():
+        outside = views.images[~views.masks]
+        if outside.numel() == 0:
+            return True
+        colour = torch.as_tensor(background, dtype=outside.dtype, device=outside.device)
+        return float((outside - colour).abs().mean()) < tolerance
+
+
+def headline_psnr(background_modelled: bool) -> tuple[str, str]:
+    """
+    ``(metric key, words)`` of the headline PSNR: the whole image when the background is
+    modelled, else inside the true object mask.
+    """
+    if background_modelled:
+        return "psnr", "whole image"
+    return "psnr_masked", "inside the object mask (the real background is not modelled)"
+
+
+@contextlib.contextmanager
+def deferred_interrupt(
+    *, enabled: bool = True, notify: Optional[Callable[[str], None]] = None
+) -> Any:
+    """
+    Within the block, the first Ctrl-C (SIGINT) only sets ``.requested`` on the yielded object
+    (so the training loop stops at the end of the step, with a consistent state to save); a
+    second one raises ``KeyboardInterrupt`` as usual. Outside the main thread, or when SIGINT is
+    not handled by Python, nothing changes.
+    """
+    import signal
+    import threading
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(requested=False)
+    previous = signal.getsignal(signal.SIGINT) if enabled else None
+    install = (
+        enabled
+        and threading.current_thread() is threading.main_thread()
+        and callable(previous)
+    )
+    if not install:
+        yield state
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        state.requested = True
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+        if notify is not None:
+            notify(
+                "Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to "
+                "stop at once)"
+            )
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)

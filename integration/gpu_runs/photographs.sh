@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Real-capture recipes on one GPU: DTU-like scenes generated from meshes (exact ground truth,
+# DTU's 49-camera rig, a light at each camera, specular highlights, photo backgrounds) and the
+# real DTU scan 24 / NeRF-synthetic lego. Every fit of a stage runs at the same time on the one
+# GPU with the same training-time budget, then is scored (`dvr eval --observed` where a
+# ground-truth mesh exists). One table per stage in $OUT/summary.md (+ .json) and a tarball
+# of the per-fit metrics and comparison grids.
+#
+#   bash integration/gpu_runs/photographs.sh ablation   # the candidates on the DTU-like cow
+#   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
+#
+# SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
+[[ ${SMOKE:-0} != 1 && -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+set -u
+STAGE=${1:-ablation}
+DATA=${DVR_DATA_DIR:-../shared/data}
+OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"
+D=${WORK:-/tmp/photographs}; mkdir -p "$D"
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+PY=${PY:-python}
+BUDGET=${BUDGET:-210}
+DEVICE=cuda; SIZE="180 240"; POINTS=100000; RES=256; EXTRA=()
+if [[ ${SMOKE:-0} == 1 ]]; then
+  DEVICE=cpu; SIZE="24 32"; POINTS=2000; RES=32; BUDGET=${BUDGET_SMOKE:-8}
+  EXTRA=(model.hidden_size=32 model.n_blocks=1 model.colour_hidden_size=16 model.colour_n_layers=1
+         train.images_per_batch=1 train.rays_per_image=64 eval.validate_every=0 eval.mesh_resolution=32
+         loss.eikonal_box_points=32 loss.mask_samples=8)
+  VIEWS=(--views 0-48:8)
+else
+  VIEWS=()
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+fi
+COMMON=(train.time_budget_s=$BUDGET train.iterations=20000 eval.turntable_frames=0 eval.validate_every=0)
+
+scene() {  # $1 = mesh name, $2 = lighting, extra make-scene flags after
+  local name=$1 lighting=$2; shift 2
+  [[ -f $D/scenes/${name}_$lighting/cameras.npz || -f $D/scenes/${name}_$lighting/cameras_sphere.npz ]] && return
+  $PY -m dvr_plugin.cli make-scene "$DATA/meshes/$name.obj" --out "$D/scenes/${name}_$lighting" \
+    --lighting "$lighting" --image-size $SIZE --device ${SCENE_DEVICE:-cpu} --force "${VIEWS[@]}" "$@" \
+    > "$D/scene_${name}_$lighting.log" 2>&1 || { echo "make-scene $name $lighting failed"; tail -5 "$D/scene_${name}_$lighting.log"; }
+}
+
+fit() {  # $1 = run name, $2 = data folder, $3 = format, $4 = ground-truth mesh or -, then overrides
+  local name=$1 data=$2 format=$3 gt=$4; shift 4
+  rm -rf "$D/$name"
+  $PY -m dvr_plugin.cli fit --config dtu --data "$data" --format "$format" --out "$D/$name" \
+    --device $DEVICE --quiet "${COMMON[@]}" "${EXTRA[@]}" "$@" > "$D/$name.log" 2>&1
+  if [[ $gt != - && -f $D/$name/checkpoint.pt ]]; then
+    $PY -m dvr_plugin.cli eval "$D/$name/checkpoint.pt" --gt "$gt" --observed --no-iou \
+      --out "$D/$name/eval" --device $DEVICE --points $POINTS --resolution $RES >> "$D/$name.log" 2>&1
+  fi
+  echo "== $name"; tail -4 "$D/$name.log"
+}
+
+VIEWDEP=(model.colour=view_dependent)
+ANNEAL=(model.fourier_anneal_steps=1500 model.geometric_init_radius=0.3)
+SDF=(model.field_type=sdf loss.eikonal=0.1 loss.mask=100 loss.freespace=0 loss.occupancy=0)
+
+case $STAGE in
+ablation)
+  scene cow dtu --front-axis=-z & scene cow studio --front-axis=-z & wait
+  GT=$D/scenes/cow_dtu/gt_mesh.ply
+  fit studio_current "$D/scenes/cow_studio" dtu "$D/scenes/cow_studio/gt_mesh.ply" data.downscale=1 &
+  fit dtu_current "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
+  fit dtu_viewdep "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" &
+  fit dtu_viewdep_anneal "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" "${ANNEAL[@]}" &
+  fit dtu_sdf "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" "${ANNEAL[@]}" "${SDF[@]}" &
+  wait
+  RUNS="studio_current dtu_current dtu_viewdep dtu_viewdep_anneal dtu_sdf"
+  ;;
+recipes)
+  RECIPE=(${RECIPE:-})
+  scene cow dtu --front-axis=-z & scene teapot dtu & scene teapot studio & wait
+  fit cow_dtu "$D/scenes/cow_dtu" dtu "$D/scenes/cow_dtu/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
+  fit teapot_dtu "$D/scenes/teapot_dtu" dtu "$D/scenes/teapot_dtu/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
+  fit teapot_studio "$D/scenes/teapot_studio" dtu "$D/scenes/teapot_studio/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
+  fit scan24_monosdf "$DATA/dtu_scan24_384/scan24" monosdf - "${RECIPE[@]}" &
+  fit scan24_idr "$DATA/dtu_scan24_neus_400/scan24" dtu - "${RECIPE[@]}" &
+  wait
+  RUNS="cow_dtu teapot_dtu teapot_studio scan24_monosdf scan24_idr"
+  ;;
+*) echo "usage: photographs.sh ablation|recipes"; exit 2 ;;
+esac
+
+$PY -m integration.gpu_runs.summarise_fits --work "$D" --runs $RUNS --out "$OUT/summary_$STAGE"
+tar -C "$D" -czf "$OUT/${STAGE}_runs.tar.gz" --exclude='*.pt' --exclude='tensorboard' --exclude='val' \
+  --exclude='scenes' $(for r in $RUNS; do echo "$r" "$r.log"; done) 2>/dev/null
+ls -la "$OUT"
