@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dvr-installed
 OUT ?= outputs/demo
 
-.PHONY: demo test lint bench env clean
+.PHONY: demo test lint bench docs env clean
 
 env: $(STAMP)
 
@@ -27,5 +27,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m integration.benchmarks.bench_core
 
+# The documentation site (docs/, the tutorials, the API reference) in site/; fails on any warning.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs site

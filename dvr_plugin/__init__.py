@@ -9,10 +9,14 @@ Main entry points: :class:`DVRRenderer`, :class:`SecantRaysampler`, :class:`Surf
 :class:`OccupancyTextureField` and the field protocol of :mod:`dvr_plugin.field`.
 """
 
-from .field import FieldOutput, OccupancyTextureField, evaluate_field
-from .raymarcher import SurfaceRaymarcher
-from .raysampler import SecantRaysampler, SurfaceRayBundle
-from .renderer import DVRRenderer, DVRRenderOutput, FieldVolumetricFunction
+from ._pytorch3d import require_pytorch3d
+
+require_pytorch3d()  # before any submodule: a clear install hint when PyTorch3D is missing
+
+from .field import FieldOutput, OccupancyTextureField, evaluate_field  # noqa: E402
+from .raymarcher import SurfaceRaymarcher  # noqa: E402
+from .raysampler import SecantRaysampler, SurfaceRayBundle  # noqa: E402
+from .renderer import DVRRenderer, DVRRenderOutput, FieldVolumetricFunction  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -37,16 +37,13 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-
-from ._pytorch3d import require_pytorch3d
-from .rays import ndc_to_pixels
-
-require_pytorch3d()
-from pytorch3d.renderer.cameras import CamerasBase, PerspectiveCameras  # noqa: E402
-from pytorch3d.utils import (  # noqa: E402
+from pytorch3d.renderer.cameras import CamerasBase, PerspectiveCameras
+from pytorch3d.utils import (
     cameras_from_opencv_projection,
     opencv_from_cameras_projection,
 )
+
+from .rays import ndc_to_pixels
 
 TensorLike = Union[torch.Tensor, np.ndarray, Sequence[Any], float]
 ImageSizeLike = Union[int, Sequence[int], torch.Tensor, np.ndarray]
@@ -837,9 +834,11 @@ class KaolinPinholeParameters:
 
 def kaolin_available() -> bool:
     """Whether ``kaolin.render.camera`` can be imported."""
+    import importlib
+
     try:
-        import kaolin.render.camera  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        importlib.import_module("kaolin.render.camera")
+    except Exception:  # any import failure means "not available"
         return False
     return True
 
@@ -1008,7 +1007,7 @@ def to_kaolin_camera(
     """
     try:
         from kaolin.render.camera import Camera
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise ImportError(
             "to_kaolin_camera needs Kaolin (kaolin.render.camera), which is not importable here "
             f"({error}). Use kaolin_from_opencv / project_kaolin for the same math without it."

@@ -223,6 +223,10 @@ class FourierFeatures(nn.Module):
         return features, feature_tangents
 
 
+# The sphere an SDF field starts as when no ``geometric_init_radius`` is given.
+SDF_INIT_RADIUS = 0.3
+
+
 class OccupancyTextureField(nn.Module):
     """
     DVR's decoder: one network with an occupancy head and a texture head.
@@ -239,18 +243,15 @@ class OccupancyTextureField(nn.Module):
         rgb: whether the texture head exists (``False`` gives a geometry-only field).
         field_type: ``"occupancy"`` or ``"sdf"``.
         n_frequencies: Fourier feature frequencies of the input (0 = the reference decoder).
-        sdf_init_radius: for ``field_type="sdf"``, the radius of the sphere the field starts as
-            (the output is ``|p| - r + network(p)``, a geometric initialisation that keeps the
-            initial field a valid distance); ``geometric_init_radius`` overrides it.
         fourier_anneal: fade the Fourier bands in coarse to fine (:class:`FourierFeatures`;
             the progress is a buffer of ``encoding``, set with :meth:`set_encoding_progress`).
         geometric_init_radius: start as a sphere of this radius (scene units) around the origin:
-            an analytic sphere term is added to the network's value, ``|p| - r`` for SDFs (as
-            ``sdf_init_radius``) and ``sharpness * (r - |p|)`` (logits, inside positive) for
-            occupancy, and the network's value output starts near zero (weights ~ N(0, 1e-4),
-            bias 0), so the untrained field is that sphere and the network learns the
-            difference. ``None``: no sphere term for occupancy (the reference decoder),
-            ``sdf_init_radius`` for SDFs.
+            an analytic sphere term is added to the network's value, ``|p| - r`` for SDFs (which
+            keeps the initial field a valid distance) and ``sharpness * (r - |p|)`` (logits,
+            inside positive) for occupancy, and the network's value output starts near zero
+            (weights ~ N(0, 1e-4), bias 0), so the untrained field is that sphere and the
+            network learns the difference. ``None``: no sphere term for occupancy (the
+            reference decoder), radius 0.3 for SDFs.
         geometric_init_sharpness: the logit slope per scene unit of the occupancy sphere term.
     """
 
@@ -263,7 +264,6 @@ class OccupancyTextureField(nn.Module):
         rgb: bool = True,
         field_type: str = "occupancy",
         n_frequencies: int = 0,
-        sdf_init_radius: float = 0.3,
         fourier_anneal: bool = False,
         geometric_init_radius: float | None = None,
         geometric_init_sharpness: float = 10.0,
@@ -282,7 +282,6 @@ class OccupancyTextureField(nn.Module):
         self.has_rgb = rgb
         self._set_sphere_term(
             field_type=field_type,
-            sdf_init_radius=sdf_init_radius,
             radius=geometric_init_radius,
             sharpness=geometric_init_sharpness,
         )
@@ -306,25 +305,18 @@ class OccupancyTextureField(nn.Module):
         self,
         *,
         field_type: str,
-        sdf_init_radius: float,
         radius: float | None,
         sharpness: float,
     ) -> None:
         """Check and store the sphere term's radius (``None``: none) and sharpness."""
-        for name, value in (
-            ("geometric_init_radius", radius),
-            ("sdf_init_radius", sdf_init_radius),
-        ):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value}.")
+        if radius is not None and not (math.isfinite(radius) and radius > 0):
+            raise ValueError(f"geometric_init_radius must be a positive number, got {radius}.")
         if not (math.isfinite(sharpness) and sharpness > 0):
             raise ValueError(f"geometric_init_sharpness must be positive, got {sharpness}.")
         if field_type == "sdf" and radius is None:
-            radius = sdf_init_radius
+            radius = SDF_INIT_RADIUS
         self.sphere_radius = radius
         self.sphere_sharpness = float(sharpness)
-        # kept for readers of the former name; the SDF sphere's radius
-        self.sdf_init_radius = radius if field_type == "sdf" else sdf_init_radius
 
     def _add_sphere_term(self, values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """`(...)` network values plus the analytic sphere term at `(..., 3)` points (if any)."""

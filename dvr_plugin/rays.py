@@ -21,11 +21,7 @@ from collections.abc import Sequence
 from typing import Union
 
 import torch
-
-from ._pytorch3d import require_pytorch3d
-
-require_pytorch3d()
-from pytorch3d.renderer.cameras import (  # noqa: E402
+from pytorch3d.renderer.cameras import (
     CamerasBase,
     FoVOrthographicCameras,
     FoVPerspectiveCameras,

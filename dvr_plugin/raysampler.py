@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from pytorch3d.renderer.cameras import CamerasBase
 from torch import nn
 
-from ._pytorch3d import require_pytorch3d
 from .acceleration import OccupancyGrid
 from .field import FIELD_TYPES
 from .implicit_gradient import attach_implicit_gradient
@@ -27,9 +27,6 @@ from .rays import check_camera_batch, intersect_box, ndc_grid, pixel_count, rays
 from .refine_graphs import RefinementGraphs
 from .root_finding import MARCH_PRECISIONS, REFINE_PRECISIONS, find_surface
 from .surface_query import FieldQuery, VolumetricFunctionQuery
-
-require_pytorch3d()
-from pytorch3d.renderer.cameras import CamerasBase  # noqa: E402
 
 UNIT_CUBE_BOUNDS = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
 

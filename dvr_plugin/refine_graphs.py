@@ -77,7 +77,7 @@ class GraphCache:
         if entry is None:
             try:
                 entry = record()
-            except Exception as error:  # noqa: BLE001 - any failure: fall back, say why once
+            except Exception as error:  # any failure: fall back, say why once
                 self._failed.add(key)
                 warnings.warn(
                     f"Recording a CUDA graph of {self.what} failed ({error}); running it "

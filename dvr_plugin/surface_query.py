@@ -21,12 +21,9 @@ from typing import Any
 
 import torch
 import torch.autograd.forward_ad as forward_ad
+from pytorch3d.renderer.implicit.utils import RayBundle
 
-from ._pytorch3d import require_pytorch3d
 from .field import FIELD_TYPES, evaluate_field, field_type_of
-
-require_pytorch3d()
-from pytorch3d.renderer.implicit.utils import RayBundle  # noqa: E402
 
 
 def inside_sign(field_type: str) -> float:

@@ -1,4 +1,9 @@
-"""Shared builders for the core tests and the core benchmark (seeded, CPU by default)."""
+"""
+Shared builders for the render-core tests (seeded, CPU by default), imported as a module.
+
+Frame and units: world coordinates in the unit cube's units (the sphere of radius 0.3 at the
+origin), rays from around (0, 0, 1.5) with unit z steps, so lengths are z-depths.
+"""
 
 from __future__ import annotations
 

@@ -18,8 +18,13 @@ from dvr_plugin import mesh_report
 from dvr_plugin.cli import main
 from dvr_plugin.meshing import save_mesh
 from dvr_plugin.training.config import FitConfig
-
-from .test_frames import RESOLUTION, make_case, to_world_by_hand
+from tests.frame_factories import (
+    RESOLUTION,
+    blob_config,
+    blob_field,
+    make_case,
+    to_world_by_hand,
+)
 
 POINTS = 5000  # two samplings of one surface: Chamfer-L1 about 0.011
 
@@ -256,8 +261,6 @@ def test_eval_views_uses_the_fits_settings(tmp_path, capsys):
     from dvr_plugin.training.data import load_fit_data
     from dvr_plugin.training.evaluation import image_metrics, render_views
     from dvr_plugin.training.trainer import build_field
-
-    from .test_frames import blob_config, blob_field
 
     config = blob_config("demo")
     config.eval.n_steps = 24

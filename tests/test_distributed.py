@@ -16,8 +16,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import unittest
+from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -31,8 +32,7 @@ from dvr_plugin.training.distributed import (
     shard_bounds,
 )
 from dvr_plugin.training.trainer import Trainer
-from tests.test_fit_e2e import dvr
-from tests.test_training import TrainingFactory
+from tests.training_factories import TrainingFactory, dvr
 
 WORLD_SIZE = 2
 STEPS = 4  # steps of every run
@@ -71,7 +71,7 @@ def _flat_parameters(trainer: Trainer) -> torch.Tensor:
 
 
 def _worker(rank: int, world_size: int, port: int, folder: str) -> None:
-    """One rank: the scenarios of :class:`TestTwoRanks`, results saved into ``folder``."""
+    """One rank: the scenarios of the ``two_ranks`` fixture, results saved into ``folder``."""
     torch.set_num_threads(1)
     environ = {
         "MASTER_ADDR": "127.0.0.1",
@@ -131,182 +131,183 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class TestTwoRanks(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        cls.folder_handle = tempfile.TemporaryDirectory()
-        cls.folder = cls.folder_handle.name
-        cls.train, cls.val = _views()
-        # One process, the same seed and global batch: the reference after every step, and a
-        # checkpoint at RESUME_AT for the workers to resume from.
-        single = _trainer(cls.train, cls.val)
-        cls.reference, cls.reference_stats = [], []
+@pytest.fixture(scope="module")
+def two_ranks(one_thread):
+    """
+    The reference (one process, the same seed and global batch: ``reference`` parameters and
+    ``reference_stats`` after every step, a checkpoint at RESUME_AT), then the two workers of
+    :func:`_worker`; their results lie in ``folder``. Also the ``train`` and ``val`` views.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        train, val = _views()
+        single = _trainer(train, val)
+        reference, reference_stats = [], []
         for _ in range(STEPS):
-            cls.reference_stats.append(single.train_step())
-            cls.reference.append(_flat_parameters(single))
+            reference_stats.append(single.train_step())
+            reference.append(_flat_parameters(single))
             if single.step == RESUME_AT:
-                single.save_checkpoint(os.path.join(cls.folder, "one_rank_k.pt"))
-        mp.spawn(
-            _worker, args=(WORLD_SIZE, _free_port(), cls.folder), nprocs=WORLD_SIZE, join=True
+                single.save_checkpoint(os.path.join(folder, "one_rank_k.pt"))
+        mp.spawn(_worker, args=(WORLD_SIZE, _free_port(), folder), nprocs=WORLD_SIZE, join=True)
+        yield SimpleNamespace(
+            folder=folder,
+            train=train,
+            val=val,
+            reference=reference,
+            reference_stats=reference_stats,
         )
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.folder_handle.cleanup()
-        torch.set_num_threads(cls.threads)
 
-    def _load(self, name):
-        return torch.load(os.path.join(self.folder, name), weights_only=False)
-
-    def assert_close(self, actual, expected, message):
-        # the runs differ by float rounding only (about 3e-8 here; a step moves 1e-3)
-        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5, msg=message)
-
-    def test_two_ranks_equal_one_process(self):
-        result = self._load("a.pt")
-        pairs = zip(result["parameters"], self.reference, strict=True)
-        for step, (two, one) in enumerate(pairs, start=1):
-            self.assert_close(two, one, f"parameters after step {step}")
-        for two, one in zip(result["stats"], self.reference_stats, strict=True):
-            self.assertEqual(set(two), set(one))
-            for name in one:
-                self.assertAlmostEqual(two[name], one[name], places=4, msg=name)
-
-    def test_resume_two_ranks_on_one(self):
-        resumed = _trainer(
-            self.train, self.val, resume_from=os.path.join(self.folder, "two_ranks_k.pt")
-        )
-        self.assertIsNone(resumed.dist)
-        self.assertEqual(resumed.step, RESUME_AT)
-        while resumed.step < STEPS:
-            resumed.train_step()
-        self.assert_close(_flat_parameters(resumed), self.reference[-1], "2 ranks -> 1")
-
-    def test_resume_one_process_on_two_ranks(self):
-        self.assert_close(self._load("b.pt"), self.reference[-1], "1 rank -> 2")
-
-    def test_rank_zero_writes(self):
-        folder = os.path.join(self.folder, "two_ranks")
-        for name in ("checkpoint.pt", "config.yaml", "train_log.csv", "val_log.csv", "curves.png"):
-            self.assertTrue(os.path.exists(os.path.join(folder, name)), name)
-        self.assertEqual(os.listdir(os.path.join(folder, "val")), [f"step_{STEPS:06d}.png"])
-        self.assertFalse(os.path.exists(os.path.join(self.folder, "rank_1")))
-
-    def test_ranks_with_different_data_fail_clearly(self):
-        for rank in range(WORLD_SIZE):
-            message = self._load(f"c{rank}.pt")
-            self.assertIn("ranks disagree about the data", message)
-            self.assertIn("training views: rank 0 has 9, rank 1 has 8", message)
+def _load(folder: str, name: str):
+    return torch.load(os.path.join(folder, name), weights_only=False)
 
 
-class TestTorchrun(unittest.TestCase):
-    """``dvr fit`` under torchrun (2 gloo ranks), then resumed in one plain process."""
-
-    SETTINGS = [
-        "--format", "demo", "--device", "cpu", "--quiet",
-        "data.image_size=16", "data.n_views=8", "data.supersample=1",
-        "model.hidden_size=16", "model.n_blocks=1", "model.n_frequencies=2",
-        "train.images_per_batch=2", "train.rays_per_image=64",
-        "train.step_milestones={0: 8}", "eval.validate_every=2", "eval.checkpoint_every=2",
-        "eval.log_every=1", "eval.n_steps=8", "eval.turntable_frames=0",
-        "eval.mesh_resolution=0", "eval.tensorboard=false",
-    ]  # fmt: skip
-
-    def test_fit_on_two_ranks_and_resume_on_one(self):
-        with tempfile.TemporaryDirectory() as folder:
-            out = os.path.join(folder, "fit")
-            env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-            env["OMP_NUM_THREADS"] = "1"
-            completed = subprocess.run(
-                [
-                    sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node=2", "-m", "dvr_plugin.cli", "fit", "--out", out,
-                    *self.SETTINGS, "train.iterations=4",
-                ],
-                capture_output=True, text=True, timeout=300, env=env,
-            )  # fmt: skip
-            self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
-            self.assertEqual(completed.stdout.count("outputs in"), 1)  # rank 0 reports
-            with open(os.path.join(out, "metrics.json")) as handle:
-                train = json.load(handle)["train"]
-            self.assertEqual((train["iterations"], train["world_size"]), (4, 2))
-            with open(os.path.join(out, "train_log.csv")) as handle:
-                self.assertEqual(len(handle.read().strip().splitlines()), 5)  # header + 4 steps
-            code = dvr(["fit", "--out", out, "--resume", "--quiet", "train.iterations=6"])
-            self.assertEqual(code, 0)
-            with open(os.path.join(out, "metrics.json")) as handle:
-                train = json.load(handle)["train"]
-            self.assertEqual(train["iterations"], 6)
-            self.assertNotIn("world_size", train)
+def assert_close(actual, expected, message):
+    # the runs differ by float rounding only (about 3e-8 here; a step moves 1e-3)
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5, msg=message)
 
 
-class TestWithoutDistributedEnvironment(unittest.TestCase):
-    def test_detect_environment(self):
-        self.assertIsNone(detect_environment({}))
-        self.assertIsNone(detect_environment({"WORLD_SIZE": "1", "RANK": "0"}))
-        env = detect_environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
-        self.assertEqual((env.rank, env.world_size, env.local_rank), (3, 4, 1))
-        with self.assertRaisesRegex(ValueError, "RANK must lie in"):
-            detect_environment({"WORLD_SIZE": "2", "RANK": "2"})
-        with self.assertRaisesRegex(ValueError, "RANK is not"):
-            detect_environment({"WORLD_SIZE": "2"})
-        with self.assertRaisesRegex(ValueError, "WORLD_SIZE must be an integer"):
-            detect_environment({"WORLD_SIZE": "two", "RANK": "0"})
-
-    def test_no_process_group_single_path(self):
-        with process_group_from_environment("cpu", environ={}) as context:
-            self.assertIsNone(context)
-            self.assertFalse(dist.is_initialized())
-        torch.set_num_threads(1)
-        train, val = _views()
-        trainer = _trainer(train, val)
-        self.assertIsNone(trainer.dist)
-        self.assertIsNone(trainer.shard)
-        self.assertTrue(trainer.is_main)
-        self.assertEqual(trainer.step_forward, trainer._forward_losses)  # no DDP wrapper
-        trainer.train_step()
-        self.assertIsNone(trainer.shard)
-        with self.assertRaisesRegex(ValueError, "distributed=True needs"):
-            _trainer(train, val, distributed=True)
+def test_two_ranks_equal_one_process(two_ranks):
+    result = _load(two_ranks.folder, "a.pt")
+    pairs = zip(result["parameters"], two_ranks.reference, strict=True)
+    for step, (two, one) in enumerate(pairs, start=1):
+        assert_close(two, one, f"parameters after step {step}")
+    for two, one in zip(result["stats"], two_ranks.reference_stats, strict=True):
+        assert set(two) == set(one)
+        for name in one:
+            assert two[name] == pytest.approx(one[name], abs=5e-5), name
 
 
-class TestShards(unittest.TestCase):
-    def test_shard_bounds(self):
-        self.assertEqual(
-            [shard_bounds(7, 3, r).rows for r in range(3)], [slice(0, 3), slice(3, 5), slice(5, 7)]
-        )
-        self.assertEqual([shard_bounds(4, 2, r).size for r in range(2)], [2, 2])
-        with self.assertRaisesRegex(ValueError, "images_per_batch"):
-            shard_bounds(1, 2, 0)
-
-    def test_global_call_draws_like_the_global_batch(self):
-        def noisy(x, generator=None):
-            return x + torch.rand(x.shape, generator=generator)
-
-        full = torch.arange(12.0).reshape(6, 2)
-        expected = noisy(full, torch.Generator().manual_seed(3))
-        parts = []
-        for start, stop in ((0, 4), (4, 6)):
-            shard = BatchShard(start=start, stop=stop, total=6)
-            generator = torch.Generator().manual_seed(3)
-            parts.append(shard.global_call(noisy)(shard.take(full), generator=generator))
-        torch.testing.assert_close(torch.cat(parts), expected, atol=0, rtol=0)
-
-    def test_fingerprints(self):
-        train, val = _views()
-        same = data_fingerprint(train)
-        self.assertEqual(compare_fingerprints(same, data_fingerprint(train)), [])
-        self.assertEqual(compare_fingerprints(None, None), [])
-        fewer = train.split(held_out=[0])[0]
-        self.assertEqual(compare_fingerprints(same, data_fingerprint(fewer)), [("views", 9, 8)])
-        changed = train.split(held_out=[0])[0]
-        changed.images[0, :4] = 0.5 * changed.images[0, :4]
-        fewer_fp = data_fingerprint(fewer)
-        differences = compare_fingerprints(fewer_fp, data_fingerprint(changed))
-        self.assertEqual([d[0] for d in differences], ["images (checksum)"])
+def test_resume_two_ranks_on_one(two_ranks):
+    resumed = _trainer(
+        two_ranks.train, two_ranks.val, resume_from=os.path.join(two_ranks.folder, "two_ranks_k.pt")
+    )
+    assert resumed.dist is None
+    assert resumed.step == RESUME_AT
+    while resumed.step < STEPS:
+        resumed.train_step()
+    assert_close(_flat_parameters(resumed), two_ranks.reference[-1], "2 ranks -> 1")
 
 
-if __name__ == "__main__":
-    unittest.main()
+def test_resume_one_process_on_two_ranks(two_ranks):
+    assert_close(_load(two_ranks.folder, "b.pt"), two_ranks.reference[-1], "1 rank -> 2")
+
+
+def test_rank_zero_writes(two_ranks):
+    folder = os.path.join(two_ranks.folder, "two_ranks")
+    for name in ("checkpoint.pt", "config.yaml", "train_log.csv", "val_log.csv", "curves.png"):
+        assert os.path.exists(os.path.join(folder, name)), name
+    assert os.listdir(os.path.join(folder, "val")) == [f"step_{STEPS:06d}.png"]
+    assert not os.path.exists(os.path.join(two_ranks.folder, "rank_1"))
+
+
+def test_ranks_with_different_data_fail_clearly(two_ranks):
+    for rank in range(WORLD_SIZE):
+        message = _load(two_ranks.folder, f"c{rank}.pt")
+        assert "ranks disagree about the data" in message
+        assert "training views: rank 0 has 9, rank 1 has 8" in message
+
+
+# ``dvr fit`` under torchrun (2 gloo ranks), then resumed in one plain process.
+TORCHRUN_SETTINGS = [
+    "--format", "demo", "--device", "cpu", "--quiet",
+    "data.image_size=16", "data.n_views=8", "data.supersample=1",
+    "model.hidden_size=16", "model.n_blocks=1", "model.n_frequencies=2",
+    "train.images_per_batch=2", "train.rays_per_image=64",
+    "train.step_milestones={0: 8}", "eval.validate_every=2", "eval.checkpoint_every=2",
+    "eval.log_every=1", "eval.n_steps=8", "eval.turntable_frames=0",
+    "eval.mesh_resolution=0", "eval.tensorboard=false",
+]  # fmt: skip
+
+
+def test_fit_on_two_ranks_and_resume_on_one():
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "fit")
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+        env["OMP_NUM_THREADS"] = "1"
+        completed = subprocess.run(
+            [
+                sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "dvr_plugin.cli", "fit", "--out", out,
+                *TORCHRUN_SETTINGS, "train.iterations=4",
+            ],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        assert completed.stdout.count("outputs in") == 1  # rank 0 reports
+        with open(os.path.join(out, "metrics.json")) as handle:
+            train = json.load(handle)["train"]
+        assert (train["iterations"], train["world_size"]) == (4, 2)
+        with open(os.path.join(out, "train_log.csv")) as handle:
+            assert len(handle.read().strip().splitlines()) == 5  # header + 4 steps
+        code = dvr(["fit", "--out", out, "--resume", "--quiet", "train.iterations=6"])
+        assert code == 0
+        with open(os.path.join(out, "metrics.json")) as handle:
+            train = json.load(handle)["train"]
+        assert train["iterations"] == 6
+        assert "world_size" not in train
+
+
+def test_detect_environment():
+    assert detect_environment({}) is None
+    assert detect_environment({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    env = detect_environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
+    with pytest.raises(ValueError, match="RANK must lie in"):
+        detect_environment({"WORLD_SIZE": "2", "RANK": "2"})
+    with pytest.raises(ValueError, match="RANK is not"):
+        detect_environment({"WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match="WORLD_SIZE must be an integer"):
+        detect_environment({"WORLD_SIZE": "two", "RANK": "0"})
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_no_process_group_single_path():
+    with process_group_from_environment("cpu", environ={}) as context:
+        assert context is None
+        assert not dist.is_initialized()
+    train, val = _views()
+    trainer = _trainer(train, val)
+    assert trainer.dist is None
+    assert trainer.shard is None
+    assert trainer.is_main
+    assert trainer.step_forward == trainer._forward_losses  # no DDP wrapper
+    trainer.train_step()
+    assert trainer.shard is None
+    with pytest.raises(ValueError, match="distributed=True needs"):
+        _trainer(train, val, distributed=True)
+
+
+def test_shard_bounds():
+    assert [shard_bounds(7, 3, r).rows for r in range(3)] == [slice(0, 3), slice(3, 5), slice(5, 7)]
+    assert [shard_bounds(4, 2, r).size for r in range(2)] == [2, 2]
+    with pytest.raises(ValueError, match="images_per_batch"):
+        shard_bounds(1, 2, 0)
+
+
+def test_global_call_draws_like_the_global_batch():
+    def noisy(x, generator=None):
+        return x + torch.rand(x.shape, generator=generator)
+
+    full = torch.arange(12.0).reshape(6, 2)
+    expected = noisy(full, torch.Generator().manual_seed(3))
+    parts = []
+    for start, stop in ((0, 4), (4, 6)):
+        shard = BatchShard(start=start, stop=stop, total=6)
+        generator = torch.Generator().manual_seed(3)
+        parts.append(shard.global_call(noisy)(shard.take(full), generator=generator))
+    torch.testing.assert_close(torch.cat(parts), expected, atol=0, rtol=0)
+
+
+def test_fingerprints():
+    train, val = _views()
+    same = data_fingerprint(train)
+    assert compare_fingerprints(same, data_fingerprint(train)) == []
+    assert compare_fingerprints(None, None) == []
+    fewer = train.split(held_out=[0])[0]
+    assert compare_fingerprints(same, data_fingerprint(fewer)) == [("views", 9, 8)]
+    changed = train.split(held_out=[0])[0]
+    changed.images[0, :4] = 0.5 * changed.images[0, :4]
+    fewer_fp = data_fingerprint(fewer)
+    differences = compare_fingerprints(fewer_fp, data_fingerprint(changed))
+    assert [d[0] for d in differences] == ["images (checksum)"]
+

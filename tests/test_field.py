@@ -45,7 +45,7 @@ def test_residual_blocks_start_as_identity():
 
 
 def test_sdf_field_starts_as_a_sphere():
-    field = OccupancyTextureField(hidden_size=16, field_type="sdf", sdf_init_radius=0.3)
+    field = OccupancyTextureField(hidden_size=16, field_type="sdf", geometric_init_radius=0.3)
     points = torch.nn.functional.normalize(torch.randn(1, 50, 3), dim=-1) * 0.3
     assert float(field(points).values.abs().max()) < 1e-2
 

@@ -39,7 +39,7 @@ from dvr_plugin.training.trainer import (
     collapse_reason,
     resume_data_mismatch,
 )
-from tests.test_training import TrainingFactory
+from tests.training_factories import TrainingFactory
 
 # Tiny settings shared by every command-line fit below (16x16 images, a small network).
 TINY = [
@@ -64,13 +64,8 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one thread is as fast, and far faster when the cores are busy.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dvr_fit(argv: list[str]) -> tuple[int, str, str]:

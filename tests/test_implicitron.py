@@ -6,6 +6,14 @@ import math
 
 import pytest
 import torch
+from pytorch3d.renderer import (
+    FoVPerspectiveCameras,
+    NDCMultinomialRaysampler,
+    look_at_view_transform,
+)
+
+from dvr_plugin import DVRRenderer, SecantRaysampler
+from dvr_plugin.shapes import SphereField
 
 try:
     from pytorch3d.implicitron.models.generic_model import GenericModel
@@ -17,7 +25,7 @@ try:
     )
     from pytorch3d.implicitron.tools.config import expand_args_fields, registry
 
-    from integration.implicitron import (
+    from dvr_plugin.implicitron import (
         DEFAULT_CONFIG_PATH,
         DVRSurfaceRenderer,
         generic_model_args,
@@ -27,15 +35,6 @@ except ImportError as error:  # pragma: no cover - only without Implicitron's im
         f"Implicitron or its imports (omegaconf, hydra-core, torchvision) are missing: {error}",
         allow_module_level=True,
     )
-
-from pytorch3d.renderer import (  # noqa: E402
-    FoVPerspectiveCameras,
-    NDCMultinomialRaysampler,
-    look_at_view_transform,
-)
-
-from dvr_plugin import DVRRenderer, SecantRaysampler  # noqa: E402
-from dvr_plugin.shapes import SphereField  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Thresholding masks"),

@@ -30,8 +30,8 @@ def namespace() -> dict:
     names: dict = {"__name__": "readme"}
     for number, block in enumerate(blocks, start=1):
         try:
-            exec(compile(block, f"README.md python block {number}", "exec"), names)  # noqa: S102
-        except Exception as error:  # noqa: BLE001 - report which block failed
+            exec(compile(block, f"README.md python block {number}", "exec"), names)
+        except Exception as error:  # report which block failed
             pytest.fail(f"README.md python block {number} failed: {type(error).__name__}: {error}")
     return names
 

@@ -144,7 +144,7 @@ def _camera_archive_kind(path: Path) -> Optional[str]:
             first = min(keys, key=lambda k: int(k.rsplit("_", 1)[1]) if k[-1].isdigit() else 0)
             world = np.asarray(archive[first], dtype=np.float64)
             has_camera_mat = any(k.startswith("camera_mat_") for k in archive.files)
-    except Exception:  # noqa: BLE001 - an unreadable archive matches nothing
+    except Exception:  # an unreadable archive matches nothing
         return None
     if world.shape[0] < 3 or world.shape[1] < 3 or not np.isfinite(world).all():
         return None

@@ -42,7 +42,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as archive:
             return {key: np.asarray(archive[key]) for key in archive.files}
-    except Exception as error:  # noqa: BLE001 - unreadable archive
+    except Exception as error:  # unreadable archive
         raise ValueError(f"Cannot read camera file {path}: {error}") from error
 
 

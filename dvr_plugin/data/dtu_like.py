@@ -38,18 +38,15 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+from pytorch3d.io import load_objs_as_meshes
+from pytorch3d.ops import interpolate_face_attributes
+from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
+from pytorch3d.renderer.mesh.rasterizer import Fragments
+from pytorch3d.structures import Meshes
 
-from .._pytorch3d import require_pytorch3d
 from ..cameras import cameras_from_opencv, decompose_projection_matrix, opencv_from_dtu
 from .io import IMAGE_EXTENSIONS, PathLike, index_files, list_files
 from .paths import find_shared_data, missing_data_message
-
-require_pytorch3d()
-from pytorch3d.io import load_objs_as_meshes  # noqa: E402
-from pytorch3d.ops import interpolate_face_attributes  # noqa: E402
-from pytorch3d.renderer import MeshRasterizer, RasterizationSettings  # noqa: E402
-from pytorch3d.renderer.mesh.rasterizer import Fragments  # noqa: E402
-from pytorch3d.structures import Meshes  # noqa: E402
 
 __all__ = [
     "DTU_SCAN24",
@@ -243,7 +240,7 @@ def load_dtu_rig(
     try:
         with np.load(path) as npz:
             archive = {key: np.asarray(npz[key]) for key in npz.files}
-    except Exception as error:  # noqa: BLE001 - unreadable archive
+    except Exception as error:  # unreadable archive
         raise ValueError(f"Cannot read cameras file {path}: {error}") from error
     ids = _camera_ids(archive, path)
     scale_keys = [f"scale_mat_{i}" for i in ids]
@@ -966,7 +963,7 @@ def _load_input_mesh(path: Path, device: Device) -> Meshes:
                 mesh = load_objs_as_meshes([str(path)], device=device, load_textures=True)
         else:
             mesh = load_any_mesh(path, device=str(device))
-    except Exception as error:  # noqa: BLE001 - any parse failure becomes a ValueError
+    except Exception as error:  # any parse failure becomes a ValueError
         raise ValueError(f"Cannot load mesh {path}: {error}") from error
     if len(mesh) != 1 or mesh.faces_packed().shape[0] == 0:
         raise ValueError(f"{path} must hold one mesh with faces.")

@@ -90,7 +90,7 @@ def load_dvr_layout(
     try:
         with np.load(camera_path) as archive:
             cams = {key: np.asarray(archive[key], dtype=np.float64) for key in archive.files}
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise ValueError(f"Cannot read camera file {camera_path}: {error}") from error
     n_cameras = len([k for k in cams if k.startswith("world_mat_") and "inv" not in k])
     ids = _pair(image_files, camera_index, "image")

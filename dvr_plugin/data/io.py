@@ -147,7 +147,7 @@ def read_depth(path: PathLike) -> np.ndarray:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 depth = np.asarray(imageio.imread(path))
-    except Exception as error:  # noqa: BLE001 - any backend failure becomes one clear error
+    except Exception as error:  # any backend failure becomes one clear error
         hint = (
             " EXR needs an imageio backend (pip install imageio[freeimage] or opencv-python); "
             "or convert the depth maps to .npy."

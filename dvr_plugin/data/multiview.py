@@ -14,12 +14,9 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from pytorch3d.renderer.cameras import CamerasBase, PerspectiveCameras
 
-from .._pytorch3d import require_pytorch3d
 from ..cameras import cameras_from_opencv, opencv_from_cameras, project_points
-
-require_pytorch3d()
-from pytorch3d.renderer.cameras import CamerasBase, PerspectiveCameras  # noqa: E402
 
 Indices = Union[Sequence[int], torch.Tensor, slice, range]
 Device = Union[str, torch.device]
@@ -92,8 +89,8 @@ class MultiViewData(ImageStack):
         info: free-form facts about the source (format, paths, normalisation).
 
     Attributes:
-        images, masks, depths, cameras, names, to_world, info as above; ``masks`` is bool,
-        ``images`` / ``depths`` float32.
+        images, masks, depths, cameras, names, to_world, info: as above; ``masks`` is bool,
+            ``images`` / ``depths`` float32.
     """
 
     def __init__(

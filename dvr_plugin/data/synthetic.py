@@ -17,14 +17,8 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
-
-from .._pytorch3d import require_pytorch3d
-from .io import PathLike
-from .multiview import Device, MultiViewData, as_ndc_perspective
-
-require_pytorch3d()
-from pytorch3d.io import load_objs_as_meshes  # noqa: E402
-from pytorch3d.renderer import (  # noqa: E402
+from pytorch3d.io import load_objs_as_meshes
+from pytorch3d.renderer import (
     AmbientLights,
     BlendParams,
     HardPhongShader,
@@ -35,8 +29,11 @@ from pytorch3d.renderer import (  # noqa: E402
     TexturesVertex,
     look_at_view_transform,
 )
-from pytorch3d.renderer.cameras import CamerasBase  # noqa: E402
-from pytorch3d.structures import Meshes  # noqa: E402
+from pytorch3d.renderer.cameras import CamerasBase
+from pytorch3d.structures import Meshes
+
+from .io import PathLike
+from .multiview import Device, MultiViewData, as_ndc_perspective
 
 LAYOUTS = ("fibonacci", "turntable", "random")
 SHADINGS = ("albedo", "phong")
@@ -98,7 +95,7 @@ def load_mesh(path: PathLike, *, device: Device = "cpu") -> Meshes:
             from pytorch3d.io import IO
 
             mesh = IO().load_mesh(str(path), device=device)
-    except Exception as error:  # noqa: BLE001 - any parse failure becomes a ValueError
+    except Exception as error:  # any parse failure becomes a ValueError
         raise ValueError(f"Cannot load mesh {path}: {error}") from error
     if mesh.textures is None:
         verts = mesh.verts_padded()

@@ -10,16 +10,13 @@ from dataclasses import field as dataclass_field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from pytorch3d.renderer import TexturesVertex
+from pytorch3d.structures import Meshes
 
-from .._pytorch3d import require_pytorch3d
 from ..field import field_type_of
 from ._evaluation import ChunkedFieldEvaluator
 from .marching import marching_cubes_grid
 from .mise import MiseLevelStats, run_mise
-
-require_pytorch3d()
-from pytorch3d.renderer import TexturesVertex  # noqa: E402
-from pytorch3d.structures import Meshes  # noqa: E402
 
 Bounds = Union[float, Tuple[Sequence[float], Sequence[float]]]
 

@@ -20,12 +20,9 @@ import tempfile
 from collections.abc import Sequence
 from typing import Optional, Union
 
-from .._pytorch3d import require_pytorch3d
-
-require_pytorch3d()
-from iopath.common.file_io import PathManager  # noqa: E402
-from pytorch3d.io import IO, save_obj  # noqa: E402
-from pytorch3d.structures import Meshes  # noqa: E402
+from iopath.common.file_io import PathManager
+from pytorch3d.io import IO, save_obj
+from pytorch3d.structures import Meshes
 
 PathOrStr = Union[str, os.PathLike]
 MESH_SUFFIXES = (".ply", ".obj")

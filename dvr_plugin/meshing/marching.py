@@ -36,11 +36,7 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import torch
-
-from .._pytorch3d import require_pytorch3d
-
-require_pytorch3d()
-from pytorch3d.ops.marching_cubes import marching_cubes as _p3d_marching_cubes  # noqa: E402
+from pytorch3d.ops.marching_cubes import marching_cubes as _p3d_marching_cubes
 
 # Triangle winding produced for an "inside is larger" volume after reversing the vertex
 # columns; True means the faces must be flipped to make normals point outward.

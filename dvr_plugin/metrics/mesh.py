@@ -21,8 +21,9 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from pytorch3d.ops import sample_points_from_meshes
+from pytorch3d.structures import Meshes
 
-from .._pytorch3d import require_pytorch3d
 from ._geometry import DEFAULT_MAX_PAIRS, winding_numbers_single
 from .pointcloud import (
     DEFAULT_THRESHOLDS,
@@ -35,10 +36,6 @@ from .pointcloud import (
     pointcloud_scores,
     unit_cube_transform,
 )
-
-require_pytorch3d()
-from pytorch3d.ops import sample_points_from_meshes  # noqa: E402
-from pytorch3d.structures import Meshes  # noqa: E402
 
 #: Half side of the padded cube the IoU points are drawn from (the unit cube plus 10%).
 IOU_HALF_SIZE = 0.55

@@ -45,8 +45,11 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
+from pytorch3d.renderer import MeshRasterizer
+from pytorch3d.renderer.cameras import CamerasBase
+from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
+from pytorch3d.structures import Meshes
 
-from .._pytorch3d import require_pytorch3d
 from .mesh import _seeded, meshes_unit_cube_transform, normalize_meshes, sample_surface
 from .pointcloud import (
     EMPTY_VALUES,
@@ -55,12 +58,6 @@ from .pointcloud import (
     nearest_neighbor_distances,
     share_within,
 )
-
-require_pytorch3d()
-from pytorch3d.renderer import MeshRasterizer  # noqa: E402
-from pytorch3d.renderer.cameras import CamerasBase  # noqa: E402
-from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes  # noqa: E402
-from pytorch3d.structures import Meshes  # noqa: E402
 
 #: Default depth tolerance as a share of the longest side of the mesh's bounding box (0.5%).
 DEFAULT_RELATIVE_TOLERANCE = 0.005

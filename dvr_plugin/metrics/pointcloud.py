@@ -30,12 +30,8 @@ from typing import Union
 
 import torch
 import torch.nn.functional as F
-
-from .._pytorch3d import require_pytorch3d
-
-require_pytorch3d()
-from pytorch3d.ops import knn_points  # noqa: E402
-from pytorch3d.structures import Pointclouds  # noqa: E402
+from pytorch3d.ops import knn_points
+from pytorch3d.structures import Pointclouds
 
 PointsLike = Union[torch.Tensor, Pointclouds]
 ThresholdsLike = Union[float, Sequence[float], torch.Tensor]

@@ -46,18 +46,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .._pytorch3d import require_pytorch3d
-from ..data import (
-    MultiViewData,
-    cameras_looking_at_origin,
-    normalize_mesh,
-    random_elevation,
-    write_dvr_layout,
-)
-
-require_pytorch3d()
-from pytorch3d.renderer import (  # noqa: E402
+from pytorch3d.renderer import (
     BlendParams,
     DirectionalLights,
     HardPhongShader,
@@ -65,7 +54,15 @@ from pytorch3d.renderer import (  # noqa: E402
     RasterizationSettings,
     TexturesVertex,
 )
-from pytorch3d.structures import Meshes  # noqa: E402
+from pytorch3d.structures import Meshes
+
+from ..data import (
+    MultiViewData,
+    cameras_looking_at_origin,
+    normalize_mesh,
+    random_elevation,
+    write_dvr_layout,
+)
 
 MESH_FILE = "mesh.ply"
 SPLITS = ("train", "val", "test")

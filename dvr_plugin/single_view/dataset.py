@@ -34,16 +34,13 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+from pytorch3d.renderer import PerspectiveCameras
+from pytorch3d.structures import Meshes
 
-from .._pytorch3d import require_pytorch3d
 from ..cameras import cameras_from_opencv, opencv_from_cameras
 from ..data import MultiViewData, index_cameras, load_dvr_layout
 from ..data.io import IMAGE_EXTENSIONS, list_files
 from ..data.multiview import ImageStack
-
-require_pytorch3d()
-from pytorch3d.renderer import PerspectiveCameras  # noqa: E402
-from pytorch3d.structures import Meshes  # noqa: E402
 
 PathLike = Union[str, os.PathLike]
 DEPTH_MODES = ("auto", "depth", "visual_hull", "none")
@@ -386,7 +383,7 @@ def load_ground_truth(folder: PathLike, *, device: Union[str, torch.device] = "c
                     normals = None
                     if "normals" in archive.files:
                         normals = torch.from_numpy(np.asarray(archive["normals"], dtype=np.float32))
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 raise ValueError(f"Cannot read the point cloud {path}: {error}") from error
             if points.dim() != 2 or points.shape[-1] != 3 or points.shape[0] == 0:
                 raise ValueError(
@@ -401,7 +398,7 @@ def load_ground_truth(folder: PathLike, *, device: Union[str, torch.device] = "c
 
         try:
             mesh = load_mesh(path, device=str(device))
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise ValueError(f"Cannot read the mesh {path}: {error}") from error
         if mesh.isempty():
             raise ValueError(f"The ground-truth mesh {path} has no faces.")

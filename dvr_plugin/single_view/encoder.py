@@ -107,9 +107,11 @@ class ResNet18Trunk(nn.Module):
 
 def torchvision_available() -> bool:
     """Whether ``torchvision.models.resnet18`` imports."""
+    import importlib
+
     try:
-        from torchvision.models import resnet18  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        importlib.import_module("torchvision.models")
+    except Exception:  # any import failure means "not available"
         return False
     return True
 
@@ -133,7 +135,7 @@ def build_resnet18_trunk(backbone: str = "auto") -> tuple[nn.Module, str]:
         return ResNet18Trunk(), "builtin"
     try:
         from torchvision.models import resnet18
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # any unpickling failure means a bad file
         raise ValueError(
             f"backbone='torchvision' needs torchvision ({error}); use backbone='builtin'."
         ) from error
@@ -158,7 +160,7 @@ def read_resnet18_weights(path: str) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"Encoder weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as error:
         raise ValueError(f"Cannot read the encoder weights {path}: {error}") from error
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):

@@ -68,7 +68,7 @@ def load_checkpoint(path: str, *, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         with open_path(path, "rb") as handle:
             state = torch.load(handle, map_location=map_location, weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as error:  # any unpickling failure means a bad file
         raise ValueError(
             f"Cannot read the checkpoint {path}: it is truncated or corrupt ({error}). The file "
             "was left as it is."

@@ -406,7 +406,7 @@ class DistributedContext:
         if self.is_main:
             try:
                 message[0] = ("ok", fn(*args, **kwargs))
-            except Exception as error:  # noqa: BLE001 - re-raised on every rank below
+            except Exception as error:  # re-raised on every rank below
                 message[0] = ("error", type(error).__name__, str(error))
         dist.broadcast_object_list(message, src=0)
         outcome = message[0]

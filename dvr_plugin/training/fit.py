@@ -600,7 +600,7 @@ def _clear_previous_demo(out_dir: str) -> None:
     if os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
         try:
             previous = load_config(config_path)
-        except Exception as error:  # noqa: BLE001 - unreadable: not ours to delete
+        except Exception as error:  # unreadable: not ours to delete
             raise ValueError(
                 f"{out_dir} holds a checkpoint that is not from an earlier demo; choose another "
                 f"output folder ({error})."

@@ -91,7 +91,7 @@ class TensorBoardLog:
             return
         try:
             self.writer = SummaryWriter(log_dir=str(log_dir))
-        except Exception as error:  # noqa: BLE001 - logging must never stop training
+        except Exception as error:  # logging must never stop training
             warnings.warn(f"TensorBoard logging disabled: {error}", stacklevel=2)
 
     def add(self, prefix: str, values: Mapping[str, Any], step: int) -> None:

@@ -312,7 +312,7 @@ def plot_run_curves(out_dir: str, terms: Sequence[str]) -> Optional[str]:
             os.path.join(out_dir, CURVES_NAME),
             terms=list(terms),
         )
-    except Exception as error:  # noqa: BLE001 - a plot must not fail a finished fit
+    except Exception as error:  # a plot must not fail a finished fit
         import warnings
 
         # stacklevel 3: the warning points at the caller of the trainer's fit().

@@ -406,9 +406,29 @@ def _run_dvr_mesh(
     return entry, views
 
 
+def volume_baseline_config(config: FitConfig) -> FitConfig:
+    """
+    The volume baseline's configuration: the scene's, with the field read as NeRF-style alpha.
+    The baseline composites occupancy probabilities along the ray, so a recipe that fits a
+    signed-distance field with a view-dependent head (the real-capture recipe) is trained here
+    as an occupancy field of the same size with DVR's texture head, the sphere start and the
+    SDF-only terms dropped, and its mask supervised by the occupancy / free-space weights (1 when
+    the recipe turned them off). Network size, encoding, optimiser, rays and steps stay the same.
+    """
+    if config.model.field_type == "occupancy" and config.model.colour == "texture":
+        return config
+    data = config.to_dict()
+    model, loss = data["model"], data["loss"]
+    model.update(field_type="occupancy", colour="texture", geometric_init_radius=None)
+    loss.update(eikonal=0.0, mask=0.0)
+    if loss["occupancy"] == 0 and loss["freespace"] == 0:
+        loss.update(occupancy=1.0, freespace=1.0)
+    return FitConfig.from_dict(data)
+
+
 def _run_volume(scene: _Scene) -> tuple[dict[str, Any], RenderedViews]:
     """(c) the NeRF-style volume baseline: train, render the held-out views, extract a mesh."""
-    config, val, device = scene.config, scene.val, scene.device
+    config, val, device = volume_baseline_config(scene.config), scene.val, scene.device
     volume = VolumeBaselineTrainer(
         config=config, train_data=scene.data.train, n_pts_per_ray=scene.options.n_pts_per_ray
     )

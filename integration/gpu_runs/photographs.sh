@@ -7,10 +7,11 @@
 # of the per-fit metrics and comparison grids.
 #
 #   bash integration/gpu_runs/photographs.sh ablation   # the candidates on the DTU-like cow
+#   bash integration/gpu_runs/photographs.sh key        # the main candidates, and scan 24
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
-[[ ${SMOKE:-0} != 1 && -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ ${SMOKE:-0}${CPU:-0} == 00 && -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
 set -u
 STAGE=${1:-ablation}
 DATA=${DVR_DATA_DIR:-../shared/data}
@@ -26,11 +27,22 @@ if [[ ${SMOKE:-0} == 1 ]]; then
          train.images_per_batch=1 train.rays_per_image=64 eval.validate_every=0 eval.mesh_resolution=32
          loss.eikonal_box_points=32 loss.mask_samples=8)
   VIEWS=(--views 0-48:8)
+elif [[ ${CPU:-0} == 1 ]]; then  # a small CPU version: 2 fits at a time, one thread each
+  DEVICE=cpu; SIZE="60 80"; POINTS=30000; RES=128; BUDGET=${BUDGET_CPU:-240}
+  EXTRA=(model.hidden_size=64 model.n_blocks=3 model.colour_hidden_size=64 model.colour_n_layers=2
+         train.images_per_batch=2 train.rays_per_image=512 "train.step_milestones={0: 16, 400: 32}"
+         eval.mesh_resolution=128 loss.eikonal_box_points=256 loss.mask_samples=32 optim.lr=1e-3)
+  ANNEAL_STEPS=${ANNEAL_STEPS:-600}; MAXJOBS=${MAXJOBS:-2}
+  export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+  VIEWS=()
 else
   VIEWS=()
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 fi
-COMMON=(train.time_budget_s=$BUDGET train.iterations=20000 eval.turntable_frames=0 eval.validate_every=0)
+# A training-time budget (GPU: every fit of a stage shares the GPU for the same time) or, with
+# ITERS, a fixed number of steps (CPU runs, where other work on the machine would skew a budget).
+if [[ -n ${ITERS:-} ]]; then LENGTH=(train.iterations=$ITERS); else LENGTH=(train.time_budget_s=$BUDGET train.iterations=20000); fi
+COMMON=("${LENGTH[@]}" eval.turntable_frames=0 eval.validate_every=0)
 
 scene() {  # $1 = mesh name, $2 = lighting, extra make-scene flags after
   local name=$1 lighting=$2; shift 2
@@ -53,33 +65,45 @@ fit() {  # $1 = run name, $2 = data folder, $3 = format, $4 = ground-truth mesh 
 }
 
 VIEWDEP=(model.colour=view_dependent)
-ANNEAL=(model.fourier_anneal_steps=1500 model.geometric_init_radius=0.3)
+ANNEAL=(model.fourier_anneal_steps=${ANNEAL_STEPS:-1500} model.geometric_init_radius=0.3)
+MAXJOBS=${MAXJOBS:-16}
+slot() { while (( $(jobs -rp | wc -l) >= MAXJOBS )); do wait -n; done; }  # at most MAXJOBS fits at once
 SDF=(model.field_type=sdf loss.eikonal=0.1 loss.mask=100 loss.freespace=0 loss.occupancy=0)
 
 case $STAGE in
 ablation)
   scene cow dtu --front-axis=-z & scene cow studio --front-axis=-z & wait
   GT=$D/scenes/cow_dtu/gt_mesh.ply
-  fit studio_current "$D/scenes/cow_studio" dtu "$D/scenes/cow_studio/gt_mesh.ply" data.downscale=1 &
-  fit dtu_current "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
-  fit dtu_viewdep "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" &
-  fit dtu_viewdep_anneal "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" "${ANNEAL[@]}" &
-  fit dtu_sdf "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" "${ANNEAL[@]}" "${SDF[@]}" &
+  slot; fit studio_current "$D/scenes/cow_studio" dtu "$D/scenes/cow_studio/gt_mesh.ply" data.downscale=1 &
+  slot; fit dtu_current "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
+  slot; fit dtu_viewdep "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" &
+  slot; fit dtu_viewdep_anneal "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" "${ANNEAL[@]}" &
+  slot; fit dtu_sdf "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" "${ANNEAL[@]}" "${SDF[@]}" &
   wait
   RUNS="studio_current dtu_current dtu_viewdep dtu_viewdep_anneal dtu_sdf"
+  ;;
+key)  # the main candidates on the DTU-like cow, and the view-dependent head on DTU scan 24
+  scene cow dtu --front-axis=-z
+  GT=$D/scenes/cow_dtu/gt_mesh.ply
+  slot; fit dtu_current "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
+  slot; fit dtu_viewdep "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" &
+  slot; fit dtu_sdf "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${VIEWDEP[@]}" "${ANNEAL[@]}" "${SDF[@]}" &
+  slot; fit scan24_viewdep "$DATA/dtu_scan24_384/scan24" monosdf - "${VIEWDEP[@]}" &
+  wait
+  RUNS="dtu_current dtu_viewdep dtu_sdf scan24_viewdep"
   ;;
 recipes)
   RECIPE=(${RECIPE:-})
   scene cow dtu --front-axis=-z & scene teapot dtu & scene teapot studio & wait
-  fit cow_dtu "$D/scenes/cow_dtu" dtu "$D/scenes/cow_dtu/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
-  fit teapot_dtu "$D/scenes/teapot_dtu" dtu "$D/scenes/teapot_dtu/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
-  fit teapot_studio "$D/scenes/teapot_studio" dtu "$D/scenes/teapot_studio/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
-  fit scan24_monosdf "$DATA/dtu_scan24_384/scan24" monosdf - "${RECIPE[@]}" &
-  fit scan24_idr "$DATA/dtu_scan24_neus_400/scan24" dtu - "${RECIPE[@]}" &
+  slot; fit cow_dtu "$D/scenes/cow_dtu" dtu "$D/scenes/cow_dtu/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
+  slot; fit teapot_dtu "$D/scenes/teapot_dtu" dtu "$D/scenes/teapot_dtu/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
+  slot; fit teapot_studio "$D/scenes/teapot_studio" dtu "$D/scenes/teapot_studio/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
+  slot; fit scan24_monosdf "$DATA/dtu_scan24_384/scan24" monosdf - "${RECIPE[@]}" &
+  slot; fit scan24_idr "$DATA/dtu_scan24_neus_400/scan24" dtu - "${RECIPE[@]}" &
   wait
   RUNS="cow_dtu teapot_dtu teapot_studio scan24_monosdf scan24_idr"
   ;;
-*) echo "usage: photographs.sh ablation|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|recipes"; exit 2 ;;
 esac
 
 $PY -m integration.gpu_runs.summarise_fits --work "$D" --runs $RUNS --out "$OUT/summary_$STAGE"

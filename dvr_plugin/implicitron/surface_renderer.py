@@ -1,46 +1,8 @@
 """
-DVR surface rendering inside PyTorch3D's Implicitron (``pytorch3d.implicitron``).
-
-Importing this module registers :class:`DVRSurfaceRenderer` in Implicitron's registry, so a
-``GenericModel`` selects it by name::
-
-    import integration.implicitron  # registers DVRSurfaceRenderer
-    from pytorch3d.implicitron.models.generic_model import GenericModel
-
-    cfg = integration.implicitron.generic_model_args()  # the example config, see below
-    model = GenericModel(**cfg)
-
-The renderer must be registered *before* Implicitron first expands ``GenericModel``'s config
-(the first ``get_default_args(GenericModel)`` or ``GenericModel(...)``): that is when the
-``renderer_<name>_args`` members are created for every registered renderer.
-
-How a ray is rendered: the ray bundle from Implicitron's raysampler gives the origins, the
-directions and, through its ``lengths`` (or ``bins``), the part of each ray to search
-``[min(lengths), max(lengths)]``, optionally clipped to a box. The implicit function is sampled
-there at ``n_steps`` equally spaced lengths without gradients, the first free -> occupied
-crossing is refined by bracketing secant steps (:func:`dvr_plugin.root_finding.find_surface`),
-and one more evaluation at the surface attaches DVR's implicit gradient of the length
-(:func:`dvr_plugin.implicit_gradient.attach_implicit_gradient`). The features (colours) are then
-evaluated at ``origin + length * direction``, so colour losses reach the geometry.
-
-Which value of the implicit function is the surface (``field_type``; ``"auto"`` decides from
-what the function returns):
-
-- ``"sdf"``: the first output channel is a signed distance, inside below ``level``. The default
-  for functions that return one tensor ``[sdf, features...]``, like ``IdrFeatureField`` (which
-  is called with flat ``rays_points_world``, exactly as ``SignedDistanceFunctionRenderer`` calls
-  it; every other function is called with ``ray_bundle=``). Their features are raw network
-  outputs, so ``feature_activation="auto"`` applies a sigmoid to them.
-- ``"occupancy"``: the density channel is an occupancy *logit*, inside above ``level`` (DVR's
-  convention, tau = 0.5 at logit 0). The default for every function that returns
-  ``(rays_densities, rays_features, aux)`` (e.g. ``NeuralRadianceFieldImplicitFunction``,
-  whose ``rays_densities`` are the raw, unbounded output of its density layer: they are read
-  as occupancy logits, as UNISURF does; its colours are used as they are).
-
-Lengths are in the units of the bundle's directions: Implicitron's raysamplers emit unit
-directions, so depths are Euclidean distances from the camera centre, as for Implicitron's
-other renderers (unnormalised, z-stepping directions give z-depth, as in the rest of
-``dvr_plugin``). The implicit gradient is correct for either.
+The Implicitron renderer :class:`DVRSurfaceRenderer` (registered in Implicitron's registry when
+this module is imported), the surface query over an Implicitron implicit function, and the
+example ``GenericModel`` config. The conventions (field types, lengths, units) are described in
+:mod:`dvr_plugin.implicitron`.
 """
 
 import math
@@ -49,10 +11,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from dvr_plugin.implicit_gradient import attach_implicit_gradient
-from dvr_plugin.rays import intersect_box
-from dvr_plugin.root_finding import MARCH_PRECISIONS, find_surface
-from dvr_plugin.surface_query import inside_sign, inside_values
+from ..implicit_gradient import attach_implicit_gradient
+from ..rays import intersect_box
+from ..root_finding import MARCH_PRECISIONS, find_surface
+from ..surface_query import inside_sign, inside_values
 
 _INSTALL_HINT = (
     "The Implicitron integration needs pytorch3d.implicitron and its imports omegaconf, "
@@ -77,7 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised only without Implic
 
 FIELD_TYPES = ("auto", "occupancy", "sdf")
 FEATURE_ACTIVATIONS = ("auto", "identity", "sigmoid")
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "implicitron_dvr.yaml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "generic_model.yaml"
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -222,7 +184,9 @@ class ImplicitronFunctionQuery:
         if n_rays == 0:  # no rays (e.g. none hit): one dummy ray keeps the shapes and graph
             dummy = lengths.new_zeros(1, 3)
             values, features = self.evaluate(
-                ray_ids.new_zeros(1), dummy, dummy + 1.0,
+                ray_ids.new_zeros(1),
+                dummy,
+                dummy + 1.0,
                 lengths.new_ones(1, n_points),
             )
             return values[:0], features[:0]
@@ -417,8 +381,7 @@ class DVRSurfaceRenderer(BaseRenderer, torch.nn.Module):
             )
         if self.march_precision not in MARCH_PRECISIONS:
             raise ValueError(
-                f"march_precision must be one of {MARCH_PRECISIONS}, "
-                f"got {self.march_precision!r}."
+                f"march_precision must be one of {MARCH_PRECISIONS}, got {self.march_precision!r}."
             )
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}.")
@@ -522,7 +485,8 @@ class DVRSurfaceRenderer(BaseRenderer, torch.nn.Module):
         active = torch.nonzero(~missed, as_tuple=True)[0]
         if active.numel() > 0:
             n_steps = (
-                self.n_steps_training if mode == EvaluationMode.TRAINING
+                self.n_steps_training
+                if mode == EvaluationMode.TRAINING
                 else self.n_steps_evaluation
             )
             search = find_surface(
@@ -668,7 +632,7 @@ def generic_model_args(
 ) -> DictConfig:
     """
     ``GenericModel``'s default config merged with a YAML file of GenericModel settings (the
-    example ``integration/configs/implicitron_dvr.yaml`` by default) and keyword overrides.
+    example ``dvr_plugin/implicitron/generic_model.yaml`` by default) and keyword overrides.
 
     Args:
         config_path: a YAML file of GenericModel settings, or ``None`` for the defaults only.
@@ -686,7 +650,7 @@ def generic_model_args(
     if "renderer_DVRSurfaceRenderer_args" not in defaults:
         raise ValueError(
             "GenericModel's config was built before DVRSurfaceRenderer was registered: import "
-            "integration.implicitron before the first get_default_args(GenericModel) / "
+            "dvr_plugin.implicitron before the first get_default_args(GenericModel) / "
             "GenericModel(...) of the process."
         )
     configs = [defaults]
