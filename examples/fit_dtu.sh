@@ -6,9 +6,10 @@
 # the original 1600x1200 resolution; the loader adjusts the intrinsics for crop and resize).
 # The scale_mat unit sphere is mapped to a sphere of radius 0.5, so the object lies inside DVR's
 # unit cube. Every 8th view is held out.
-# Settings: dvr_plugin/configs/dtu.yaml, following DVR's multi-view setting: one image per step,
-# 2048 pixels in 2x2 patches, RGB + image-gradient + free-space + occupancy + normal losses;
-# images shrunk 4x (96x96) on a CPU, 2x on a GPU. Extra arguments are config overrides.
+# Settings: dvr_plugin/configs/dtu.yaml, the real-capture recipe (docs/real_data.md): a
+# signed-distance field started as a sphere, eikonal and soft mask terms, a view-dependent colour
+# head, Fourier features faded in; DVR's 2048 pixels in 2x2 patches with the image-gradient and
+# normal terms; images shrunk 4x (96x96) on a CPU, 2x on a GPU. Extra arguments are overrides.
 # For the IDR / NeuS layout (cameras_sphere.npz, image/, mask/) use instead:
 #   DATA=../shared/data/dtu_scan24_neus_400/scan24 FORMAT=dtu examples/fit_dtu.sh data.downscale=2
 #
