@@ -673,10 +673,7 @@ def error_figure(
         per panel, the axis limits drawn: ``{"x": (lo, hi), "y": ..., "z": ...}`` (plot axes:
         data x, z, y).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     from pytorch3d.ops import knn_points, sample_points_from_meshes
 
     from .metrics import normalize_meshes
@@ -690,7 +687,8 @@ def error_figure(
     to_gt = knn_points(pred_points, gt_points).dists[0, :, 0].sqrt()
     to_pred = knn_points(gt_points, pred_points).dists[0, :, 0].sqrt()
     cx, cy, cz, half = equal_axis_limits(torch.cat([pred_points[0], gt_points[0]]).cpu())
-    figure, axes = plt.subplots(1, 2, figsize=(10, 5), subplot_kw={"projection": "3d"})
+    figure = Figure(figsize=(10, 5))
+    axes = figure.subplots(1, 2, subplot_kw={"projection": "3d"})
     limit = max(float(to_gt.quantile(0.99)), float(to_pred.quantile(0.99)), 1e-6)
     drawn = []
     for axis, points, dist, title in (
@@ -723,7 +721,6 @@ def error_figure(
     )
     with open_path(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=120)
-    plt.close(figure)
     return drawn
 
 

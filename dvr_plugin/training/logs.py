@@ -121,16 +121,14 @@ def plot_curves(
     Returns:
         ``out_png``, or ``None`` when there was nothing to plot.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     train = read_csv(train_csv)
     val = read_csv(val_csv)
     if not train.get("step") and not val.get("step"):
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     steps = train.get("step", [])
     for name in ["loss", *terms]:
         values = train.get(name)
@@ -166,7 +164,6 @@ def plot_curves(
     fig.tight_layout()
     with atomic_write(str(out_png), "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)
     return str(out_png)
 
 

@@ -80,10 +80,7 @@ def comparison_figure(
         title: figure title.
         path: the PNG written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     if not views:
         raise ValueError("comparison_figure needs at least one view.")
@@ -91,9 +88,8 @@ def comparison_figure(
     n_rows, n_cols = len(rows) + 1, len(PANELS) * len(views)
     panel = 1.5
     dpi = max(100, int(round(max(height, width) / panel)))
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(n_cols * panel + 1.2, n_rows * panel + 0.6), squeeze=False
-    )
+    fig = Figure(figsize=(n_cols * panel + 1.2, n_rows * panel + 0.6))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     blank = torch.ones(height, width, 3)
     names = list(view_names) if view_names is not None else [str(v) for v in views]
 
@@ -148,4 +144,3 @@ def comparison_figure(
         fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.08, right=0.995, top=0.9, bottom=0.01, wspace=0.03, hspace=0.05)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
