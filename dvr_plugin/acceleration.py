@@ -42,9 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .field import evaluate_field, field_type_of
-from .root_finding import MARCH_PRECISIONS, reduced_precision
-
-UNIT_CUBE_BOUNDS = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
+from .precision import check_precision, reduced_precision
+from .rays import UNIT_CUBE_BOUNDS
 
 InsideFunction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -188,8 +187,7 @@ class OccupancyGrid(nn.Module):
             raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-        if precision not in MARCH_PRECISIONS:
-            raise ValueError(f"precision must be one of {MARCH_PRECISIONS}, got {precision!r}.")
+        check_precision(precision)
         if latent is not None and (latent.dim() != 2 or latent.shape[0] != 1):
             raise ValueError(
                 f"latent must have shape (1, C) (one scene), got {tuple(latent.shape)}."

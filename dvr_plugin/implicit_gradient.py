@@ -50,8 +50,7 @@ from typing import NamedTuple
 
 import torch
 
-from .root_finding import InsideQuery
-from .surface_query import FieldQuery, inside_sign
+from .surface_query import FieldQuery, InsideQuery, inside_sign
 
 
 class SurfaceGeometry(NamedTuple):

@@ -27,8 +27,9 @@ four numbers per round (one synchronisation) to know whether to go on and with w
 :class:`MarchGraphs` records ``prepare`` and every round size as CUDA graphs per ray bucket
 (the next power of two, capped at ``max_rays``; larger batches go through in pieces) and
 replays them: one launch per round instead of ~40, with the same safety rules as
-:mod:`dvr_plugin.refine_graphs` (static input buffers; keyed by the storage of the field's
-parameters and of the grid; falls back to eager on any recording error).
+:mod:`dvr_plugin.refine_graphs` (the cache of :mod:`dvr_plugin.graph_cache`; static input
+buffers; keyed by the storage of the field's parameters and of the grid; falls back to eager on
+any recording error).
 """
 
 from __future__ import annotations
@@ -38,12 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .refine_graphs import GraphCache, field_storage_key, fill_padded, side_stream
-from .surface_query import FieldQuery
+from .graph_cache import GraphCache, field_storage_key, fill_padded, side_stream
+from .surface_query import FieldQuery, InsideQuery
 
 if TYPE_CHECKING:  # pragma: no cover
     from .acceleration import OccupancyGrid
-    from .root_finding import InsideQuery
 
 # The most samples looked up in the grid at once while preparing a march.
 PREPARE_SAMPLE_BUDGET = 2**21

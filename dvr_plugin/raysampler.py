@@ -23,12 +23,18 @@ from .acceleration import OccupancyGrid
 from .field import FIELD_TYPES
 from .implicit_gradient import attach_implicit_gradient
 from .march_graphs import MarchGraphs
-from .rays import check_camera_batch, intersect_box, ndc_grid, pixel_count, rays_from_cameras
+from .precision import REFINE_PRECISIONS, check_precision
+from .rays import (
+    UNIT_CUBE_BOUNDS,
+    check_camera_batch,
+    intersect_box,
+    ndc_grid,
+    pixel_count,
+    rays_from_cameras,
+)
 from .refine_graphs import RefinementGraphs
-from .root_finding import MARCH_PRECISIONS, REFINE_PRECISIONS, find_surface
+from .root_finding import find_surface
 from .surface_query import FieldQuery, VolumetricFunctionQuery
-
-UNIT_CUBE_BOUNDS = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
 
 
 class SurfaceRayBundle(NamedTuple):
@@ -184,15 +190,8 @@ class SecantRaysampler(nn.Module):
         self.differentiable_normals = differentiable_normals
         self.grad_eps = grad_eps
         self.check_finite = check_finite
-        if march_precision not in MARCH_PRECISIONS:
-            raise ValueError(
-                f"march_precision must be one of {MARCH_PRECISIONS}, got {march_precision!r}."
-            )
-        if refine_precision not in REFINE_PRECISIONS:
-            raise ValueError(
-                f"refine_precision must be one of {REFINE_PRECISIONS}, "
-                f"got {refine_precision!r}."
-            )
+        check_precision(march_precision, name="march_precision")
+        check_precision(refine_precision, name="refine_precision", choices=REFINE_PRECISIONS)
         if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
             raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}.")
         if occupancy_grid is not None and not isinstance(occupancy_grid, OccupancyGrid):

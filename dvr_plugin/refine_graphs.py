@@ -1,7 +1,7 @@
 """
 CUDA graphs for the secant refinement of the root finder.
 
-The refinement (:func:`dvr_plugin.root_finding._refine`) is a short sequential loop: per step one
+The refinement (:func:`dvr_plugin.secant.refine_brackets`) is a short sequential loop: per step one
 field evaluation on one point per ray and a dozen element-wise kernels. On a GPU a training step
 spends most of that time launching kernels, not computing (docs/performance.md). A CUDA graph
 records the whole loop once for a fixed number of rays and replays it with a single launch.
@@ -25,71 +25,14 @@ may select another matmul kernel) and safe:
 
 from __future__ import annotations
 
-import warnings
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .root_finding import reduced_precision
+from .graph_cache import GraphCache, RecordedGraph, field_storage_key, fill_padded, side_stream
+from .precision import reduced_precision
+from .secant import refine_brackets
 from .surface_query import FieldQuery
-
-RefineFunction = Callable[..., torch.Tensor]
-
-
-class _Recorded:
-    """One recorded refinement: its input buffers, its output and the graph."""
-
-    def __init__(self, *, graph: torch.cuda.CUDAGraph, inputs: dict, output: torch.Tensor):
-        self.graph = graph
-        self.inputs = inputs
-        self.output = output
-
-
-class GraphCache:
-    """
-    Recorded CUDA graphs by key, shared by :class:`RefinementGraphs` and
-    :class:`dvr_plugin.march_graphs.MarchGraphs`: the least recently used entry is dropped past
-    ``max_entries``, and a key whose recording failed is remembered (with one warning) so that
-    its work runs eagerly from then on. All entries record into one memory pool.
-    """
-
-    def __init__(self, *, max_entries: int, what: str) -> None:
-        self.max_entries = max_entries
-        self.what = what
-        self._entries: OrderedDict[tuple, Any] = OrderedDict()
-        self._failed: set[tuple] = set()
-        self._pool: Any = None
-
-    @property
-    def pool(self) -> Any:
-        """The graphs' memory pool (created on first use)."""
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        return self._pool
-
-    def get(self, key: tuple, record: Callable[[], Any]) -> Any | None:
-        """The entry of ``key``, recorded by ``record()`` if new; ``None``: run eagerly."""
-        if key in self._failed:
-            return None
-        entry = self._entries.get(key)
-        if entry is None:
-            try:
-                entry = record()
-            except Exception as error:  # any failure: fall back, say why once
-                self._failed.add(key)
-                warnings.warn(
-                    f"Recording a CUDA graph of {self.what} failed ({error}); running it "
-                    "eagerly for this field and batch size.",
-                    stacklevel=4,
-                )
-                return None
-            self._entries[key] = entry
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        self._entries.move_to_end(key)
-        return entry
 
 
 class RefinementGraphs:
@@ -136,7 +79,6 @@ class RefinementGraphs:
 
     def refine(
         self,
-        refine: RefineFunction,
         query: FieldQuery,
         *,
         ray_ids: torch.Tensor,
@@ -150,10 +92,9 @@ class RefinementGraphs:
         precision: str,
     ) -> torch.Tensor:
         """
-        ``refine(query, ...)`` (the eager refinement, see :func:`_refine`) through a graph.
+        :func:`dvr_plugin.secant.refine_brackets` (the eager refinement) through a graph.
 
         Args:
-            refine: the eager refinement function, recorded into the graph.
             query: the field query (its ``latent`` rows are looked up by ``ray_ids``).
             ray_ids: `(h,)` ids of the rays in ``query``.
             origins, directions: `(h, 3)`.
@@ -175,10 +116,10 @@ class RefinementGraphs:
         if latent is not None:
             arrays["latent"] = latent
         recorded = self._cache.get(
-            key, lambda: self._record(refine, query, arrays, bucket, n_secant_steps, precision)
+            key, lambda: self._record(query, arrays, bucket, n_secant_steps, precision)
         )
         if recorded is None:
-            return self._run(refine, query, arrays, n_secant_steps, precision)
+            return self._run(query, arrays, n_secant_steps, precision)
         fill_padded(recorded.inputs, arrays, n_rays)
         recorded.graph.replay()
         self.replays += 1
@@ -194,7 +135,7 @@ class RefinementGraphs:
         )
 
     @staticmethod
-    def _run(refine, query, buffers, n_secant_steps, precision) -> torch.Tensor:
+    def _run(query, buffers, n_secant_steps, precision) -> torch.Tensor:
         n_rays = buffers["origins"].shape[0]
         inner = FieldQuery(
             field=query.field, level=query.level, field_type=query.field_type,
@@ -207,13 +148,13 @@ class RefinementGraphs:
         with reduced_precision(precision, origins.device):
             at_out = inner(ids, origins, directions, ends_d[:, :1])[:, 0].to(ends_s.dtype)
         s_out = torch.where(torch.isnan(ends_s[:, 0]), at_out, ends_s[:, 0])
-        return refine(
+        return refine_brackets(
             inner, ids, origins, directions, ends_d[:, 0], s_out,
             ends_d[:, 1], ends_s[:, 1], n_secant_steps, False, precision,
             low=buffers["low"], high=buffers["high"],
         )
 
-    def _record(self, refine, query, arrays, bucket, n_secant_steps, precision) -> _Recorded:
+    def _record(self, query, arrays, bucket, n_secant_steps, precision) -> RecordedGraph:
         n_rays = arrays["origins"].shape[0]
         inputs = {
             name: value.new_empty((bucket, *value.shape[1:])) for name, value in arrays.items()
@@ -224,7 +165,7 @@ class RefinementGraphs:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._run(refine, query, inputs, n_secant_steps, precision)
+                self._run(query, inputs, n_secant_steps, precision)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # record on the warm-up stream too: each stream holds its own cuBLAS workspace
@@ -233,35 +174,6 @@ class RefinementGraphs:
         with torch.cuda.graph(
             graph, pool=self._cache.pool, stream=side, capture_error_mode="thread_local"
         ):
-            output = self._run(refine, query, inputs, n_secant_steps, precision)
+            output = self._run(query, inputs, n_secant_steps, precision)
         self.recordings += 1
-        return _Recorded(graph=graph, inputs=inputs, output=output)
-
-
-def field_storage_key(field: torch.nn.Module) -> tuple:
-    """
-    What a recorded graph of ``field`` depends on: the module and the storage (address, shape,
-    dtype) of its parameters and buffers, which in-place updates keep and replacements change.
-    """
-    tensors = list(field.parameters()) + list(field.buffers())
-    return (id(field), tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors))
-
-
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
-
-
-def side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One warm-up stream per device (each new stream would hold its own cuBLAS workspace)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SIDE_STREAMS:
-        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
-    return _SIDE_STREAMS[index]
-
-
-def fill_padded(buffers: dict, arrays: dict, n_rays: int) -> None:
-    """Copy ``arrays`` into the first rows of ``buffers``; repeat the first row after them."""
-    for name, value in arrays.items():
-        buffer = buffers[name]
-        buffer[:n_rays].copy_(value)
-        if buffer.shape[0] > n_rays:
-            buffer[n_rays:].copy_(value[:1].expand(buffer.shape[0] - n_rays, *value.shape[1:]))
+        return RecordedGraph(graph=graph, inputs=inputs, output=output)

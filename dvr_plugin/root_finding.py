@@ -51,21 +51,19 @@ How the march is carried out (none of this changes which bracket is found, excep
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .acceleration import OccupancyGrid
-    from .march_graphs import MarchGraphs
-    from .refine_graphs import RefinementGraphs
-
-InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-MARCH_PRECISIONS = ("auto", "float32", "tf32", "bfloat16")
-REFINE_PRECISIONS = ("float32", "tf32", "bfloat16")
+from .precision import REFINE_PRECISIONS, check_precision, reduced_precision, resolve_precision
+from .secant import (
+    bracket_slope,
+    check_finite_values,
+    evaluate_query,
+    polish_root,
+    refine_brackets,
+)
+from .surface_query import InsideQuery
 
 # The most samples whose bookkeeping (a few bytes each) is held at once during the march.
 MARCH_SAMPLE_BUDGET = 2**22
@@ -74,38 +72,54 @@ MARCH_SAMPLE_BUDGET = 2**22
 MARCH_ROUND_POINTS = 2**16
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
+class OccupancyTest(Protocol):
     """
-    The precision actually used on ``device``: ``"auto"`` is ``"tf32"`` on CUDA and
-    ``"float32"`` elsewhere; reduced precisions are ``"float32"`` off CUDA.
+    What the march asks of an occupancy grid (:class:`dvr_plugin.acceleration.OccupancyGrid`).
+
+    Members:
+        all_occupied: whether no cell is marked empty (then nothing can be skipped).
+        occupied_at: `(..., 3)` world points -> `(...)` bool, the point's cell may hold surface.
     """
-    if precision not in MARCH_PRECISIONS:
-        raise ValueError(f"precision must be one of {MARCH_PRECISIONS}, got {precision!r}.")
-    if torch.device(device).type != "cuda":
-        return "float32"
-    return "tf32" if precision == "auto" else precision
+
+    @property
+    def all_occupied(self) -> Any: ...
+
+    def occupied_at(self, points: torch.Tensor) -> torch.Tensor: ...
 
 
-@contextmanager
-def reduced_precision(precision: str, device: torch.device | str) -> Iterator[None]:
-    """TF32 matmuls or bfloat16 autocast on CUDA for the code inside; a no-op elsewhere."""
-    precision = resolve_precision(precision, device)
-    if precision == "float32":
-        yield
-        return
-    if precision == "bfloat16":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            yield
-        return
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+class GridMarch(Protocol):
+    """
+    A replacement of the eager grid march (:class:`dvr_plugin.march_graphs.MarchGraphs`).
+
+    ``supports(query, device)`` says whether ``march`` can run this query; ``march(query, grid,
+    *, ray_ids, origins, directions, near, spacing, n_steps, block, precision, check_finite)``
+    takes `(M,)` ids, `(M, 3)` rays and `(M,)` near / spacing and returns the `(M,)` first inside
+    index (``n_steps`` where none), its value and the value before it (NaN where not
+    evaluated), or ``None`` to have the eager march run instead.
+    """
+
+    def supports(self, query: InsideQuery, device: torch.device) -> bool: ...
+
+    def march(
+        self, query: InsideQuery, grid: OccupancyTest, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None: ...
 
 
-_reduced_precision = reduced_precision  # the earlier private name
+class BracketRefinement(Protocol):
+    """
+    A replacement of the eager secant refinement
+    (:class:`dvr_plugin.refine_graphs.RefinementGraphs`).
+
+    ``supports(query, device, precision)`` says whether ``refine`` can run this query;
+    ``refine(query, *, ray_ids, origins, directions, ends_d, ends_s, low, high,
+    n_secant_steps, precision)`` takes `(h,)` ids, `(h, 3)` rays, `(h, 2)` bracket depths and
+    values (outside end first; an outside value may be NaN: it evaluates it) and `(h,)` limits,
+    and returns the `(h,)` depths :func:`dvr_plugin.secant.refine_brackets` would.
+    """
+
+    def supports(self, query: InsideQuery, device: torch.device, precision: str) -> bool: ...
+
+    def refine(self, query: InsideQuery, **kwargs: Any) -> torch.Tensor: ...
 
 
 class SurfaceSearch(NamedTuple):
@@ -121,36 +135,6 @@ class SurfaceSearch(NamedTuple):
     depth: torch.Tensor
     hit: torch.Tensor
     started_inside: torch.Tensor
-
-
-def _check_finite(values: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(values).all()):
-        bad = int((~torch.isfinite(values)).sum())
-        raise ValueError(
-            f"The field returned non-finite values (NaN or inf) at {bad} of {values.numel()} "
-            f"{what}."
-        )
-
-
-def _evaluate(
-    query: InsideQuery,
-    ray_ids: torch.Tensor,
-    origins: torch.Tensor,
-    directions: torch.Tensor,
-    lengths: torch.Tensor,
-    check_finite: bool,
-    what: str,
-) -> torch.Tensor:
-    """``query`` on `(r, k)` lengths, shape-checked; `(r, k)` values in the rays' dtype."""
-    values = query(ray_ids, origins, directions, lengths)
-    if values.shape != lengths.shape:
-        raise ValueError(
-            f"The surface query returned shape {tuple(values.shape)}, "
-            f"expected {tuple(lengths.shape)}."
-        )
-    if check_finite:
-        _check_finite(values, what)
-    return values.to(lengths.dtype)
 
 
 class _FirstInside(NamedTuple):
@@ -203,7 +187,7 @@ def _march_chunk_dense(
         for i in range(0, active.shape[0], rows):
             sub = active[i : i + rows]
             parts.append(
-                _evaluate(
+                evaluate_query(
                     query, ray_ids[sub], origins[sub], directions[sub], depths[i : i + rows],
                     check_finite, "marching points",
                 )
@@ -239,7 +223,7 @@ def _march_chunk_grid(
     block: int,
     chunk_size: int | None,
     check_finite: bool,
-    grid: OccupancyGrid,
+    grid: OccupancyTest,
 ) -> _FirstInside:
     """
     Only the samples in occupied cells, a block of them per ray at a time, with early exit.
@@ -278,7 +262,7 @@ def _march_chunk_grid(
         n_points = depths.shape[0]
         size = n_points if chunk_size is None else chunk_size
         parts = [
-            _evaluate(
+            evaluate_query(
                 query, ray_ids[rays[i : i + size]], origins[rays[i : i + size]],
                 directions[rays[i : i + size]], depths[i : i + size, None], check_finite,
                 "marching points",
@@ -301,109 +285,6 @@ def _march_chunk_grid(
         low = high
         active = active[~found & (counts[active] > low)]
     return _FirstInside(index, value, previous)
-
-
-def _polish(
-    query: InsideQuery,
-    ray_ids: torch.Tensor,
-    origins: torch.Tensor,
-    directions: torch.Tensor,
-    estimate: torch.Tensor,
-    slope: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-    check_finite: bool,
-) -> torch.Tensor:
-    """
-    Full-precision finish of a reduced-precision root ``estimate`` (its error is about the
-    field's reduced-precision error over its slope): evaluate there, take a Newton step with
-    the approximate ``slope`` and return the secant through the two full-precision points,
-    kept within ``[low, high]``.
-    """
-    s_a = _evaluate(query, ray_ids, origins, directions, estimate[:, None], check_finite, "ends")
-    s_a = s_a[:, 0]
-    other = torch.minimum(torch.maximum(estimate - s_a / slope, low), high)
-    s_b = _evaluate(query, ray_ids, origins, directions, other[:, None], check_finite, "ends")
-    s_b = s_b[:, 0]
-    spread = s_b - s_a
-    usable = (spread != 0) & (other != estimate)
-    root = estimate - s_a * (other - estimate) / torch.where(usable, spread, 1.0)
-    root = torch.where(usable, root, estimate)
-    return torch.minimum(torch.maximum(root, low), high)
-
-
-def _refine(
-    query: InsideQuery,
-    ray_ids: torch.Tensor,
-    origins: torch.Tensor,
-    directions: torch.Tensor,
-    d_out: torch.Tensor,
-    s_out: torch.Tensor,
-    d_in: torch.Tensor,
-    s_in: torch.Tensor,
-    n_secant_steps: int,
-    check_finite: bool,
-    precision: str = "float32",
-    *,
-    low: torch.Tensor | None = None,
-    high: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """
-    Illinois regula falsi on brackets with ``s_out <= 0 < s_in``; returns `(h,)` depths.
-
-    The state is kept as `(h, 2)` tensors (column 0 the outside end, column 1 the inside end)
-    so that a step is one field evaluation and a dozen small kernels. With a reduced
-    ``precision`` the secant steps run in it and the result is finished in full precision by
-    :func:`_polish` (two more evaluations), within ``[low, high]`` (default: the bracket).
-    """
-    precision = resolve_precision(precision, d_out.device)
-    ends = torch.stack([d_out, d_in], dim=1)
-    values = torch.stack([s_out, s_in], dim=1).to(ends.dtype)
-    weights = values.clone()  # the values, halved at an end kept twice in a row (Illinois)
-    last_side = torch.full_like(d_out, -1, dtype=torch.long)
-    with reduced_precision(precision, d_out.device):
-        for _ in range(n_secant_steps):
-            w_out, w_in = weights[:, 0], weights[:, 1]
-            spread = w_in - w_out
-            valid = spread > 0  # False only for a bracket broken by a reduced-precision march
-            secant = (ends[:, 0] * w_in - ends[:, 1] * w_out) / torch.where(valid, spread, 1.0)
-            d_mid = torch.where(valid, secant, ends.mean(dim=1))
-            s_mid = _evaluate(
-                query, ray_ids, origins, directions, d_mid[:, None], check_finite,
-                "secant points",
-            )
-            side = (s_mid > 0).long()  # (h, 1): the end the new point replaces
-            ends.scatter_(1, side, d_mid[:, None])
-            values.scatter_(1, side, s_mid)
-            weights.mul_(torch.where(side[:, 0] == last_side, 0.5, 1.0)[:, None])
-            weights.scatter_(1, side, s_mid)
-            last_side = side[:, 0]
-    estimate = _bracket_estimate(ends, values)
-    if precision == "float32":
-        return estimate
-    slope = _slope(torch.stack([s_out, s_in], dim=1), torch.stack([d_out, d_in], dim=1))
-    return _polish(
-        query, ray_ids, origins, directions, estimate, torch.where(slope > 0, slope, 1.0),
-        d_out if low is None else low, d_in if high is None else high, check_finite,
-    )
-
-
-def _slope(values: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """`(h,)` secant slope of `(h, 2)` brackets; 0 where it is not finite."""
-    width = (ends[:, 1] - ends[:, 0]).clamp(min=torch.finfo(ends.dtype).tiny)
-    slope = (values[:, 1] - values[:, 0]).to(ends.dtype) / width
-    return torch.where(torch.isfinite(slope), slope, 0.0)
-
-
-def _bracket_estimate(ends: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The secant estimate of `(h, 2)` brackets, kept inside; a broken one gives its middle."""
-    d_out, d_in = ends[:, 0], ends[:, 1]
-    s_out, s_in = values[:, 0], values[:, 1]
-    denominator = s_in - s_out
-    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    estimate = d_out - s_out * (d_in - d_out) / safe
-    estimate = torch.minimum(torch.maximum(estimate, d_out), d_in)
-    return torch.where(denominator > 0, estimate, 0.5 * (d_in + d_out))
 
 
 def default_block_size(n_steps: int, *, grid: bool) -> int:
@@ -434,9 +315,9 @@ def find_surface(
     refine_precision: str = "float32",
     early_exit: bool = True,
     block_size: int | None = None,
-    occupancy_grid: OccupancyGrid | None = None,
-    refine_graphs: RefinementGraphs | None = None,
-    march_graphs: MarchGraphs | None = None,
+    occupancy_grid: OccupancyTest | None = None,
+    refine_graphs: BracketRefinement | None = None,
+    march_graphs: GridMarch | None = None,
 ) -> SurfaceSearch:
     """
     Find the first free -> occupied crossing along each of ``M`` rays (see the module docstring).
@@ -481,14 +362,8 @@ def find_surface(
         raise ValueError(f"n_secant_steps must be >= 0, got {n_secant_steps}.")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be positive or None, got {chunk_size}.")
-    if march_precision not in MARCH_PRECISIONS:
-        raise ValueError(
-            f"march_precision must be one of {MARCH_PRECISIONS}, got {march_precision!r}."
-        )
-    if refine_precision not in REFINE_PRECISIONS:
-        raise ValueError(
-            f"refine_precision must be one of {REFINE_PRECISIONS}, got {refine_precision!r}."
-        )
+    check_precision(march_precision, name="march_precision")
+    check_precision(refine_precision, name="refine_precision", choices=REFINE_PRECISIONS)
     if block_size is not None and block_size < 1:
         raise ValueError(f"block_size must be positive or None, got {block_size}.")
     if origins.dim() != 2 or origins.shape[-1] != 3 or directions.shape != origins.shape:
@@ -570,27 +445,27 @@ def find_surface(
         graphed = refine_graphs is not None and refine_graphs.supports(query, device, refine)
         if march != "float32" and refine == "float32":
             marched = ends_s
-            ends_s = _evaluate(query, ids, o, w, ends_d, check_finite, "bracket ends")
+            ends_s = evaluate_query(query, ids, o, w, ends_d, check_finite, "bracket ends")
         else:  # keep the march's values; evaluate the ends it skipped (empty grid cells)
             marched = None
             missing = torch.isnan(ends_s[:, 0])  # the graphs evaluate these themselves
             if not graphed and bool(missing.any()):
                 lost = torch.nonzero(missing, as_tuple=True)[0]
                 with reduced_precision(refine, device):
-                    ends_s[lost, 0] = _evaluate(
+                    ends_s[lost, 0] = evaluate_query(
                         query, ids[lost], o[lost], w[lost], ends_d[lost, :1], check_finite,
                         "bracket ends",
                     )[:, 0]
         if graphed:
             found = refine_graphs.refine(
-                _refine, query, ray_ids=ids, origins=o, directions=w, ends_d=ends_d,
+                query, ray_ids=ids, origins=o, directions=w, ends_d=ends_d,
                 ends_s=ends_s, low=low, high=high, n_secant_steps=n_secant_steps,
                 precision=refine,
             )
             if check_finite:
-                _check_finite(found, "refined depths")
+                check_finite_values(found, "refined depths")
         else:
-            found = _refine(
+            found = refine_brackets(
                 query, ids, o, w, ends_d[:, 0], ends_s[:, 0], ends_d[:, 1], ends_s[:, 1],
                 n_secant_steps, check_finite, refine, low=low, high=high,
             )
@@ -598,9 +473,9 @@ def find_surface(
             broken = ~((ends_s[:, 0] <= 0) & (ends_s[:, 1] > 0))
             if bool(broken.any()):
                 b = torch.nonzero(broken, as_tuple=True)[0]
-                slope = _slope(marched[b], ends_d[b])
-                slope = torch.where(slope > 0, slope, _slope(ends_s[b], ends_d[b]).abs())
-                found[b] = _polish(
+                slope = bracket_slope(marched[b], ends_d[b])
+                slope = torch.where(slope > 0, slope, bracket_slope(ends_s[b], ends_d[b]).abs())
+                found[b] = polish_root(
                     query, ids[b], o[b], w[b], found[b], torch.where(slope > 0, slope, 1.0),
                     low[b], high[b], check_finite,
                 )

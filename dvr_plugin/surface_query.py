@@ -17,6 +17,7 @@ or a camera index can follow each ray into any chunk.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,9 @@ import torch.autograd.forward_ad as forward_ad
 from pytorch3d.renderer.implicit.utils import RayBundle
 
 from .field import FIELD_TYPES, evaluate_field, field_type_of
+
+# query(ray_ids (r,), origins (r, 3), directions (r, 3), lengths (r, k)) -> inside values (r, k)
+InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def inside_sign(field_type: str) -> float:

@@ -14,8 +14,7 @@ from torch import nn
 
 from dvr_plugin.field import FieldOutput, OccupancyTextureField
 from dvr_plugin.implicit_gradient import attach_implicit_gradient
-from dvr_plugin.rays import intersect_box
-from dvr_plugin.raysampler import UNIT_CUBE_BOUNDS
+from dvr_plugin.rays import UNIT_CUBE_BOUNDS, intersect_box
 from dvr_plugin.root_finding import find_surface
 from dvr_plugin.surface_query import FieldQuery
 

@@ -13,10 +13,12 @@ import pytest
 import torch
 from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
+import dvr_plugin.precision as precision_module
 import dvr_plugin.root_finding as root_finding
+import dvr_plugin.secant as secant
 from dvr_plugin.acceleration import OccupancyGrid
-from dvr_plugin.rays import intersect_box, ndc_grid, rays_from_cameras
-from dvr_plugin.raysampler import UNIT_CUBE_BOUNDS, SecantRaysampler
+from dvr_plugin.rays import UNIT_CUBE_BOUNDS, intersect_box, ndc_grid, rays_from_cameras
+from dvr_plugin.raysampler import SecantRaysampler
 from dvr_plugin.renderer import DVRRenderer
 from dvr_plugin.root_finding import find_surface
 from dvr_plugin.shapes import SphereField, demo_scene
@@ -117,12 +119,13 @@ def test_rays_starting_inside_are_found_with_a_grid():
 
 def _fake_reduced_precision(monkeypatch):
     """On CPU, pretend reduced precision is on: the query below then perturbs its values."""
-    original = root_finding.resolve_precision
+    original = precision_module.resolve_precision
 
     def resolve(precision, device):
         return "tf32" if precision in ("tf32", "auto") else original(precision, device)
 
-    monkeypatch.setattr(root_finding, "resolve_precision", resolve)
+    for module in (precision_module, root_finding, secant):
+        monkeypatch.setattr(module, "resolve_precision", resolve)
 
 
 class _PerturbedQuery:

@@ -13,8 +13,8 @@ from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 import dvr_plugin.root_finding as root_finding
 from dvr_plugin.acceleration import OccupancyGrid
 from dvr_plugin.march_graphs import FixedShapeGridMarch, MarchGraphs, points_per_round
-from dvr_plugin.rays import intersect_box, ndc_grid, rays_from_cameras
-from dvr_plugin.raysampler import UNIT_CUBE_BOUNDS, SecantRaysampler
+from dvr_plugin.rays import UNIT_CUBE_BOUNDS, intersect_box, ndc_grid, rays_from_cameras
+from dvr_plugin.raysampler import SecantRaysampler
 from dvr_plugin.renderer import DVRRenderer
 from dvr_plugin.surface_query import FieldQuery
 

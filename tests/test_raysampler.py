@@ -282,7 +282,7 @@ def test_bad_input_raises():
 
 def test_broken_brackets_fall_back_to_bisection():
     """Bracket ends that do not change sign (a reduced-precision march) give no NaN."""
-    from dvr_plugin.root_finding import _refine
+    from dvr_plugin.secant import refine_brackets
 
     def query(ray_ids, origins, directions, lengths):
         flat = torch.ones_like(lengths)  # ray 2: constant, no root at all
@@ -293,7 +293,7 @@ def test_broken_brackets_fall_back_to_bisection():
     d_in = torch.tensor([1.5, 1.4, 0.4])
     s_out = torch.tensor([-0.5, 0.2, 1.0])
     s_in = torch.tensor([0.5, 0.4, 1.0])
-    depth = _refine(
+    depth = refine_brackets(
         query, torch.arange(n), torch.zeros(n, 3), torch.ones(n, 3), d_out, s_out, d_in, s_in,
         8, True,
     )

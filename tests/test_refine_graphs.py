@@ -6,10 +6,11 @@ import pytest
 import torch
 from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
+from dvr_plugin.graph_cache import fill_padded
 from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.refine_graphs import RefinementGraphs, fill_padded
+from dvr_plugin.refine_graphs import RefinementGraphs
 from dvr_plugin.renderer import DVRRenderer
-from dvr_plugin.root_finding import _refine
+from dvr_plugin.secant import refine_brackets
 from dvr_plugin.surface_query import FieldQuery
 
 from .core_factories import SphereMLPField, rays_towards_centre
@@ -49,7 +50,7 @@ def test_recorded_body_matches_eager_refinement_with_padding(latent_size):
     n_rays = ids.shape[0]
     low, high = ends_d[:, 0] - 0.01, ends_d[:, 1] + 0.01
     with torch.no_grad():
-        expected = _refine(
+        expected = refine_brackets(
             query, ids, origins, directions, ends_d[:, 0], ends_s[:, 0], ends_d[:, 1],
             ends_s[:, 1], 8, True, low=low, high=high,
         )
@@ -63,7 +64,7 @@ def test_recorded_body_matches_eager_refinement_with_padding(latent_size):
         buffers = {k: v.new_full((bucket, *v.shape[1:]), float("nan")) for k, v in arrays.items()}
         fill_padded(buffers, arrays, n_rays)
         assert bool(torch.isfinite(buffers["origins"]).all())  # the padding is filled too
-        result = RefinementGraphs._run(_refine, query, buffers, 8, "float32")
+        result = RefinementGraphs._run(query, buffers, 8, "float32")
     assert result.shape == (bucket,)
     torch.testing.assert_close(result[:n_rays], expected, rtol=0, atol=1e-12)
     # the surface was found: the field is at its level there

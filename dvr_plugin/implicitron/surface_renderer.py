@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..implicit_gradient import attach_implicit_gradient
+from ..precision import check_precision
 from ..rays import intersect_box
-from ..root_finding import MARCH_PRECISIONS, find_surface
+from ..root_finding import find_surface
 from ..surface_query import inside_sign, inside_values
 
 _INSTALL_HINT = (
@@ -379,10 +380,7 @@ class DVRSurfaceRenderer(BaseRenderer, torch.nn.Module):
                 f"feature_activation must be one of {FEATURE_ACTIVATIONS}, "
                 f"got {self.feature_activation!r}."
             )
-        if self.march_precision not in MARCH_PRECISIONS:
-            raise ValueError(
-                f"march_precision must be one of {MARCH_PRECISIONS}, got {self.march_precision!r}."
-            )
+        check_precision(self.march_precision, name="march_precision")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}.")
         if len(self.bg_color) < 1:

@@ -39,8 +39,8 @@ from ..losses import (
     rgb_loss,
     total_loss,
 )
-from ..rays import intersect_box
-from ..raysampler import UNIT_CUBE_BOUNDS, SecantRaysampler
+from ..rays import UNIT_CUBE_BOUNDS, intersect_box
+from ..raysampler import SecantRaysampler
 from ..renderer import DVRRenderer
 from ..sampling import gather, sample_pixels
 from ..schedule import StepSchedule

@@ -57,8 +57,8 @@ from ..losses import (
     total_loss,
     world_point_loss,
 )
-from ..rays import intersect_box
-from ..raysampler import UNIT_CUBE_BOUNDS, SecantRaysampler
+from ..rays import UNIT_CUBE_BOUNDS, intersect_box
+from ..raysampler import SecantRaysampler
 from ..renderer import DVRRenderer
 from ..sampling import PixelSample, gather, sample_pixels
 from ..schedule import StepSchedule

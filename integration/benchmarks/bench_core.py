@@ -486,7 +486,7 @@ def profile_train_step(
         # a graph must not record the profiler's synchronisations: time its replay instead
         timed(RefinementGraphs, "refine", "bracket ends + secant")
         if "graphs" in mode
-        else timed(root_module, "_refine", "bracket ends + secant"),
+        else timed(root_module, "refine_brackets", "bracket ends + secant"),
         timed(raysampler_module, "attach_implicit_gradient", "implicit gradient"),
         timed(DVRRenderer, "_colour", "colour"),
     ]

@@ -37,8 +37,7 @@ from torch import nn
 from dvr_plugin.data import MultiViewData, index_cameras
 from dvr_plugin.field import evaluate_field, field_type_of
 from dvr_plugin.losses import rgb_loss
-from dvr_plugin.rays import intersect_box, ndc_grid, rays_from_cameras
-from dvr_plugin.raysampler import UNIT_CUBE_BOUNDS
+from dvr_plugin.rays import UNIT_CUBE_BOUNDS, intersect_box, ndc_grid, rays_from_cameras
 from dvr_plugin.sampling import gather
 from dvr_plugin.training import FitConfig, RenderedViews, build_field, seed_everything
 from dvr_plugin.training.config import resolve_device
