@@ -82,6 +82,8 @@ VAL_LOG_NAME = "val_log.csv"
 CURVES_NAME = "curves.png"
 VAL_DIR_NAME = "val"
 TERMS = LossWeights.names()
+# Short names of the loss terms in the progress bar.
+POSTFIX_NAMES = {"freespace": "fs", "occupancy": "occ", "image_gradient": "grad", "eikonal": "eik"}
 
 
 class AutocastField(nn.Module):
@@ -1058,9 +1060,12 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(
                         loss=f"{last['loss']:.4g}",
-                        rgb=f"{last.get('rgb', 0.0):.3g}",
-                        fs=f"{last.get('freespace', 0.0):.3g}",
-                        occ=f"{last.get('occupancy', 0.0):.3g}",
+                        # the terms this fit trains with (a recipe may turn DVR's off)
+                        **{
+                            POSTFIX_NAMES.get(term, term): f"{last.get(term, 0.0):.3g}"
+                            for term in TERMS
+                            if getattr(self.weights, term) > 0
+                        },
                         hit=f"{last['hit_rate']:.2f}",
                         n=int(last["n_steps"]),
                         refresh=False,
