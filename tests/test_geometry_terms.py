@@ -13,7 +13,6 @@ import tempfile
 
 import pytest
 import torch
-import torch.autograd.forward_ad as forward_ad
 from torch import nn
 
 from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, fibonacci_sphere
@@ -37,6 +36,7 @@ from dvr_plugin.shapes import SphereField
 from dvr_plugin.training.config import FitConfig, apply_overrides
 from dvr_plugin.training.logs import read_csv
 from dvr_plugin.training.trainer import Trainer, build_field
+from tests.core_factories import check_forward_with_tangent
 
 
 @pytest.fixture(autouse=True)
@@ -100,23 +100,7 @@ def test_annealed_forward_with_tangent_matches_forward(field_type):
     field.set_encoding_progress(0.55)  # alpha = 1.65: one band on, one fading in, one off
     points = torch.rand(2, 7, 3, dtype=torch.float64) - 0.5
     tangents = torch.randn(2, 7, 3, dtype=torch.float64)
-    out, derivative = field.forward_with_tangent(points, tangents)
-    plain = field(points)
-    torch.testing.assert_close(out.values, plain.values, rtol=0, atol=1e-12)
-    torch.testing.assert_close(out.rgb, plain.rgb, rtol=0, atol=1e-12)
-    with forward_ad.dual_level():
-        dual = field(forward_ad.make_dual(points, tangents))
-        values_tangent = forward_ad.unpack_dual(dual.values).tangent
-        rgb_tangent = forward_ad.unpack_dual(dual.rgb).tangent
-    torch.testing.assert_close(derivative.values, values_tangent, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(derivative.rgb, rgb_tangent, rtol=1e-10, atol=1e-12)
-    grads = []
-    for outputs in (out, plain):
-        field.zero_grad()
-        (outputs.values.sum() + (outputs.rgb * 1.7).sum()).backward(retain_graph=True)
-        grads.append([p.grad.clone() for p in field.parameters()])
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    plain, _ = check_forward_with_tangent(field, points, tangents)
     # the progress changes the field: the fading band matters
     field.set_encoding_progress(1.0)
     assert float((field(points).values - plain.values).detach().abs().max()) > 1e-3
