@@ -142,6 +142,9 @@ class DVRRenderer(nn.Module):
         background_color: RGB (or one value) behind the object.
         background_depth: depth reported where no surface was hit.
         chunk_size: colour evaluation chunk (rays) when no gradient is needed.
+        check_finite: raise ``ValueError`` when the field returns a non-finite colour at a hit
+            (one host synchronisation per call; a training loop that already checks its loss
+            for finiteness may turn it off).
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class DVRRenderer(nn.Module):
         background_color: float | Sequence[float] = 0.0,
         background_depth: float = 0.0,
         chunk_size: int = 2**16,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         if not callable(field):
@@ -163,6 +167,7 @@ class DVRRenderer(nn.Module):
             return_depth=True,
             return_normals=raysampler.compute_normals,
             background_depth=background_depth,
+            check_finite=check_finite,
         )
         self.chunk_size = chunk_size
 

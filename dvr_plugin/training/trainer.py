@@ -452,6 +452,9 @@ class Trainer:
                 occupancy_grid=self.grid,
             ),
             background_color=config.background,
+            # a non-finite colour makes the loss non-finite, which train_step reports: no second
+            # host synchronisation per step for the same check
+            check_finite=False,
         )
         self.schedule = StepSchedule(config.train.step_milestones)
         self.optimizer, self.scheduler = build_optimizer(config.optim, self.field.parameters())
