@@ -53,9 +53,10 @@ scene() {  # $1 = mesh name, $2 = lighting, extra make-scene flags after
 }
 
 fit() {  # $1 = run name, $2 = data folder, $3 = format, $4 = ground-truth mesh or -, then overrides
+  # (CONFIG=<name> fit ... picks another packaged config than dtu)
   local name=$1 data=$2 format=$3 gt=$4; shift 4
   rm -rf "$D/$name"
-  $PY -m dvr_plugin.cli fit --config dtu --data "$data" --format "$format" --out "$D/$name" \
+  $PY -m dvr_plugin.cli fit --config "${CONFIG:-dtu}" --data "$data" --format "$format" --out "$D/$name" \
     --device $DEVICE --quiet "${COMMON[@]}" "${EXTRA[@]}" "$@" > "$D/$name.log" 2>&1
   if [[ $gt != - && -f $D/$name/checkpoint.pt ]]; then
     $PY -m dvr_plugin.cli eval "$D/$name/checkpoint.pt" --gt "$gt" --observed --no-iou \
@@ -100,8 +101,9 @@ recipes)
   slot; fit teapot_studio "$D/scenes/teapot_studio" dtu "$D/scenes/teapot_studio/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
   slot; fit scan24_monosdf "$DATA/dtu_scan24_384/scan24" monosdf - "${RECIPE[@]}" &
   slot; fit scan24_idr "$DATA/dtu_scan24_neus_400/scan24" dtu - "${RECIPE[@]}" &
+  [[ ${SMOKE:-0}${CPU:-0} == 00 ]] && { slot; CONFIG=nerf-synthetic fit lego "$DATA/nerf_synthetic_lego/lego" nerf-synthetic - & }
   wait
-  RUNS="cow_dtu teapot_dtu teapot_studio scan24_monosdf scan24_idr"
+  RUNS="cow_dtu teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
 *) echo "usage: photographs.sh ablation|key|recipes"; exit 2 ;;
 esac
