@@ -55,9 +55,9 @@ setup(
         # Kept as an alias: PyTorch3D is now a dependency of the package itself.
         "pytorch3d": [PYTORCH3D],
         "implicitron": IMPLICITRON,
-        "dev": ["pytest", "pytest-timeout", "ruff", "build"],
+        "dev": ["pytest", "pytest-timeout", "ruff", "build", "import-linter"],
     },
-    entry_points={"console_scripts": ["dvr=dvr_plugin.cli:main"]},
+    entry_points={"console_scripts": ["dvr=dvr_plugin.cli.main:main"]},
     keywords=["pytorch3d", "differentiable rendering", "implicit surfaces", "3d reconstruction"],
     classifiers=[
         "Development Status :: 3 - Alpha",

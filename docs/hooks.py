@@ -1,11 +1,12 @@
 """
 A build hook of the documentation site (``mkdocs.yml``: ``hooks``).
 
-The docstrings cross-reference with Sphinx roles (``:class:`~dvr_plugin.field.FieldOutput```),
-which Markdown renders as the role's name followed by code. This hook turns each such reference
-on a built page into the code alone, shortened as Sphinx shortens it (``~`` keeps the last
-name). An absolute ``dvr_plugin`` name becomes an optional cross-reference, which mkdocs-autorefs
-links to its API entry when the site has one and leaves as plain code otherwise.
+The docstrings cross-reference with Sphinx roles
+(``:class:`~dvr_plugin.fields.field.FieldOutput```), which Markdown renders as the role's name
+followed by code. This hook turns each such reference on a built page into the code alone, shortened
+as Sphinx shortens it (``~`` keeps the last name). An absolute ``dvr_plugin`` name becomes an
+optional cross-reference, which mkdocs-autorefs links to its API entry when the site has one and
+leaves as plain code otherwise.
 """
 
 from __future__ import annotations

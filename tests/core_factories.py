@@ -12,11 +12,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dvr_plugin.field import FieldOutput, OccupancyTextureField
-from dvr_plugin.implicit_gradient import attach_implicit_gradient
-from dvr_plugin.rays import UNIT_CUBE_BOUNDS, intersect_box
-from dvr_plugin.root_finding import find_surface
-from dvr_plugin.surface_query import FieldQuery
+from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, FieldOutput, OccupancyTextureField
+from dvr_plugin.renderer.implicit_gradient import attach_implicit_gradient
+from dvr_plugin.renderer.rays import intersect_box
+from dvr_plugin.surface.query import FieldQuery
+from dvr_plugin.surface.root_finding import find_surface
 
 
 class SphereMLPField(nn.Module):

@@ -23,12 +23,12 @@ from PIL import Image
 from pytorch3d.structures import Meshes
 from pytorch3d.utils import ico_sphere
 
-from dvr_plugin.cameras import opencv_from_cameras
 from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, monosdf_crop_matrix
+from dvr_plugin.data.cameras import opencv_from_cameras
 from dvr_plugin.data.dvr_layout import write_dvr_layout
 from dvr_plugin.data.frame import WorldFrame
+from dvr_plugin.engine.checkpoint import save_checkpoint
 from dvr_plugin.meshing import extract_mesh, save_mesh
-from dvr_plugin.training.checkpoint import save_checkpoint
 from dvr_plugin.training.config import FitConfig
 from dvr_plugin.training.data import load_views
 from dvr_plugin.training.trainer import build_field

@@ -13,16 +13,17 @@ import pytest
 import torch
 from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
-import dvr_plugin.precision as precision_module
-import dvr_plugin.root_finding as root_finding
-import dvr_plugin.secant as secant
-from dvr_plugin.acceleration import OccupancyGrid
-from dvr_plugin.rays import UNIT_CUBE_BOUNDS, intersect_box, ndc_grid, rays_from_cameras
-from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.renderer import DVRRenderer
-from dvr_plugin.root_finding import find_surface
-from dvr_plugin.shapes import SphereField, demo_scene
-from dvr_plugin.surface_query import FieldQuery
+import dvr_plugin.surface.precision as precision_module
+import dvr_plugin.surface.root_finding as root_finding
+import dvr_plugin.surface.secant as secant
+from dvr_plugin.accel.occupancy_grid import OccupancyGrid
+from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS
+from dvr_plugin.fields.shapes import SphereField, demo_scene
+from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
+from dvr_plugin.renderer.raysampler import SecantRaysampler
+from dvr_plugin.renderer.renderer import DVRRenderer
+from dvr_plugin.surface.query import FieldQuery
+from dvr_plugin.surface.root_finding import find_surface
 from tests.core_factories import SphereMLPField, same_hits
 
 SIZE = 24

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from dvr_plugin.appearance import (
+from dvr_plugin.fields.appearance import (
     RenderingNetwork,
     ViewDependentField,
     geometry_of,
     view_dependent_field_of,
 )
-from dvr_plugin.field import FieldOutput, OccupancyTextureField, evaluate_field
+from dvr_plugin.fields.field import FieldOutput, OccupancyTextureField, evaluate_field
 from tests.core_factories import SphereMLPField, rays_towards_centre, surface_depth
 
 torch.manual_seed(0)
@@ -181,8 +181,8 @@ def _cameras(distance: float, elevation: float, azimuth: float, translation=None
 
 
 def _renderer(model):
-    from dvr_plugin.raysampler import SecantRaysampler
-    from dvr_plugin.renderer import DVRRenderer
+    from dvr_plugin.renderer.raysampler import SecantRaysampler
+    from dvr_plugin.renderer.renderer import DVRRenderer
 
     sampler = SecantRaysampler(n_steps=64, n_secant_steps=40, chunk_size=None)
     return DVRRenderer(field=model, raysampler=sampler, background_color=0.0)
@@ -223,9 +223,9 @@ def test_renderer_gradients_of_camera_parameters_latent_and_parameters():
 def test_implicit_renderer_route_matches_dvr_renderer():
     from pytorch3d.renderer import ImplicitRenderer
 
-    from dvr_plugin.raymarcher import SurfaceRaymarcher
-    from dvr_plugin.raysampler import SecantRaysampler
-    from dvr_plugin.renderer import FieldVolumetricFunction
+    from dvr_plugin.renderer.raymarcher import SurfaceRaymarcher
+    from dvr_plugin.renderer.raysampler import SecantRaysampler
+    from dvr_plugin.renderer.renderer import FieldVolumetricFunction
 
     model = make_model(latent_size=0)
     xys = 0.2 * (2 * torch.rand(1, 6, 2, dtype=torch.float64) - 1)
@@ -381,9 +381,9 @@ def test_bad_configuration_and_wrapped_field():
 def test_a_training_step_moves_both_networks():
     """One trainer step with the head: the loss reaches the geometry and the head."""
     from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, fibonacci_sphere
-    from dvr_plugin.raysampler import SecantRaysampler
-    from dvr_plugin.renderer import DVRRenderer
-    from dvr_plugin.shapes import SphereField
+    from dvr_plugin.fields.shapes import SphereField
+    from dvr_plugin.renderer.raysampler import SecantRaysampler
+    from dvr_plugin.renderer.renderer import DVRRenderer
     from dvr_plugin.training.config import FitConfig
     from dvr_plugin.training.trainer import Trainer
 

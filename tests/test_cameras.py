@@ -11,7 +11,7 @@ from pytorch3d.renderer import FoVPerspectiveCameras, PerspectiveCameras
 from pytorch3d.transforms import random_rotations
 from pytorch3d.utils import cameras_from_opencv_projection
 
-from dvr_plugin import cameras as C
+from dvr_plugin.data import cameras as C
 from dvr_plugin.data.paths import find_shared_data, missing_data_message
 
 PIX_TOL = 1e-4  # pixels, float64 conversions

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dvr_plugin.cli import main
-from dvr_plugin.training.checkpoint import save_checkpoint
+from dvr_plugin.cli.main import main
+from dvr_plugin.engine.checkpoint import save_checkpoint
 from dvr_plugin.training.config import load_config
 from dvr_plugin.training.trainer import build_field
 

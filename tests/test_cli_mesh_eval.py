@@ -14,8 +14,8 @@ import torch
 from pytorch3d.structures import Meshes
 from pytorch3d.utils import ico_sphere
 
-from dvr_plugin import mesh_report
-from dvr_plugin.cli import main
+from dvr_plugin.cli import mesh_report
+from dvr_plugin.cli.main import main
 from dvr_plugin.meshing import save_mesh
 from dvr_plugin.training.config import FitConfig
 from tests.frame_factories import (
@@ -217,7 +217,7 @@ def test_gt_longest_side_scores_in_the_fitting_frame(mesh_case, tmp_path):
 
 
 def test_eval_scores_an_empty_field_without_the_box_check(tmp_path, dtu):
-    from dvr_plugin.training.checkpoint import load_checkpoint, save_checkpoint
+    from dvr_plugin.engine.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(str(dtu.checkpoint))
     state["model"]["fc_out.bias"][0] = 5.0  # the signed distance is positive everywhere
@@ -257,7 +257,7 @@ def test_report_files_and_table(dtu, tmp_path):
 
 
 def test_eval_views_uses_the_fits_settings(tmp_path, capsys):
-    from dvr_plugin.training.checkpoint import save_checkpoint
+    from dvr_plugin.engine.checkpoint import save_checkpoint
     from dvr_plugin.training.data import load_fit_data
     from dvr_plugin.training.evaluation import image_metrics, render_views
     from dvr_plugin.training.trainer import build_field

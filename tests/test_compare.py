@@ -19,8 +19,8 @@ from pytorch3d.renderer import NDCMultinomialRaysampler
 from pytorch3d.utils import ico_sphere
 
 from dvr_plugin.data import cameras_looking_at_origin, fibonacci_sphere
-from dvr_plugin.field import OccupancyTextureField
-from dvr_plugin.shapes import SphereField
+from dvr_plugin.fields.field import OccupancyTextureField
+from dvr_plugin.fields.shapes import SphereField
 from integration.compare import (
     METHOD_LABELS,
     METHODS,

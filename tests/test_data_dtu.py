@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from dvr_plugin.cameras import opencv_from_dtu, project_opencv
 from dvr_plugin.data import MultiViewData, load_dtu, load_dtu_monosdf
+from dvr_plugin.data.cameras import opencv_from_dtu, project_opencv
 from dvr_plugin.data.paths import find_shared_data, missing_data_message
 
 NEUS = ("dtu_scan24_neus_400", "scan24")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from dvr_plugin.cameras import opencv_from_cameras, project_opencv
 from dvr_plugin.data import (
     MultiViewData,
     cameras_looking_at_origin,
@@ -18,7 +17,8 @@ from dvr_plugin.data import (
     turntable,
     write_dvr_layout,
 )
-from dvr_plugin.rays import ndc_grid, rays_from_cameras
+from dvr_plugin.data.cameras import opencv_from_cameras, project_opencv
+from dvr_plugin.renderer.rays import ndc_grid, rays_from_cameras
 
 RADIUS = 0.3
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvr_plugin.cameras import opencv_from_cameras
 from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, fibonacci_sphere
 from dvr_plugin.data import paths as data_paths
-from dvr_plugin.rays import ndc_grid, rays_from_cameras
+from dvr_plugin.data.cameras import opencv_from_cameras
+from dvr_plugin.renderer.rays import ndc_grid, rays_from_cameras
 
 RADIUS = 0.3
 

@@ -20,7 +20,7 @@ from dvr_plugin.data import (
     turntable,
 )
 from dvr_plugin.data.paths import find_shared_data, missing_data_message
-from dvr_plugin.rays import ndc_grid, rays_from_cameras
+from dvr_plugin.renderer.rays import ndc_grid, rays_from_cameras
 
 COW = ("meshes", "cow.obj")
 

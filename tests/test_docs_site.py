@@ -50,10 +50,10 @@ def test_api_reference_lists_the_public_api(site):
         assert f'id="dvr_plugin.{name}"' in top, name
     pages = {
         "renderer": "dvr_plugin.renderer.DVRRenderer",
-        "raysampler": "dvr_plugin.raysampler.SecantRaysampler",
-        "raymarcher": "dvr_plugin.raymarcher.SurfaceRaymarcher",
-        "field": "dvr_plugin.field.OccupancyTextureField",
-        "appearance": "dvr_plugin.appearance.ViewDependentField",
+        "raysampler": "dvr_plugin.renderer.raysampler.SecantRaysampler",
+        "raymarcher": "dvr_plugin.renderer.raymarcher.SurfaceRaymarcher",
+        "field": "dvr_plugin.fields.field.OccupancyTextureField",
+        "appearance": "dvr_plugin.fields.appearance.ViewDependentField",
         "data": "dvr_plugin.data.load_dtu",
         "meshing": "dvr_plugin.meshing.extract_mesh",
         "metrics": "dvr_plugin.metrics.evaluate_observed",

@@ -25,6 +25,7 @@ from pytorch3d.renderer import TexturesVertex
 from pytorch3d.structures import Meshes
 from pytorch3d.utils import ico_sphere
 
+from dvr_plugin.cli.make_scene import add_make_scene_parser, parse_views
 from dvr_plugin.data import find_shared_data, load_dtu, missing_data_message
 from dvr_plugin.data.dtu_like import (
     Shading,
@@ -37,7 +38,6 @@ from dvr_plugin.data.dtu_like import (
     rig_up_and_front,
     shade,
 )
-from dvr_plugin.data.make_scene_cli import add_make_scene_parser, parse_views
 from dvr_plugin.meshing import load_mesh
 
 SIZE = (48, 64)
@@ -272,7 +272,7 @@ def test_scene_loads_with_load_dtu(dtu_scene):
         0.5 * dtu_scene["placement"]["radius_fraction"], rel=1e-3
     )
     # The loader's cameras project the normalised mesh where world_mat projects the world one.
-    from dvr_plugin.cameras import project_points
+    from dvr_plugin.data.cameras import project_points
 
     with np.load(f"{out}/cameras.npz") as npz:
         world_mats = np.stack([npz[f"world_mat_{i}"] for i in IDS])

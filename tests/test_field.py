@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dvr_plugin.field import OccupancyTextureField, evaluate_field
+from dvr_plugin.fields.field import OccupancyTextureField, evaluate_field
 from tests.core_factories import check_forward_with_tangent
 
 

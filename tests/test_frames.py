@@ -23,7 +23,7 @@ from pytorch3d.io import IO
 from pytorch3d.renderer import TexturesVertex
 from pytorch3d.utils import ico_sphere
 
-from dvr_plugin.cli import main
+from dvr_plugin.cli.main import main
 from dvr_plugin.data.frame import WorldFrame, frame_from_comments
 from dvr_plugin.meshing import extract_mesh, load_mesh, save_mesh
 from dvr_plugin.meshing.io import read_mesh_comments
@@ -128,7 +128,7 @@ def test_eval_checkpoint_against_world_ground_truth(cases, fmt, tmp_path):
 
 
 def test_fit_writes_its_mesh_in_the_world_frame(tmp_path):
-    from dvr_plugin.training.checkpoint import load_checkpoint
+    from dvr_plugin.engine.checkpoint import load_checkpoint
     from dvr_plugin.training.fit import fit
 
     case = make_case("dtu", tmp_path / "case")

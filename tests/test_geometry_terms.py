@@ -16,13 +16,8 @@ import torch
 from torch import nn
 
 from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, fibonacci_sphere
-from dvr_plugin.field import (
-    FieldOutput,
-    FourierFeatures,
-    OccupancyTextureField,
-    fourier_band_weights,
-)
-from dvr_plugin.losses import (
+from dvr_plugin.engine.logs import read_csv
+from dvr_plugin.engine.losses import (
     LossWeights,
     eikonal_loss,
     eikonal_penalty,
@@ -30,11 +25,16 @@ from dvr_plugin.losses import (
     soft_mask_alpha,
     soft_mask_loss,
 )
-from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.renderer import DVRRenderer
-from dvr_plugin.shapes import SphereField
+from dvr_plugin.fields.field import (
+    FieldOutput,
+    FourierFeatures,
+    OccupancyTextureField,
+    fourier_band_weights,
+)
+from dvr_plugin.fields.shapes import SphereField
+from dvr_plugin.renderer.raysampler import SecantRaysampler
+from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.training.config import FitConfig, apply_overrides
-from dvr_plugin.training.logs import read_csv
 from dvr_plugin.training.trainer import Trainer, build_field
 from tests.core_factories import check_forward_with_tangent
 

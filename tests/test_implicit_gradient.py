@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dvr_plugin.implicit_gradient import guard_denominator
-from dvr_plugin.shapes import SphereField
+from dvr_plugin.fields.shapes import SphereField
+from dvr_plugin.renderer.implicit_gradient import guard_denominator
 from tests.core_factories import SphereMLPField, rays_towards_centre, surface_depth
 
 torch.manual_seed(0)
@@ -102,7 +102,7 @@ def test_camera_parameters_receive_gradients():
     """PyTorch3D cameras compute in float32, so this check uses float32 and a wider step."""
     from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
-    from dvr_plugin.raysampler import SecantRaysampler
+    from dvr_plugin.renderer.raysampler import SecantRaysampler
 
     field = SphereMLPField(latent_size=0)
     rotation, translation = look_at_view_transform(1.6, 20.0, 30.0)

@@ -13,7 +13,7 @@ from pytorch3d.renderer import (
 )
 
 from dvr_plugin import DVRRenderer, SecantRaysampler
-from dvr_plugin.shapes import SphereField
+from dvr_plugin.fields.shapes import SphereField
 
 try:
     from pytorch3d.implicitron.models.generic_model import GenericModel

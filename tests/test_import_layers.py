@@ -1,109 +1,68 @@
 """
-The import layering of the core renderer, read from the source with :mod:`ast` (nothing is
-imported): the surface-finding modules import no accelerator and nothing above them, and the
-top-level modules of ``dvr_plugin`` import each other without a cycle. Imports inside functions
-and under ``TYPE_CHECKING`` count too.
+The package's import contract (``[tool.importlinter]`` in pyproject.toml, docs/architecture.md),
+checked with import-linter: the layers point down (the surface-finding algorithm imports no
+accelerator, the engine no task, the library no command line) and no package has an import
+cycle among its modules. Also checked: the contract does fail on an upward import and on a
+cycle, in a copy of the package.
 """
 
 from __future__ import annotations
 
-import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "dvr_plugin"
-
-# the surface-finding algorithm: the accelerators are handed to it, never imported
-CORE = ("precision", "graph_cache", "secant", "root_finding", "surface_query")
-ABOVE_CORE = ("acceleration", "march_graphs", "refine_graphs", "raysampler", "renderer")
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
-def _top_level_modules(package: Path = PACKAGE) -> list[str]:
-    """The names of the top-level ``dvr_plugin/*.py`` modules (not the subpackages)."""
-    return sorted(path.stem for path in package.glob("*.py") if path.stem != "__init__")
-
-
-def _imported_modules(name: str, package: Path = PACKAGE) -> set[str]:
-    """The top-level ``dvr_plugin`` modules that module ``name`` imports, anywhere in its source."""
-    tree = ast.parse((package / f"{name}.py").read_text(), filename=f"{name}.py")
-    known = set(_top_level_modules(package))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "dvr_plugin" and len(parts) > 1:
-                    found.add(parts[1])
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 1:  # from .x import y / from . import x
-                if node.module:
-                    found.add(node.module.split(".")[0])
-                else:
-                    found.update(alias.name for alias in node.names)
-            elif node.level == 0 and node.module:
-                parts = node.module.split(".")
-                if parts[0] == "dvr_plugin":
-                    if len(parts) > 1:
-                        found.add(parts[1])
-                    else:
-                        found.update(alias.name for alias in node.names)
-    return (found & known) - {name}
-
-
-def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle of ``graph`` as a list of modules (first == last), or ``None``."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: finished
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for target in sorted(graph[node]):
-            if state.get(target) == 1:
-                return path[path.index(target) :] + [target]
-            if target not in state:
-                cycle = visit(target)
-                if cycle is not None:
-                    return cycle
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state:
-            cycle = visit(node)
-            if cycle is not None:
-                return cycle
-    return None
-
-
-@pytest.mark.parametrize("module", CORE)
-def test_surface_finding_imports_no_accelerator(module):
-    imported = _imported_modules(module)
-    upward = sorted(imported & set(ABOVE_CORE))
-    assert not upward, f"dvr_plugin/{module}.py imports {upward}"
-
-
-def test_top_level_modules_have_no_import_cycle():
-    graph = {name: _imported_modules(name) for name in _top_level_modules()}
-    assert set(CORE) <= set(graph)
-    cycle = _find_cycle(graph)
-    assert cycle is None, "import cycle: " + " -> ".join(cycle)
-
-
-def test_the_checks_see_function_level_and_type_checking_imports(tmp_path):
-    """Imports inside functions and ``TYPE_CHECKING`` blocks are edges; a cycle is reported."""
-    (tmp_path / "root_finding.py").write_text(
-        "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n    from .acceleration import OccupancyGrid\n"
-        "def f():\n    from dvr_plugin.march_graphs import MarchGraphs\n"
-        "    import dvr_plugin.renderer\n    from . import secant\n"
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    if not LINT_IMPORTS.exists():
+        pytest.fail(f"import-linter is missing from the environment ({LINT_IMPORTS}): make env")
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    for name in ("acceleration", "march_graphs", "renderer", "secant"):
-        (tmp_path / f"{name}.py").write_text("from .root_finding import f\n" * (name == "secant"))
-    imported = _imported_modules("root_finding", tmp_path)
-    assert imported == {"acceleration", "march_graphs", "renderer", "secant"}
-    graph = {name: _imported_modules(name, tmp_path) for name in _top_level_modules(tmp_path)}
-    assert _find_cycle(graph) == ["root_finding", "secant", "root_finding"]
-    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_contract_is_kept():
+    result = _lint(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+@pytest.fixture
+def package_copy(tmp_path: Path) -> Path:
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "dvr_plugin", tmp_path / "dvr_plugin", ignore=skip)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + f"\n{line}\n")
+
+
+def test_upward_import_breaks_the_contract(package_copy: Path):
+    # the algorithm reaching up into the accelerators: the cycle the layers removed
+    root_finding = package_copy / "dvr_plugin/surface/root_finding.py"
+    _append(root_finding, "from ..accel import occupancy_grid")
+    result = _lint(package_copy)
+    assert result.returncode != 0
+    assert "Layers" in result.stdout and "BROKEN" in result.stdout
+    assert "dvr_plugin.surface.root_finding -> dvr_plugin.accel" in result.stdout
+
+
+def test_cycle_inside_a_package_breaks_the_contract(package_copy: Path):
+    # two modules of one layer importing each other
+    _append(package_copy / "dvr_plugin/surface/precision.py", "from . import secant")
+    result = _lint(package_copy)
+    assert result.returncode != 0
+    assert "No import cycle" in result.stdout and "BROKEN" in result.stdout

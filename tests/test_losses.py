@@ -1,4 +1,4 @@
-"""Tests of dvr_plugin.losses: hand-computed values, gradient directions, validation."""
+"""Tests of dvr_plugin.engine.losses: hand-computed values, gradient directions, validation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dvr_plugin.losses import (
+from dvr_plugin.engine.losses import (
     REFERENCE_SETTINGS,
     LossWeights,
     depth_loss,
@@ -21,7 +21,7 @@ from dvr_plugin.losses import (
     total_loss,
     world_point_loss,
 )
-from dvr_plugin.sampling import gather, sample_patches
+from dvr_plugin.engine.sampling import gather, sample_patches
 
 T, F = True, False
 

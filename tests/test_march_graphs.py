@@ -10,13 +10,14 @@ import pytest
 import torch
 from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
-import dvr_plugin.root_finding as root_finding
-from dvr_plugin.acceleration import OccupancyGrid
-from dvr_plugin.march_graphs import FixedShapeGridMarch, MarchGraphs, points_per_round
-from dvr_plugin.rays import UNIT_CUBE_BOUNDS, intersect_box, ndc_grid, rays_from_cameras
-from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.renderer import DVRRenderer
-from dvr_plugin.surface_query import FieldQuery
+import dvr_plugin.surface.root_finding as root_finding
+from dvr_plugin.accel.march_graphs import FixedShapeGridMarch, MarchGraphs, points_per_round
+from dvr_plugin.accel.occupancy_grid import OccupancyGrid
+from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS
+from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
+from dvr_plugin.renderer.raysampler import SecantRaysampler
+from dvr_plugin.renderer.renderer import DVRRenderer
+from dvr_plugin.surface.query import FieldQuery
 
 from .core_factories import SphereMLPField
 
@@ -135,7 +136,7 @@ def test_non_finite_field_values_are_reported():
 
 
 def test_round_sizes():
-    from dvr_plugin.march_graphs import choose_slots, slot_levels
+    from dvr_plugin.accel.march_graphs import choose_slots, slot_levels
 
     assert slot_levels(16384) == [16384, 4096, 1024, 256]
     assert slot_levels(300) == [300]

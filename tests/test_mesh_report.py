@@ -10,7 +10,7 @@ import torch
 from pytorch3d.structures import Meshes
 from pytorch3d.utils import ico_sphere
 
-from dvr_plugin.cli import main
+from dvr_plugin.cli.main import main
 from dvr_plugin.meshing import save_mesh
 
 
@@ -65,7 +65,7 @@ def test_eval_missing_ground_truth(tmp_path, capsys):
 
 
 def _checkpoint(tmp_path, *, constant: bool, small_data: bool = False):
-    from dvr_plugin.training.checkpoint import save_checkpoint
+    from dvr_plugin.engine.checkpoint import save_checkpoint
     from dvr_plugin.training.config import FitConfig
     from dvr_plugin.training.trainer import build_field
 

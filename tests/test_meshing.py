@@ -13,7 +13,8 @@ from pytorch3d.ops.marching_cubes import marching_cubes
 from pytorch3d.renderer import TexturesVertex
 from pytorch3d.structures import Meshes
 
-from dvr_plugin.field import OccupancyTextureField
+from dvr_plugin.fields.field import OccupancyTextureField
+from dvr_plugin.fields.shapes import BoxField, SphereField, demo_scene
 from dvr_plugin.meshing import extract_mesh, load_mesh, marching_cubes_grid, save_mesh
 from dvr_plugin.meshing.mise import (
     cell_corners,
@@ -22,7 +23,6 @@ from dvr_plugin.meshing.mise import (
     subdivide_cells,
     upsample_values,
 )
-from dvr_plugin.shapes import BoxField, SphereField, demo_scene
 
 CENTRE = (0.05, -0.02, 0.01)
 RADIUS = 0.3

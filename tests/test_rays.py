@@ -13,7 +13,7 @@ from pytorch3d.renderer import (
     look_at_view_transform,
 )
 
-from dvr_plugin.rays import (
+from dvr_plugin.renderer.rays import (
     intersect_box,
     ndc_grid,
     ndc_to_pixels,
@@ -119,7 +119,7 @@ def _camera_batch():
 @pytest.mark.parametrize("index", range(8))
 def test_direct_rays_match_pytorch3d_unprojection(index):
     """The direct formulas give PyTorch3D's own unprojection, values and gradients."""
-    from dvr_plugin.rays import _pinhole_rays, _unprojected_rays
+    from dvr_plugin.renderer.rays import _pinhole_rays, _unprojected_rays
 
     cameras = _camera_batch()[index]
     xys = torch.rand(2, 9, 2) * 2 - 1
@@ -150,7 +150,7 @@ def test_direct_rays_match_pytorch3d_unprojection(index):
 
 
 def test_cameras_with_an_explicit_K_fall_back_to_unprojection():
-    from dvr_plugin.rays import _pinhole_rays
+    from dvr_plugin.renderer.rays import _pinhole_rays
 
     cameras = _camera_batch()[2]
     explicit = PerspectiveCameras(

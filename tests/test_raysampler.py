@@ -15,10 +15,10 @@ from pytorch3d.renderer import (
 )
 from pytorch3d.utils import ico_sphere
 
-from dvr_plugin.field import OccupancyTextureField
-from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.renderer import DVRRenderer
-from dvr_plugin.shapes import SphereField
+from dvr_plugin.fields.field import OccupancyTextureField
+from dvr_plugin.fields.shapes import SphereField
+from dvr_plugin.renderer.raysampler import SecantRaysampler
+from dvr_plugin.renderer.renderer import DVRRenderer
 
 from .core_factories import SphereMLPField, same_hits
 
@@ -282,7 +282,7 @@ def test_bad_input_raises():
 
 def test_broken_brackets_fall_back_to_bisection():
     """Bracket ends that do not change sign (a reduced-precision march) give no NaN."""
-    from dvr_plugin.secant import refine_brackets
+    from dvr_plugin.surface.secant import refine_brackets
 
     def query(ray_ids, origins, directions, lengths):
         flat = torch.ones_like(lengths)  # ray 2: constant, no root at all

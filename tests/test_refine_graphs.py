@@ -6,12 +6,12 @@ import pytest
 import torch
 from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
-from dvr_plugin.graph_cache import fill_padded
-from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.refine_graphs import RefinementGraphs
-from dvr_plugin.renderer import DVRRenderer
-from dvr_plugin.secant import refine_brackets
-from dvr_plugin.surface_query import FieldQuery
+from dvr_plugin.accel.graph_cache import fill_padded
+from dvr_plugin.accel.refine_graphs import RefinementGraphs
+from dvr_plugin.renderer.raysampler import SecantRaysampler
+from dvr_plugin.renderer.renderer import DVRRenderer
+from dvr_plugin.surface.query import FieldQuery
+from dvr_plugin.surface.secant import refine_brackets
 
 from .core_factories import SphereMLPField, rays_towards_centre
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from pytorch3d.renderer import FoVPerspectiveCameras, ImplicitRenderer, look_at_view_transform
 
-from dvr_plugin.raymarcher import SurfaceRaymarcher
-from dvr_plugin.raysampler import SecantRaysampler, SurfaceRayBundle
-from dvr_plugin.renderer import DVRRenderer, FieldVolumetricFunction
-from dvr_plugin.shapes import SphereField, demo_scene
+from dvr_plugin.fields.shapes import SphereField, demo_scene
+from dvr_plugin.renderer.raymarcher import SurfaceRaymarcher
+from dvr_plugin.renderer.raysampler import SecantRaysampler, SurfaceRayBundle
+from dvr_plugin.renderer.renderer import DVRRenderer, FieldVolumetricFunction
 from tests.core_factories import SphereMLPField
 
 

@@ -1,12 +1,11 @@
-"""Tests of dvr_plugin.sampling: pixel positions, NDC, patches, foreground share, fallbacks."""
+"""Tests of dvr_plugin.engine.sampling: pixel positions, NDC, patches, foreground share."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dvr_plugin.rays import ndc_grid, ndc_to_pixels
-from dvr_plugin.sampling import (
+from dvr_plugin.engine.sampling import (
     PATCH_OFFSETS,
     PixelSample,
     gather,
@@ -15,6 +14,7 @@ from dvr_plugin.sampling import (
     sample_pixels,
     sample_uniform,
 )
+from dvr_plugin.renderer.rays import ndc_grid, ndc_to_pixels
 
 
 def make_masks(

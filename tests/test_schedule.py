@@ -1,4 +1,4 @@
-"""Tests of dvr_plugin.schedule: the progressive marching step schedule."""
+"""Tests of dvr_plugin.engine.schedule: the progressive marching step schedule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dvr_plugin.schedule import DEFAULT_MILESTONES, StepSchedule
+from dvr_plugin.engine.schedule import DEFAULT_MILESTONES, StepSchedule
 
 
 def test_default_boundaries():

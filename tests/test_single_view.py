@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dvr_plugin.cli import build_parser, main
-from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.renderer import DVRRenderer
+from dvr_plugin.cli.main import build_parser, main
+from dvr_plugin.cli.single_view import wants_single_view
+from dvr_plugin.renderer.raysampler import SecantRaysampler
+from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.single_view.category import CategorySettings, make_category
-from dvr_plugin.single_view.cli import wants_single_view
 from dvr_plugin.single_view.config import load_single_view_config
 from dvr_plugin.single_view.dataset import load_category, read_split
 from dvr_plugin.single_view.encoder import (
@@ -340,7 +340,7 @@ def test_fit_outputs_and_loss_decreases(fitted):
         "summary.json",
     ):
         assert (out / name).is_file(), name
-    from dvr_plugin.training.logs import read_csv
+    from dvr_plugin.engine.logs import read_csv
 
     log = read_csv(str(out / "train_log.csv"))
     assert len(log["loss"]) == FIT_STEPS

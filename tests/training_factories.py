@@ -12,11 +12,11 @@ import argparse
 
 import torch
 
+from dvr_plugin.cli.fit_commands import add_fit_parser, add_render_parser
 from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, fibonacci_sphere
-from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.renderer import DVRRenderer
-from dvr_plugin.shapes import SphereField
-from dvr_plugin.training.cli_commands import add_fit_parser, add_render_parser
+from dvr_plugin.fields.shapes import SphereField
+from dvr_plugin.renderer.raysampler import SecantRaysampler
+from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.training.config import FitConfig, apply_overrides
 
 

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..cameras import cameras_from_opencv, dtu_to_world, opencv_from_dtu
+from .cameras import cameras_from_opencv, dtu_to_world, opencv_from_dtu
 from .io import (
     IMAGE_EXTENSIONS,
     PathLike,

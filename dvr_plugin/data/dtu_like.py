@@ -44,7 +44,7 @@ from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 from pytorch3d.structures import Meshes
 
-from ..cameras import cameras_from_opencv, decompose_projection_matrix, opencv_from_dtu
+from .cameras import cameras_from_opencv, decompose_projection_matrix, opencv_from_dtu
 from .io import IMAGE_EXTENSIONS, PathLike, index_files, list_files
 from .paths import find_shared_data, missing_data_message
 

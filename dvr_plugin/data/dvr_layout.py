@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..cameras import cameras_from_opencv, dvr_from_opencv, opencv_from_cameras, opencv_from_dvr
+from .cameras import cameras_from_opencv, dvr_from_opencv, opencv_from_cameras, opencv_from_dvr
 from .io import (
     DEPTH_EXTENSIONS,
     IMAGE_EXTENSIONS,

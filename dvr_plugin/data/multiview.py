@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pytorch3d.renderer.cameras import CamerasBase, PerspectiveCameras
 
-from ..cameras import cameras_from_opencv, opencv_from_cameras, project_points
+from .cameras import cameras_from_opencv, opencv_from_cameras, project_points
 
 Indices = Union[Sequence[int], torch.Tensor, slice, range]
 Device = Union[str, torch.device]

@@ -18,7 +18,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..cameras import cameras_from_opencv, intrinsics_from_fov, opencv_from_blender
+from .cameras import cameras_from_opencv, intrinsics_from_fov, opencv_from_blender
 from .io import PathLike, check_empty_masks, read_rgb, require_dir, stack_views
 from .multiview import MultiViewData
 

@@ -18,10 +18,11 @@ How a ray is rendered: the ray bundle from Implicitron's raysampler gives the or
 directions and, through its ``lengths`` (or ``bins``), the part of each ray to search
 ``[min(lengths), max(lengths)]``, optionally clipped to a box. The implicit function is sampled
 there at ``n_steps`` equally spaced lengths without gradients, the first free -> occupied
-crossing is refined by bracketing secant steps (:func:`dvr_plugin.root_finding.find_surface`),
-and one more evaluation at the surface attaches DVR's implicit gradient of the length
-(:func:`dvr_plugin.implicit_gradient.attach_implicit_gradient`). The features (colours) are then
-evaluated at ``origin + length * direction``, so colour losses reach the geometry.
+crossing is refined by bracketing secant steps
+(:func:`dvr_plugin.surface.root_finding.find_surface`), and one more evaluation at the surface
+attaches DVR's implicit gradient of the length
+(:func:`dvr_plugin.renderer.implicit_gradient.attach_implicit_gradient`). The features (colours) are
+then evaluated at ``origin + length * direction``, so colour losses reach the geometry.
 
 Which value of the implicit function is the surface (``field_type``; ``"auto"`` decides from
 what the function returns):

@@ -11,11 +11,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..implicit_gradient import attach_implicit_gradient
-from ..precision import check_precision
-from ..rays import intersect_box
-from ..root_finding import find_surface
-from ..surface_query import inside_sign, inside_values
+from ..renderer.implicit_gradient import attach_implicit_gradient
+from ..renderer.rays import intersect_box
+from ..surface.precision import check_precision
+from ..surface.query import inside_sign, inside_values
+from ..surface.root_finding import find_surface
 
 _INSTALL_HINT = (
     "The Implicitron integration needs pytorch3d.implicitron and its imports omegaconf, "
@@ -69,7 +69,7 @@ class ImplicitronFunctionQuery:
     """
     An Implicitron implicit function seen as DVR's surface query
     ``query(ray_ids, origins, directions, lengths) -> inside`` (positive inside; see
-    :mod:`dvr_plugin.surface_query`), plus the features at the same points.
+    :mod:`dvr_plugin.surface.query`), plus the features at the same points.
 
     Rays are one flat list of ``M`` rays. Implicit functions conditioned on the image (a bound
     ``global_code`` or ``fun_viewpool``) need their inputs batched like the ``G`` target images;

@@ -13,14 +13,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..appearance import geometry_of
-from ..field import evaluate_field, field_type_of
+from ..fields.appearance import geometry_of
+from ..fields.field import evaluate_field, field_type_of
 
 
 class ChunkedFieldEvaluator:
     """
-    Evaluates a field that follows the protocol of :mod:`dvr_plugin.field` on `(P, 3)` points,
-    at most ``chunk_size`` points per call, with the batch dimension of one.
+    Evaluates a field that follows the protocol of :mod:`dvr_plugin.fields.field` on `(P, 3)`
+    points, at most ``chunk_size`` points per call, with the batch dimension of one.
 
     The *inside value* of a point is ``values - level`` for occupancy fields and
     ``level - values`` for SDF fields: positive inside, negative outside, zero on the surface.

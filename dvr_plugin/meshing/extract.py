@@ -13,7 +13,7 @@ import torch
 from pytorch3d.renderer import TexturesVertex
 from pytorch3d.structures import Meshes
 
-from ..field import field_type_of
+from ..fields.field import field_type_of
 from ._evaluation import ChunkedFieldEvaluator
 from .marching import marching_cubes_grid
 from .mise import MiseLevelStats, run_mise
@@ -201,7 +201,7 @@ def extract_mesh(
     ``start_resolution == resolution`` gives the dense grid (same mesh, more evaluations).
 
     Args:
-        field: a callable following the field protocol of :mod:`dvr_plugin.field`
+        field: a callable following the field protocol of :mod:`dvr_plugin.fields.field`
             (``field.field_type`` ``"occupancy"``: logits, inside above the level; ``"sdf"``:
             inside below the level). Evaluated without gradients, except for the spatial
             gradient during refinement; put networks in ``eval()`` mode first.

@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..losses import LossWeights
+from ..engine.losses import LossWeights
 from ..training.config import (
     OptimConfig,
     apply_device_overrides,
@@ -126,7 +126,7 @@ class EncoderConfig:
 @dataclass
 class SingleViewModelConfig:
     """
-    The conditioned decoder (:class:`dvr_plugin.field.OccupancyTextureField`).
+    The conditioned decoder (:class:`dvr_plugin.fields.field.OccupancyTextureField`).
 
     Members:
         hidden_size: width of the residual blocks (512 in the paper, 256 here by default).

@@ -37,8 +37,8 @@ import torch
 from pytorch3d.renderer import PerspectiveCameras
 from pytorch3d.structures import Meshes
 
-from ..cameras import cameras_from_opencv, opencv_from_cameras
 from ..data import MultiViewData, index_cameras, load_dvr_layout
+from ..data.cameras import cameras_from_opencv, opencv_from_cameras
 from ..data.io import IMAGE_EXTENSIONS, list_files
 from ..data.multiview import ImageStack
 

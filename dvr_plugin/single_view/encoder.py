@@ -3,7 +3,7 @@ The image encoder of single-view reconstruction: a ResNet-18 that maps an image 
 
 As in DVR's single-view model, the ResNet-18 trunk (everything up to the global average pool,
 512 features) is followed by one ``Linear(512 -> C)`` layer (``C = 256`` by default); the code
-conditions :class:`dvr_plugin.field.OccupancyTextureField` (added before every block).
+conditions :class:`dvr_plugin.fields.field.OccupancyTextureField` (added before every block).
 
 The trunk is torchvision's ``resnet18`` when torchvision imports, otherwise an identical
 definition in this module (:class:`ResNet18Trunk`, the same layers under the same parameter

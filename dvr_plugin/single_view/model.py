@@ -2,9 +2,9 @@
 The single-view model: an image encoder and a field conditioned on its code.
 
 ``model.encode(images)`` gives `(B, C)` codes; ``model.field`` is a
-:class:`dvr_plugin.field.OccupancyTextureField` with ``latent_size = C`` (the code is projected
-and added before every residual block), rendered with :class:`dvr_plugin.renderer.DVRRenderer`
-(``renderer(cameras, latent=codes)``) and meshed with
+:class:`dvr_plugin.fields.field.OccupancyTextureField` with ``latent_size = C`` (the code is
+projected and added before every residual block), rendered with
+:class:`dvr_plugin.renderer.DVRRenderer` (``renderer(cameras, latent=codes)``) and meshed with
 :func:`dvr_plugin.meshing.extract_mesh` (``extract_mesh(model.field, latent=code)``). Gradients
 of an image loss reach the encoder through DVR's implicit depth gradient, which includes the
 latent code.
@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..field import FieldOutput, OccupancyTextureField
+from ..fields.field import FieldOutput, OccupancyTextureField
 from .encoder import ResNetEncoder, describe_encoder
 
 

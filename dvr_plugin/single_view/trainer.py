@@ -6,9 +6,10 @@ One iteration::
     pick B objects -> for each an input view (random; or a fixed index) and, independently, a
     supervision view (random)
     -> encoder(input images) = codes (B, C)
-    -> sample R pixels in each supervision view (dvr_plugin.sampling)
+    -> sample R pixels in each supervision view (dvr_plugin.engine.sampling)
     -> DVRRenderer(cameras of the supervision views, xys, n_steps, latent=codes)
-    -> losses (dvr_plugin.losses): rgb and / or depth (train.supervision), free space, occupancy,
+    -> losses (dvr_plugin.engine.losses): rgb and / or depth (train.supervision), free space,
+    occupancy,
        normal smoothness; the field is evaluated with each object's code
     -> backward (the implicit depth gradient carries d(loss)/d(code) into the encoder)
     -> Adam step on encoder and field -> learning-rate step decay
@@ -27,9 +28,13 @@ from typing import Any, Optional
 
 import torch
 
-from ..field import evaluate_field
-from ..io import make_dirs
-from ..losses import (
+from ..engine.checkpoint import (
+    capture_rng_state,
+    checkpoint_exists,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ..engine.losses import (
     depth_loss,
     freespace_and_occupancy_points,
     freespace_loss,
@@ -39,17 +44,13 @@ from ..losses import (
     rgb_loss,
     total_loss,
 )
-from ..rays import UNIT_CUBE_BOUNDS, intersect_box
-from ..raysampler import SecantRaysampler
-from ..renderer import DVRRenderer
-from ..sampling import gather, sample_pixels
-from ..schedule import StepSchedule
-from ..training.checkpoint import (
-    capture_rng_state,
-    checkpoint_exists,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ..engine.sampling import gather, sample_pixels
+from ..engine.schedule import StepSchedule
+from ..fields.field import UNIT_CUBE_BOUNDS, evaluate_field
+from ..io import make_dirs
+from ..renderer.rays import intersect_box
+from ..renderer.raysampler import SecantRaysampler
+from ..renderer.renderer import DVRRenderer
 from ..training.evaluation import RenderedViews, image_metrics, orbit_settings, render_views
 from ..training.fit import write_json
 from ..training.trainer import (

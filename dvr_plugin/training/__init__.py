@@ -12,7 +12,7 @@ Example::
     trainer.fit()
 """
 
-from .checkpoint import (
+from ..engine.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,

@@ -33,10 +33,10 @@ from typing import Any, Optional
 
 import torch
 
-from ..field import FIELD_TYPES
-from ..losses import LossWeights
-from ..sampling import SAMPLING_MODES
-from ..schedule import StepSchedule
+from ..engine.losses import LossWeights
+from ..engine.sampling import SAMPLING_MODES
+from ..engine.schedule import StepSchedule
+from ..fields.field import FIELD_TYPES
 
 DATA_FORMATS = ("demo", "mesh", "dtu", "monosdf", "nerf-synthetic", "dvr")
 EMPTY_MASK_POLICIES = ("error", "warn", "ignore")
@@ -125,7 +125,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """
-    The field (:class:`dvr_plugin.field.OccupancyTextureField`).
+    The field (:class:`dvr_plugin.fields.field.OccupancyTextureField`).
 
     Members:
         hidden_size: H, width of the residual blocks.
@@ -141,7 +141,7 @@ class ModelConfig:
         colour: ``"texture"`` (DVR's view-independent texture head, the default) or
             ``"view_dependent"`` (an IDR-style rendering network of the surface point, its
             normal, the viewing direction and the geometry network's last hidden activation;
-            :mod:`dvr_plugin.appearance`).
+            :mod:`dvr_plugin.fields.appearance`).
         colour_hidden_size: width of the view-dependent head's hidden layers.
         colour_n_layers: number of its hidden layers.
         colour_view_frequencies: Fourier bands of the viewing direction (IDR: 4).
@@ -162,7 +162,7 @@ class ModelConfig:
     colour_point_frequencies: int = 0
 
     def __post_init__(self) -> None:
-        from ..appearance import COLOUR_MODELS
+        from ..fields.appearance import COLOUR_MODELS
 
         _positive("model.hidden_size", self.hidden_size)
         if self.n_blocks < 0 or self.n_frequencies < 0:
@@ -245,11 +245,11 @@ class TrainConfig:
         iterations: total optimisation steps.
         images_per_batch: B, images drawn (without replacement) per step.
         rays_per_image: R, pixels sampled per image.
-        sampling: pixel sampling mode (:data:`dvr_plugin.sampling.SAMPLING_MODES`).
+        sampling: pixel sampling mode (:data:`dvr_plugin.engine.sampling.SAMPLING_MODES`).
         foreground_fraction: foreground share for ``"foreground_balanced"``.
         continuous_pixels: uniform positions inside pixels instead of pixel centres.
         step_milestones: ``{iteration: n_steps}`` marching schedule
-            (:class:`dvr_plugin.schedule.StepSchedule`).
+            (:class:`dvr_plugin.engine.schedule.StepSchedule`).
         n_secant_steps: secant refinement steps.
         time_budget_s: stop (and save) once training took this many seconds (``None`` = no
             limit). Used by the demo so it ends in time on slow machines; a run cut short this
@@ -258,7 +258,7 @@ class TrainConfig:
             rounds) as CUDA graphs on a GPU (``SecantRaysampler(cuda_graphs=True)``;
             docs/performance.md); ignored on a CPU.
         occupancy_grid: cells per side of an occupancy grid that skips empty space in the
-            march (:class:`dvr_plugin.acceleration.OccupancyGrid`); 0 = no grid.
+            march (:class:`dvr_plugin.accel.occupancy_grid.OccupancyGrid`); 0 = no grid.
         grid_refresh_every: steps between refreshes of the grid from the field (the first
             step, also after a resume, refreshes every cell).
         grid_refresh_fraction: the share of cells each refresh re-evaluates (chosen at
@@ -329,7 +329,7 @@ def check_rays_and_marching(train: Any) -> None:
 @dataclass
 class LossConfig:
     """
-    Loss weights (the terms of :class:`dvr_plugin.losses.LossWeights`) and loss options.
+    Loss weights (the terms of :class:`dvr_plugin.engine.losses.LossWeights`) and loss options.
 
     A term is computed only when its weight is > 0 and its inputs exist: ``depth`` and
     ``world_point`` need depth maps, ``image_gradient`` needs ``train.sampling: patch``.
@@ -377,7 +377,7 @@ class LossConfig:
             raise ValueError(f"loss.normal_jitter must be >= 0, got {self.normal_jitter}.")
 
     def weights(self) -> LossWeights:
-        """The weights as :class:`dvr_plugin.losses.LossWeights`."""
+        """The weights as :class:`dvr_plugin.engine.losses.LossWeights`."""
         return LossWeights(**{name: getattr(self, name) for name in LossWeights.names()})
 
 

@@ -3,7 +3,7 @@ Training data for a fit: load (or render) the views of ``config.data`` and split
 
 Every format ends as :class:`dvr_plugin.data.MultiViewData` in the normalised object frame (the
 object inside the unit cube). ``"demo"`` builds its scene in code: the analytic
-:func:`dvr_plugin.shapes.demo_scene` is meshed with :func:`dvr_plugin.meshing.extract_mesh`
+:func:`dvr_plugin.fields.shapes.demo_scene` is meshed with :func:`dvr_plugin.meshing.extract_mesh`
 (vertex colours from its texture) and rendered with PyTorch3D's ``MeshRenderer``, so the ground
 truth comes from a different renderer than the one being fitted, and the mesh doubles as the
 ground truth of the 3D metrics.
@@ -25,7 +25,7 @@ from ..data import (
     load_nerf_synthetic,
     render_mesh_views,
 )
-from ..rays import check_cameras
+from ..renderer.rays import check_cameras
 from .config import DataConfig
 
 
@@ -47,8 +47,8 @@ class FitData:
 def demo_mesh(*, sphere_level: int = 3, box_level: int = 3):
     """
     The built-in demo scene as a textured triangle mesh built in code: the parts of
-    :func:`dvr_plugin.shapes.demo_scene` (a box with two spheres resting on it) as an ico-sphere
-    and a subdivided cube each, with vertex colours from the analytic parts' texture.
+    :func:`dvr_plugin.fields.shapes.demo_scene` (a box with two spheres resting on it) as an
+    ico-sphere and a subdivided cube each, with vertex colours from the analytic parts' texture.
 
     Args:
         sphere_level: ico-sphere subdivision level (3: 1280 faces per sphere).
@@ -62,7 +62,7 @@ def demo_mesh(*, sphere_level: int = 3, box_level: int = 3):
     from pytorch3d.structures import Meshes, join_meshes_as_scene
     from pytorch3d.utils import ico_sphere
 
-    from ..shapes import BoxField, SphereField, demo_scene
+    from ..fields.shapes import BoxField, SphereField, demo_scene
 
     parts = []
     with torch.no_grad():

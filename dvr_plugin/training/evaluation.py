@@ -13,8 +13,8 @@ from typing import Any, Optional
 import torch
 
 from ..metrics import mask_iou, psnr, ssim
-from ..raysampler import SecantRaysampler
-from ..renderer import DVRRenderer
+from ..renderer.raysampler import SecantRaysampler
+from ..renderer.renderer import DVRRenderer
 from ..visualize import colorize_depth, colorize_normals, image_grid
 
 
@@ -54,7 +54,7 @@ def render_views(
     Render every camera of a batch at full resolution with DVR (no gradients).
 
     Args:
-        field: a field following :mod:`dvr_plugin.field`'s protocol, on the cameras' device.
+        field: a field following :mod:`dvr_plugin.fields.field`'s protocol, on the cameras' device.
         cameras: ``N`` PyTorch3D cameras.
         image_size: ``(H, W)``.
         n_steps: marching steps per ray.

@@ -33,9 +33,10 @@ from typing import Any, Optional
 
 import torch
 
+from ..engine.checkpoint import load_checkpoint
+from ..engine.logs import read_csv
 from ..io import atomic_write, make_dirs, path_manager
 from ..visualize import save_gif, save_png
-from .checkpoint import load_checkpoint
 from .config import FitConfig, load_config, resolve_config, resolve_device
 from .data import load_fit_data, load_views
 from .distributed import DistributedContext, environment_rank, process_group_from_environment
@@ -47,7 +48,6 @@ from .evaluation import (
     render_views,
     turntable_frames,
 )
-from .logs import read_csv
 from .trainer import (
     CHECKPOINT_NAME,
     TRAIN_LOG_NAME,
@@ -350,7 +350,7 @@ def render_checkpoint(
         ValueError: a bad setting, an output path that is a file, an unknown device.
         FileNotFoundError: no checkpoint at ``checkpoint``.
     """
-    from .checkpoint import checkpoint_exists
+    from ..engine.checkpoint import checkpoint_exists
 
     check_render_settings(
         cameras=cameras,

@@ -3,9 +3,9 @@
 
 One iteration::
 
-    pick B training images -> sample R pixels each (dvr_plugin.sampling)
+    pick B training images -> sample R pixels each (dvr_plugin.engine.sampling)
     -> render those rays with DVRRenderer(xys=..., n_steps=StepSchedule(step))
-    -> losses (dvr_plugin.losses): rgb (hit & mask), depth / world points (with depth maps),
+    -> losses (dvr_plugin.engine.losses): rgb (hit & mask), depth / world points (with depth maps),
        free space (outside the mask), occupancy (inside the mask, no hit), normal smoothness,
        image gradients (patch sampling)
     -> backward -> Adam step -> learning-rate step decay
@@ -34,13 +34,18 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..acceleration import OccupancyGrid
-from ..appearance import RenderingNetwork, ViewDependentField, geometry_of
+from ..accel.occupancy_grid import OccupancyGrid
 from ..data import MultiViewData, index_cameras
 from ..data.frame import WorldFrame, data_fingerprint
-from ..field import FieldOutput, OccupancyTextureField, evaluate_field, field_type_of
-from ..io import atomic_write, make_dirs
-from ..losses import (
+from ..engine.checkpoint import (
+    capture_rng_state,
+    checkpoint_exists,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ..engine.logs import CsvLog, TensorBoardLog, plot_curves
+from ..engine.losses import (
     LossWeights,
     depth_loss,
     eikonal_penalty,
@@ -57,24 +62,25 @@ from ..losses import (
     total_loss,
     world_point_loss,
 )
-from ..rays import UNIT_CUBE_BOUNDS, intersect_box
-from ..raysampler import SecantRaysampler
-from ..renderer import DVRRenderer
-from ..sampling import PixelSample, gather, sample_pixels
-from ..schedule import StepSchedule
-from ..visualize import save_png
-from .checkpoint import (
-    capture_rng_state,
-    checkpoint_exists,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
+from ..engine.sampling import PixelSample, gather, sample_pixels
+from ..engine.schedule import StepSchedule
+from ..fields.appearance import RenderingNetwork, ViewDependentField, geometry_of
+from ..fields.field import (
+    UNIT_CUBE_BOUNDS,
+    FieldOutput,
+    OccupancyTextureField,
+    evaluate_field,
+    field_type_of,
 )
+from ..io import atomic_write, make_dirs
+from ..renderer.rays import intersect_box
+from ..renderer.raysampler import SecantRaysampler
+from ..renderer.renderer import DVRRenderer
+from ..visualize import save_png
 from .config import FitConfig, OptimConfig, TrainConfig, resolve_device
 from .data import check_training_views
 from .distributed import BatchShard, StepForward, current_context, parameters_anchor
 from .evaluation import comparison_grid, image_metrics, orbit_settings, render_views
-from .logs import CsvLog, TensorBoardLog, plot_curves
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_LOG_NAME = "train_log.csv"
@@ -93,7 +99,7 @@ class AutocastField(nn.Module):
     depths and losses stay in float32.
 
     Args (keyword-only):
-        field: a field following :mod:`dvr_plugin.field`'s protocol.
+        field: a field following :mod:`dvr_plugin.fields.field`'s protocol.
         device_type: ``"cuda"`` (or ``"cpu"``).
         dtype: the autocast dtype.
     """
@@ -119,8 +125,8 @@ def build_field(config: FitConfig) -> nn.Module:
     """
     The field of ``config.model`` (initialised from the global torch RNG): an
     :class:`OccupancyTextureField`, or with ``model.colour="view_dependent"`` a
-    :class:`~dvr_plugin.appearance.ViewDependentField` (that network without its texture head,
-    as ``geometry``, and an IDR-style rendering network on its last hidden activation).
+    :class:`~dvr_plugin.fields.appearance.ViewDependentField` (that network without its texture
+    head, as ``geometry``, and an IDR-style rendering network on its last hidden activation).
 
     Raises:
         ValueError: for ``model.colour="view_dependent"`` with ``mixed_precision``.
@@ -169,7 +175,7 @@ def draw_pixel_batch(
     Returns:
         index: `(B,)` image indices (CPU).
         masks: `(B, H, W)` their masks.
-        sample: the pixels (:class:`dvr_plugin.sampling.PixelSample`, `(B, R)`).
+        sample: the pixels (:class:`dvr_plugin.engine.sampling.PixelSample`, `(B, R)`).
     """
     batch = min(train.images_per_batch, len(data))
     index = torch.randperm(len(data), generator=image_generator)[:batch]
@@ -1189,7 +1195,7 @@ class Trainer:
 
 def untrained_row(val_csv: Optional[str]) -> Optional[dict[str, float]]:
     """The step-0 row (the untrained model) of a validation log, if there is one."""
-    from .logs import read_csv
+    from ..engine.logs import read_csv
 
     if val_csv is None:
         return None

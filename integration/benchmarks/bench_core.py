@@ -41,11 +41,11 @@ from typing import Dict, List, Optional
 
 import torch
 
-from dvr_plugin.acceleration import OccupancyGrid
-from dvr_plugin.rays import ndc_grid
-from dvr_plugin.raysampler import SecantRaysampler
-from dvr_plugin.renderer import DVRRenderer
-from dvr_plugin.shapes import demo_scene
+from dvr_plugin.accel.occupancy_grid import OccupancyGrid
+from dvr_plugin.fields.shapes import demo_scene
+from dvr_plugin.renderer.rays import ndc_grid
+from dvr_plugin.renderer.raysampler import SecantRaysampler
+from dvr_plugin.renderer.renderer import DVRRenderer
 from integration.benchmarks import bench_volume
 from integration.benchmarks.common import (
     MATMUL_CEILINGS,
@@ -67,7 +67,7 @@ MODES: Dict[str, dict] = {
     "grid": dict(grid=True),
     "grid tf32": dict(grid=True, refine_precision="tf32"),
     "grid bf16": dict(grid=True, march_precision="bfloat16", refine_precision="tf32"),
-    # the secant steps replayed as CUDA graphs (dvr_plugin.refine_graphs)
+    # the secant steps replayed as CUDA graphs (dvr_plugin.accel.refine_graphs)
     "graphs": dict(cuda_graphs=True),
     "grid graphs": dict(grid=True, cuda_graphs=True),
     "grid tf32 graphs": dict(grid=True, refine_precision="tf32", cuda_graphs=True),
@@ -442,10 +442,10 @@ def profile_train_step(
     """
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import dvr_plugin.raysampler as raysampler_module
-    import dvr_plugin.root_finding as root_module
-    from dvr_plugin.march_graphs import MarchGraphs
-    from dvr_plugin.refine_graphs import RefinementGraphs
+    import dvr_plugin.renderer.raysampler as raysampler_module
+    import dvr_plugin.surface.root_finding as root_module
+    from dvr_plugin.accel.march_graphs import MarchGraphs
+    from dvr_plugin.accel.refine_graphs import RefinementGraphs
 
     stages = {"other": 0.0}
     operations = {"other": 0}

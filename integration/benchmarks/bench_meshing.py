@@ -29,9 +29,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from dvr_plugin.field import OccupancyTextureField
+from dvr_plugin.fields.field import OccupancyTextureField
+from dvr_plugin.fields.shapes import demo_scene
 from dvr_plugin.meshing import extract_mesh
-from dvr_plugin.shapes import demo_scene
 from integration.benchmarks.common import device_name, fmt_bytes
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

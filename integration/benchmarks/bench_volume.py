@@ -29,7 +29,7 @@ from pytorch3d.renderer import (
 )
 from torch import nn
 
-from dvr_plugin.field import evaluate_field
+from dvr_plugin.fields.field import evaluate_field
 from integration.benchmarks.common import (
     adam,
     cameras,
@@ -57,7 +57,7 @@ class OccupancyAlphaFunction(nn.Module):
     opacity) and ``features`` `(B, ..., n, 4)` = RGB and the sample's length along the ray.
 
     Args (keyword-only):
-        field: an occupancy field following :mod:`dvr_plugin.field`'s protocol.
+        field: an occupancy field following :mod:`dvr_plugin.fields.field`'s protocol.
     """
 
     def __init__(self, *, field) -> None:

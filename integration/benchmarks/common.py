@@ -13,9 +13,9 @@ from collections.abc import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dvr_plugin.demo import orbit_cameras
-from dvr_plugin.field import OccupancyTextureField
-from dvr_plugin.shapes import demo_scene
+from dvr_plugin.cli.demo import orbit_cameras
+from dvr_plugin.fields.field import OccupancyTextureField
+from dvr_plugin.fields.shapes import demo_scene
 
 # Matmul ceilings measured on the H100 of the reference figures (docs/performance.md), FLOP/s.
 MATMUL_CEILINGS = {"fp32": 51e12, "tf32": 384e12, "bf16": 647e12}

@@ -4,11 +4,11 @@ The NeRF-style baseline of the comparison: PyTorch3D's volume renderer on DVR's 
 The renderer is ``pytorch3d.renderer.ImplicitRenderer`` with
 
 - :class:`BoxStratifiedRaysampler`: rays through given NDC points (training pixels chosen by
-  :func:`dvr_plugin.sampling.sample_pixels`, as DVR's trainer chooses them) or through every
+  :func:`dvr_plugin.engine.sampling.sample_pixels`, as DVR's trainer chooses them) or through every
   pixel, with ``n_pts_per_ray`` stratified samples in the part of each ray inside the padded
   unit cube (NeRF's sampling, restricted to the object box);
 - :class:`OccupancyVolumeFunction`: the volumetric function, DVR's
-  :class:`~dvr_plugin.field.OccupancyTextureField` read UNISURF's way: a sample's occupancy
+  :class:`~dvr_plugin.fields.field.OccupancyTextureField` read UNISURF's way: a sample's occupancy
   probability ``sigmoid(logit)`` is its opacity (alpha), its texture is its colour;
 - ``pytorch3d.renderer.EmissionAbsorptionRaymarcher``: ``w_i = a_i prod_{j<i} (1 - a_j)``,
   colour ``sum_i w_i c_i`` over the background, opacity ``1 - prod_i (1 - a_i)`` and the
@@ -35,10 +35,10 @@ from pytorch3d.renderer.implicit.utils import RayBundle
 from torch import nn
 
 from dvr_plugin.data import MultiViewData, index_cameras
-from dvr_plugin.field import evaluate_field, field_type_of
-from dvr_plugin.losses import rgb_loss
-from dvr_plugin.rays import UNIT_CUBE_BOUNDS, intersect_box, ndc_grid, rays_from_cameras
-from dvr_plugin.sampling import gather
+from dvr_plugin.engine.losses import rgb_loss
+from dvr_plugin.engine.sampling import gather
+from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, evaluate_field, field_type_of
+from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
 from dvr_plugin.training import FitConfig, RenderedViews, build_field, seed_everything
 from dvr_plugin.training.config import resolve_device
 from dvr_plugin.training.trainer import build_optimizer, draw_pixel_batch
@@ -51,10 +51,10 @@ class BoxStratifiedRaysampler(nn.Module):
     Rays with stratified samples inside an axis-aligned box (a PyTorch3D raysampler).
 
     Rays follow ``NDCMultinomialRaysampler``'s convention with ``unit_directions=False``
-    (:func:`dvr_plugin.rays.rays_from_cameras`): origins on the camera's z = 0 plane, directions
-    of one unit of camera z, so ``lengths`` are z-depths like ``MeshRasterizer``'s ``zbuf``, and
-    the full-image grid lines up pixel for pixel with ``MeshRenderer`` output. Each ray's segment
-    ``[near, far]`` inside ``bounds`` is cut into ``n_pts_per_ray`` equal bins; with
+    (:func:`dvr_plugin.renderer.rays.rays_from_cameras`): origins on the camera's z = 0 plane,
+    directions of one unit of camera z, so ``lengths`` are z-depths like ``MeshRasterizer``'s
+    ``zbuf``, and the full-image grid lines up pixel for pixel with ``MeshRenderer`` output. Each
+    ray's segment ``[near, far]`` inside ``bounds`` is cut into ``n_pts_per_ray`` equal bins; with
     ``stratified=True`` (training) each bin gets one uniformly random sample, else its centre.
     Rays that miss the box get all their samples at one length outside it (a volumetric
     function that is empty outside the box, like :class:`OccupancyVolumeFunction`, renders them
@@ -151,7 +151,7 @@ class OccupancyVolumeFunction(nn.Module):
     so one emission-absorption composite gives the colour and the (unnormalised) expected depth.
 
     Args (keyword-only):
-        field: an occupancy field following :mod:`dvr_plugin.field`'s protocol.
+        field: an occupancy field following :mod:`dvr_plugin.fields.field`'s protocol.
         bounds: the box outside which the volume is empty.
         tolerance: slack of the inside-the-box test (samples on the faces count as inside).
     """
@@ -218,7 +218,7 @@ class VolumeBaseline(nn.Module):
         views = model.render_views(cameras, (128, 128))     # full images, RenderedViews
 
     Args (keyword-only):
-        field: an occupancy field following :mod:`dvr_plugin.field`'s protocol.
+        field: an occupancy field following :mod:`dvr_plugin.fields.field`'s protocol.
         n_pts_per_ray: samples per ray (training and rendering use the same number: opacity
             as alpha depends on the sample spacing).
         background_color: RGB behind the object.

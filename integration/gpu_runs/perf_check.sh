@@ -21,7 +21,7 @@ r = _train_case(field, "cuda", 4096, 128, mode, grid, False, repeats=60)
 print(f"fresh {mode!r} 128 steps, 60 repeats: median {1000 * r['seconds']:.2f} ms, min {1000 * r['min_seconds']:.2f} ms", flush=True)
 if "graphs" in mode:  # the march's graph replays in one step, each synchronised
     import time
-    from dvr_plugin.march_graphs import FixedShapeGridMarch
+    from dvr_plugin.accel.march_graphs import FixedShapeGridMarch
     replays, original = [], torch.cuda.CUDAGraph.replay
     def timed(graph):
         torch.cuda.synchronize(); start = time.perf_counter(); original(graph); torch.cuda.synchronize()
@@ -29,7 +29,7 @@ if "graphs" in mode:  # the march's graph replays in one step, each synchronised
     statuses, advance = [], FixedShapeGridMarch.choose_slots
     def chosen(self, n_active, pending):
         slots = advance(self, n_active, pending); statuses.append((n_active, pending, slots)); return slots
-    from dvr_plugin.refine_graphs import RefinementGraphs
+    from dvr_plugin.accel.refine_graphs import RefinementGraphs
     hits, bucket = [], RefinementGraphs.bucket
     def counted(self, n):
         hits.append((n, bucket(self, n))); return hits[-1][1]

@@ -22,7 +22,7 @@ Which function to use for which DVR term (names as in :class:`LossWeights`):
 - ``normal``: :func:`normal_smoothness_loss` on normals at surface points and at points moved by
   :func:`jitter_points`.
 - ``image_gradient``: :func:`image_gradient_loss` on 2x2 patches from
-  :func:`dvr_plugin.sampling.sample_patches`.
+  :func:`dvr_plugin.engine.sampling.sample_patches`.
 - ``eikonal``: :func:`eikonal_loss` (or :func:`eikonal_penalty` on gradients at hand),
   ``(|grad f| - 1)^2`` for signed-distance fields.
 - ``mask``: :func:`soft_mask_loss` on the smallest outside value along each ray from
@@ -42,7 +42,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .field import FIELD_TYPES, evaluate_field, field_type_of
+from ..fields.field import FIELD_TYPES, evaluate_field, field_type_of
 from .sampling import (
     PATCH_BOTTOM_LEFT,
     PATCH_TOP_LEFT,
@@ -404,8 +404,8 @@ def freespace_and_occupancy_points(
 
     The reference samples free-space depths in the box padded to +-0.55 (the marching box) and
     occupancy depths in the unpadded unit cube; pass the matching ``near`` / ``far`` (e.g. from
-    :func:`dvr_plugin.rays.intersect_box`). Ground-truth depth maps, when present, can be passed
-    as ``visual_hull_depth``: the reference then uses them for the occupancy points too.
+    :func:`dvr_plugin.renderer.rays.intersect_box`). Ground-truth depth maps, when present, can be
+    passed as ``visual_hull_depth``: the reference then uses them for the occupancy points too.
 
     Args:
         origins: `(B, R, 3)` ray origins.
@@ -555,8 +555,8 @@ def image_gradient_loss(
     Match finite-difference image gradients on 2x2 patches (DVR's multi-view loss).
 
     Rays ``4k .. 4k + 3`` form patch ``k`` in the order of
-    :data:`dvr_plugin.sampling.PATCH_OFFSETS`: top-left, top-right, bottom-left, bottom-right.
-    Per patch and channel ``c``, with forward differences from the top-left pixel
+    :data:`dvr_plugin.engine.sampling.PATCH_OFFSETS`: top-left, top-right, bottom-left,
+    bottom-right. Per patch and channel ``c``, with forward differences from the top-left pixel
     ``dx = I_TR - I_TL`` and ``dy = I_BL - I_TL``, the loss is
     ``sqrt((dx_pred - dx_gt)^2 + (dy_pred - dy_gt)^2)``, summed over channels and over the
     patches whose four rays are all valid, and divided by ``B``. (The reference uses the same two
@@ -642,7 +642,7 @@ def eikonal_loss(
     ``create_graph=True``, so the term trains the field's parameters (and the latent).
 
     Args:
-        field: a field following :mod:`dvr_plugin.field`'s protocol (signed distances).
+        field: a field following :mod:`dvr_plugin.fields.field`'s protocol (signed distances).
         points: `(B, P, 3)` points (scene units); detached: only the field is trained.
         latent: `(B, C)` codes or ``None``.
         select: optional `(B, P)` bool, the points to use (default: all).
@@ -698,7 +698,7 @@ def min_outside_along_rays(
     """
     The smallest *outside value* ``o`` along each selected ray, for the soft mask loss.
 
-    The outside value is the negated inside value of :mod:`dvr_plugin.surface_query`:
+    The outside value is the negated inside value of :mod:`dvr_plugin.surface.query`:
     ``o = s - level`` for signed distances, ``o = level - logit`` for occupancy logits; it is
     positive outside the object, negative inside, zero on the surface. A ray whose minimum is
     negative enters the object. The search is a dense one without gradient: ``n_samples``
@@ -708,10 +708,10 @@ def min_outside_along_rays(
     is treated as a constant.
 
     Args:
-        field: a field following :mod:`dvr_plugin.field`'s protocol.
+        field: a field following :mod:`dvr_plugin.fields.field`'s protocol.
         origins, directions: `(B, R, 3)` rays (point = origin + depth * direction).
         near, far: `(B, R)` the depth range searched (e.g. from
-            :func:`dvr_plugin.rays.intersect_box`); read only where selected.
+            :func:`dvr_plugin.renderer.rays.intersect_box`); read only where selected.
         select: `(B, R)` bool, the rays to search (each must have ``far > near``, finite).
         n_samples: the number of depths per ray (>= 1).
         offsets: `(B, R)` positions in [0, 1) within the strata, or one number for all.

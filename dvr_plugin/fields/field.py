@@ -35,6 +35,11 @@ from torch import nn
 FIELD_TYPES = ("occupancy", "sdf")
 
 
+# The default bounding box of the renderer's march, (min corner, max corner) in the normalised
+# object frame where fields live: the unit cube of DVR's normalised scenes with a margin.
+UNIT_CUBE_BOUNDS = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
+
+
 class FieldOutput(NamedTuple):
     """
     What a field returns.
@@ -365,7 +370,7 @@ class OccupancyTextureField(nn.Module):
         """
         :meth:`forward` and the geometry feature vector of every point: the last hidden
         activation (``relu`` of the last block's output, i.e. the input of ``fc_out``), which
-        an appearance network can condition on (:mod:`dvr_plugin.appearance`). Read from the
+        an appearance network can condition on (:mod:`dvr_plugin.fields.appearance`). Read from the
         one forward pass, so it follows whatever :meth:`forward` computes.
 
         Args:
@@ -406,7 +411,7 @@ class OccupancyTextureField(nn.Module):
         derivative), in one pass: points and tangents go through every layer as one stacked
         batch (a linear layer is linear; a ReLU passes a tangent where its input is positive).
         Differentiable like :meth:`forward`. The renderer uses it to get ``grad_p s . w`` and
-        ``J_rgb w`` at the surface (:mod:`dvr_plugin.implicit_gradient`).
+        ``J_rgb w`` at the surface (:mod:`dvr_plugin.renderer.implicit_gradient`).
 
         Args:
             points: `(B, P, 3)`.

@@ -31,11 +31,6 @@ from pytorch3d.renderer.cameras import (
 
 ImageSize = Union[int, Sequence[int]]
 
-# The default bounding box, (min corner, max corner) in world units: the unit cube of DVR's
-# normalised scenes with a margin.
-UNIT_CUBE_BOUNDS = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
-
-
 def pixel_count(value, name: str) -> int:
     """
     ``value`` as a positive number of pixels: an ``int`` (or NumPy / 0-dim torch integer);

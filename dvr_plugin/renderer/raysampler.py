@@ -4,7 +4,7 @@
 PyTorch3D's ``ImplicitRenderer`` hands its raysampler the volumetric function, so a raysampler can
 find the surface itself and return one sample per ray, at the surface, whose length carries DVR's
 implicit gradient. The volumetric function is then evaluated there for colour, and
-:class:`dvr_plugin.raymarcher.SurfaceRaymarcher` turns that into an image::
+:class:`dvr_plugin.renderer.raymarcher.SurfaceRaymarcher` turns that into an image::
 
     cameras -> rays (+ box clipping) -> root finding (no grad) -> implicit gradient -> bundle
 """
@@ -19,22 +19,21 @@ import torch
 from pytorch3d.renderer.cameras import CamerasBase
 from torch import nn
 
-from .acceleration import OccupancyGrid
-from .field import FIELD_TYPES
+from ..accel.march_graphs import MarchGraphs
+from ..accel.occupancy_grid import OccupancyGrid
+from ..accel.refine_graphs import RefinementGraphs
+from ..fields.field import FIELD_TYPES, UNIT_CUBE_BOUNDS
+from ..surface.precision import REFINE_PRECISIONS, check_precision
+from ..surface.query import FieldQuery, VolumetricFunctionQuery
+from ..surface.root_finding import find_surface
 from .implicit_gradient import attach_implicit_gradient
-from .march_graphs import MarchGraphs
-from .precision import REFINE_PRECISIONS, check_precision
 from .rays import (
-    UNIT_CUBE_BOUNDS,
     check_camera_batch,
     intersect_box,
     ndc_grid,
     pixel_count,
     rays_from_cameras,
 )
-from .refine_graphs import RefinementGraphs
-from .root_finding import find_surface
-from .surface_query import FieldQuery, VolumetricFunctionQuery
 
 
 class SurfaceRayBundle(NamedTuple):
@@ -76,16 +75,16 @@ class SecantRaysampler(nn.Module):
     For every ray, the part inside the bounding box is sampled at ``n_steps`` equally spaced
     depths under ``torch.no_grad()`` (in chunks of at most ``chunk_size`` points), the first
     free -> occupied interval is refined by ``n_secant_steps`` bracketing secant steps
-    (:mod:`dvr_plugin.root_finding`), and one more evaluation at the surface attaches the exact
-    implicit gradient of the depth with respect to the field's parameters, a latent code and
-    the rays (hence the camera parameters) (:mod:`dvr_plugin.implicit_gradient`).
+    (:mod:`dvr_plugin.surface.root_finding`), and one more evaluation at the surface attaches the
+    exact implicit gradient of the depth with respect to the field's parameters, a latent code and
+    the rays (hence the camera parameters) (:mod:`dvr_plugin.renderer.implicit_gradient`).
 
     Which rays (first match wins): the ``xys`` passed to ``forward`` (NDC, `(B, ..., 2)`);
     else ``n_rays_per_image`` random positions inside the image; else the full
     ``image_height x image_width`` pixel grid, laid out like ``MeshRenderer`` images.
 
     The surface is queried through either a field (``forward(field=...)``, the protocol of
-    :mod:`dvr_plugin.field`) or a PyTorch3D volumetric function
+    :mod:`dvr_plugin.fields.field`) or a PyTorch3D volumetric function
     (``forward(volumetric_function=...)``, as ``ImplicitRenderer`` passes it), whose
     ``densities[..., 0]`` are read as the field values.
 
@@ -122,14 +121,14 @@ class SecantRaysampler(nn.Module):
         early_exit: march in blocks of ``block_size`` steps and stop each ray at its first
             sample inside (exact: the same bracket as marching every sample).
         block_size: the least samples per ray per march block (occupied samples with a
-            grid); default :func:`dvr_plugin.root_finding.default_block_size`.
-        occupancy_grid: an :class:`dvr_plugin.acceleration.OccupancyGrid` over the scene:
+            grid); default :func:`dvr_plugin.surface.root_finding.default_block_size`.
+        occupancy_grid: an :class:`dvr_plugin.accel.occupancy_grid.OccupancyGrid` over the scene:
             samples in cells it marks empty are skipped and count as outside (refresh it from
             the field; during training every few steps). ``None`` (default) skips nothing.
         cuda_graphs: replay the secant steps as CUDA graphs (one launch instead of ~100
-            kernels per step; :mod:`dvr_plugin.refine_graphs`) and, with an occupancy grid,
+            kernels per step; :mod:`dvr_plugin.accel.refine_graphs`) and, with an occupancy grid,
             the march's rounds in fixed shapes (one launch per round instead of ~40;
-            :mod:`dvr_plugin.march_graphs`). Needs a field that is a pure function of its
+            :mod:`dvr_plugin.accel.march_graphs`). Needs a field that is a pure function of its
             inputs, parameters and buffers; CUDA only (ignored elsewhere).
     """
 
@@ -196,7 +195,7 @@ class SecantRaysampler(nn.Module):
             raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}.")
         if occupancy_grid is not None and not isinstance(occupancy_grid, OccupancyGrid):
             raise ValueError(
-                "occupancy_grid must be a dvr_plugin.acceleration.OccupancyGrid or None, "
+                "occupancy_grid must be a dvr_plugin.accel.occupancy_grid.OccupancyGrid or None, "
                 f"got {type(occupancy_grid).__name__}."
             )
         self.march_precision = march_precision
@@ -226,14 +225,14 @@ class SecantRaysampler(nn.Module):
             cameras: ``B`` cameras (any ``CamerasBase``).
             volumetric_function: a PyTorch3D volumetric function (the ``ImplicitRenderer``
                 route); ignored when ``field`` is given.
-            field: a field following :mod:`dvr_plugin.field`'s protocol.
+            field: a field following :mod:`dvr_plugin.fields.field`'s protocol.
             latent: `(B, C)` codes for a conditioned field.
             xys: `(B, ..., 2)` NDC ray positions (overrides the constructor's choice).
             n_steps: marching samples for this call (e.g. from a step schedule).
             n_rays_per_image: random rays for this call.
             return_features: with gradients, a field and no normals, also return the colours
                 at the surface from the implicit-gradient evaluation (one field evaluation at
-                the surface instead of two; :mod:`dvr_plugin.implicit_gradient`).
+                the surface instead of two; :mod:`dvr_plugin.renderer.implicit_gradient`).
             kwargs: passed on to the volumetric function.
 
         Returns:

@@ -24,8 +24,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .data.frame import FORMAT_UNITS, WorldFrame, check_frame_name, frame_from_comments
-from .io import make_dirs, open_path
+from ..data.frame import FORMAT_UNITS, WorldFrame, check_frame_name, frame_from_comments
+from ..io import make_dirs, open_path
 
 # The largest ratio of the longest bounding-box sides of prediction and ground truth accepted.
 MAX_BOX_RATIO = 2.0
@@ -58,9 +58,9 @@ class FittedCheckpoint:
 
 def load_fitted_checkpoint(path: str, *, device: str = "cpu") -> FittedCheckpoint:
     """Rebuild the field and the data frame of a ``dvr fit`` checkpoint (field on ``device``)."""
-    from .training.checkpoint import load_checkpoint
-    from .training.config import FitConfig
-    from .training.trainer import build_field
+    from ..engine.checkpoint import load_checkpoint
+    from ..training.config import FitConfig
+    from ..training.trainer import build_field
 
     state = load_checkpoint(path, map_location="cpu")
     if "model" not in state or "config" not in state:
@@ -99,7 +99,7 @@ def rebuild_data_frame(config: Dict[str, Any], *, checkpoint: str = "the checkpo
     the world frame (scores and world-frame outputs may then be wrongly placed and scaled;
     ``dvr eval`` catches the gross cases with its bounding-box check).
     """
-    from .training.config import FitConfig
+    from ..training.config import FitConfig
 
     fit_config = FitConfig.from_dict(config)
     data = fit_config.data
@@ -109,7 +109,7 @@ def rebuild_data_frame(config: Dict[str, Any], *, checkpoint: str = "the checkpo
         if data.format == "mesh":
             frame = _mesh_data_frame(data)
         else:
-            from .training.data import load_views
+            from ..training.data import load_views
 
             views, _ = load_views(data, background=list(fit_config.background))
             frame = WorldFrame.from_views(views, data.format)
@@ -132,7 +132,7 @@ def rebuild_data_frame(config: Dict[str, Any], *, checkpoint: str = "the checkpo
 
 
 def _mesh_data_frame(data) -> WorldFrame:
-    from .data.synthetic import load_mesh, normalize_mesh
+    from ..data.synthetic import load_mesh, normalize_mesh
 
     if data.path is None or not os.path.exists(data.path):
         raise FileNotFoundError(f"no mesh file {data.path!r}")
@@ -225,7 +225,7 @@ def mesh_from_checkpoint(
         device: where the field is evaluated.
         fitted: the checkpoint already loaded (else it is read from ``checkpoint``).
     """
-    from .meshing import extract_mesh
+    from ..meshing import extract_mesh
 
     check_frame_name(frame)
     if fitted is None:
@@ -257,12 +257,12 @@ def load_ground_truth(path: str, *, longest_side: Optional[float], device: str =
     if not os.path.exists(path) and "://" not in path:
         raise ValueError(f"Ground-truth mesh {path} does not exist.")
     if path.lower().endswith(".obj"):
-        from .data.synthetic import load_mesh
+        from ..data.synthetic import load_mesh
     else:
-        from .meshing import load_mesh
+        from ..meshing import load_mesh
     mesh = load_mesh(path, device=device)
     if longest_side is not None:
-        from .data.synthetic import normalize_mesh
+        from ..data.synthetic import normalize_mesh
 
         mesh, _ = normalize_mesh(mesh, longest_side=longest_side)
     return mesh
@@ -277,7 +277,7 @@ def evaluate_mesh_against(
     seed: int = 0,
 ) -> Dict[str, Any]:
     """Score one predicted ``Meshes`` against one ground-truth ``Meshes``: a flat dict of floats."""
-    from .metrics import evaluate_meshes
+    from ..metrics import evaluate_meshes
 
     if pred.device != gt.device:
         raise ValueError(
@@ -303,7 +303,7 @@ def stated_frame(path: str) -> Tuple[Optional[str], Optional[WorldFrame]]:
     ``(frame, data_frame)`` as in :func:`dvr_plugin.data.frame.frame_from_comments`,
     ``(None, None)`` when it states none.
     """
-    from .meshing.io import read_mesh_comments
+    from ..meshing.io import read_mesh_comments
 
     try:
         return frame_from_comments(read_mesh_comments(path))
@@ -419,7 +419,7 @@ def prepare_evaluation_meshes(
         ValueError: conflicting arguments, a move with no ``to_world`` known, or bounding boxes
             that disagree (:func:`check_bounding_boxes`), all before any metric is computed.
     """
-    from .meshing import load_mesh
+    from ..meshing import load_mesh
 
     is_checkpoint = prediction.lower().endswith(".pt")
     if is_checkpoint and checkpoint is not None:
@@ -506,9 +506,9 @@ def observed_region_metrics(
         the ``observed_*`` scores, ``pred_observed_fraction``, ``gt_observed_fraction``,
         ``tolerance`` and ``observed_cameras`` (the number of training cameras).
     """
-    from .metrics.observed import evaluate_observed
-    from .training.config import FitConfig
-    from .training.data import load_fit_data
+    from ..metrics.observed import evaluate_observed
+    from ..training.config import FitConfig
+    from ..training.data import load_fit_data
 
     if meshes.fitted is None:
         raise ValueError(
@@ -548,7 +548,7 @@ SIDE_BY_SIDE_ROWS = (
 
 
 def _check_watertight_ground_truth(gt) -> None:
-    from .metrics import is_watertight
+    from ..metrics import is_watertight
 
     if not bool(is_watertight(gt).all()):
         raise ValueError(
@@ -676,7 +676,7 @@ def error_figure(
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     from pytorch3d.ops import knn_points, sample_points_from_meshes
 
-    from .metrics import normalize_meshes
+    from ..metrics import normalize_meshes
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -773,11 +773,11 @@ def evaluate_held_out_views(
     Returns:
         the metrics, with ``views`` (their number) and ``settings`` (the steps used).
     """
-    from .metrics import depth_error
-    from .training.config import FitConfig
-    from .training.data import load_fit_data
-    from .training.evaluation import image_metrics, render_views
-    from .visualize import image_grid, save_png
+    from ..metrics import depth_error
+    from ..training.config import FitConfig
+    from ..training.data import load_fit_data
+    from ..training.evaluation import image_metrics, render_views
+    from ..visualize import image_grid, save_png
 
     field_module, config_dict = field_from_checkpoint(checkpoint, device=device)
     config = FitConfig.from_dict(config_dict)

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from ..training.cli_commands import clean_errors
+from .fit_commands import clean_errors
 
 TASKS = ("multi-view", "single-view")
 PACKAGED_CONFIG = "single_view"
@@ -71,7 +71,7 @@ def add_task_option(fit_parser: argparse.ArgumentParser) -> None:
 
 def wants_single_view(args: argparse.Namespace) -> bool:
     """``--task single-view``, a config with ``task: single-view``, or resuming such a run."""
-    from .config import is_single_view_config
+    from ..single_view.config import is_single_view_config
 
     if args.task is not None:
         return args.task == "single-view"
@@ -96,9 +96,9 @@ def _packaged(name: str) -> Optional[str]:
 @clean_errors
 def run_single_view_fit(args: argparse.Namespace) -> int:
     """``dvr fit --task single-view``."""
-    from ..training.cli_commands import fit_config_source, fit_overrides
-    from .config import load_single_view_config
-    from .trainer import fit_single_view
+    from ..single_view.config import load_single_view_config
+    from ..single_view.trainer import fit_single_view
+    from .fit_commands import fit_config_source, fit_overrides
 
     _show_notices()
     if args.format is not None:
@@ -206,7 +206,7 @@ def add_single_view_parsers(subparsers: Any) -> None:
 @clean_errors
 def run_make_category(args: argparse.Namespace) -> int:
     """``dvr make-category``."""
-    from .category import CategorySettings, make_category
+    from ..single_view.category import CategorySettings, make_category
 
     settings = CategorySettings(
         classes=[c.strip() for c in args.classes.split(",") if c.strip()],
@@ -248,7 +248,7 @@ FILE_SUFFIXES = (".ply", ".obj", ".off", ".stl", ".glb", ".gltf", ".gif", ".json
 @clean_errors
 def run_reconstruct(args: argparse.Namespace) -> int:
     """``dvr reconstruct``: every argument is checked before the checkpoint is loaded."""
-    from .reconstruct import reconstruct_image
+    from ..single_view.reconstruct import reconstruct_image
 
     device = check_reconstruct_arguments(args)
     summary = reconstruct_image(
@@ -278,7 +278,7 @@ def check_reconstruct_arguments(args: argparse.Namespace) -> str:
     or names a file, whose parent folder is missing, or that holds an earlier reconstruction
     (without ``--force``), an unknown device.
     """
-    from ..training.checkpoint import checkpoint_exists
+    from ..engine.checkpoint import checkpoint_exists
     from ..training.config import resolve_device
 
     for flag, value, least in (
@@ -354,7 +354,7 @@ def _check_output_folder(out: str, *, force: bool) -> None:
 @clean_errors
 def run_eval_category(args: argparse.Namespace) -> int:
     """``dvr eval-category``."""
-    from .evaluate import evaluate_category
+    from ..single_view.evaluate import evaluate_category
 
     evaluate_category(
         args.checkpoint,

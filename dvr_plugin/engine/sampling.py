@@ -4,7 +4,7 @@ Pixel sampling for training.
 Every sampler returns a :class:`PixelSample`: the integer pixel indices ``(rows, cols)`` that pick
 ground truth out of images (see :func:`gather`) and the NDC coordinates ``xys`` of the sampled
 positions, ready for a raysampler (``RayBundle.xys`` convention, built with
-:func:`dvr_plugin.rays.pixels_to_ndc`).
+:func:`dvr_plugin.renderer.rays.pixels_to_ndc`).
 
 Positions inside a pixel
 ------------------------
@@ -20,7 +20,7 @@ Sampling modes (:func:`sample_pixels`)
   draws that may repeat).
 - ``"patch"``: ``R / 4`` random 2x2 patches per image. Rays come in consecutive groups of four,
   in the order given by :data:`PATCH_OFFSETS`: top-left, top-right, bottom-left, bottom-right
-  (row-major). :func:`dvr_plugin.losses.image_gradient_loss` relies on that order.
+  (row-major). :func:`dvr_plugin.engine.losses.image_gradient_loss` relies on that order.
 - ``"foreground_balanced"``: ``round(foreground_fraction * R)`` pixels from inside each image's
   mask and the rest from outside it. The foreground rays come first. When an image's mask is
   empty all ``R`` rays come from the background; when it is full, all from the foreground. When
@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import torch
 
-from .rays import ImageSize, image_size_hw, pixels_to_ndc
+from ..renderer.rays import ImageSize, image_size_hw, pixels_to_ndc
 
 SAMPLING_MODES = ("uniform", "patch", "foreground_balanced")
 

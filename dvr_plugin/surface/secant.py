@@ -2,11 +2,11 @@
 The secant refinement of DVR's root finder: bracketed regula falsi and its full-precision finish.
 
 A bracket is a pair of depths along a ray with the inside value ``s <= 0`` at its outside end
-and ``s > 0`` at its inside end (see :mod:`dvr_plugin.surface_query` for the query). Depths are
-in the rays' length units (camera z for rays from :mod:`dvr_plugin.rays`); all tensors are per
-ray (`(h,)`) or per bracket end (`(h, 2)`, outside end first). Everything here runs without
-autograd; :mod:`dvr_plugin.root_finding` calls it after the march and
-:mod:`dvr_plugin.refine_graphs` records it as a CUDA graph.
+and ``s > 0`` at its inside end (see :mod:`dvr_plugin.surface.query` for the query). Depths are
+in the rays' length units (camera z for rays from :mod:`dvr_plugin.renderer.rays`); all tensors are
+per ray (`(h,)`) or per bracket end (`(h, 2)`, outside end first). Everything here runs without
+autograd; :mod:`dvr_plugin.surface.root_finding` calls it after the march and
+:mod:`dvr_plugin.accel.refine_graphs` records it as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .precision import reduced_precision, resolve_precision
-from .surface_query import InsideQuery
+from .query import InsideQuery
 
 
 def check_finite_values(values: torch.Tensor, what: str) -> None:

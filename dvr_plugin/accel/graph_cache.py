@@ -1,12 +1,12 @@
 """
 A cache of recorded CUDA graphs, and the helpers every graphed part of the root finder shares.
 
-The secant refinement (:mod:`dvr_plugin.refine_graphs`) and the grid march
-(:mod:`dvr_plugin.march_graphs`) record their work as CUDA graphs for fixed ray counts (buckets)
-and replay them. They share the cache (least recently used entries dropped, failed recordings
-remembered so that the work runs eagerly), the key of a field's storage, the warm-up stream and
-the copy of a batch into padded input buffers. Nothing here has a frame or units: the buffers
-hold whatever the caller records (rays in world units, depths along the rays).
+The secant refinement (:mod:`dvr_plugin.accel.refine_graphs`) and the grid march
+(:mod:`dvr_plugin.accel.march_graphs`) record their work as CUDA graphs for fixed ray counts
+(buckets) and replay them. They share the cache (least recently used entries dropped, failed
+recordings remembered so that the work runs eagerly), the key of a field's storage, the warm-up
+stream and the copy of a batch into padded input buffers. Nothing here has a frame or units: the
+buffers hold whatever the caller records (rays in world units, depths along the rays).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ class RecordedGraph:
 
 class GraphCache:
     """
-    Recorded CUDA graphs by key, shared by :class:`dvr_plugin.refine_graphs.RefinementGraphs`
-    and :class:`dvr_plugin.march_graphs.MarchGraphs`: the least recently used entry is dropped past
-    ``max_entries``, and a key whose recording failed is remembered (with one warning) so that
+    Recorded CUDA graphs by key, shared by :class:`dvr_plugin.accel.refine_graphs.RefinementGraphs`
+    and :class:`dvr_plugin.accel.march_graphs.MarchGraphs`: the least recently used entry is dropped
+    past ``max_entries``, and a key whose recording failed is remembered (with one warning) so that
     its work runs eagerly from then on. All entries record into one memory pool.
     """
 

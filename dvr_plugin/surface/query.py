@@ -5,7 +5,7 @@ Both rendering routes reduce to one callable,
 ``query(ray_ids, origins, directions, lengths) -> inside``, where ``inside`` is positive inside
 the object, negative outside, and zero on the surface:
 
-- :class:`FieldQuery` wraps a field that follows the protocol of :mod:`dvr_plugin.field`
+- :class:`FieldQuery` wraps a field that follows the protocol of :mod:`dvr_plugin.fields.field`
   (occupancy logits: ``values - level``; signed distances: ``level - values``);
 - :class:`VolumetricFunctionQuery` wraps a PyTorch3D volumetric function
   ``f(ray_bundle=..., **kwargs) -> (densities, features)`` and reads ``densities[..., 0]``.
@@ -24,7 +24,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from pytorch3d.renderer.implicit.utils import RayBundle
 
-from .field import FIELD_TYPES, evaluate_field, field_type_of
+from ..fields.field import FIELD_TYPES, evaluate_field, field_type_of
 
 # query(ray_ids (r,), origins (r, 3), directions (r, 3), lengths (r, k)) -> inside values (r, k)
 InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,7 +103,7 @@ class FieldQuery:
         """
         Field values `(r, k)`, rgb `(r, k, 3)` and their directional derivatives along
         ``tangents`` `(r, k, 3)`, from the field's ``forward_with_tangent`` where it has one
-        (e.g. :class:`dvr_plugin.field.OccupancyTextureField`), else forward-mode AD.
+        (e.g. :class:`dvr_plugin.fields.field.OccupancyTextureField`), else forward-mode AD.
         """
         latent = None if self.latent is None else self.latent[ray_ids]
         if hasattr(self.field, "forward_with_tangent"):

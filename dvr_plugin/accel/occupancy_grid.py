@@ -4,7 +4,7 @@ Empty-space skipping for DVR's march: an occupancy grid over the bounding box.
 Most marching samples of a typical view lie in empty space: rays that miss the object cross the
 whole box, and every ray crosses empty space before it meets the surface. An
 :class:`OccupancyGrid` records, for each cell of a regular grid over the box, whether the object
-may be inside it; the root finder (:func:`dvr_plugin.root_finding.find_surface`, or
+may be inside it; the root finder (:func:`dvr_plugin.surface.root_finding.find_surface`, or
 ``SecantRaysampler(occupancy_grid=...)``) then evaluates the field only at samples in occupied
 cells and counts every other sample as outside. Since the march looks for the first sample
 inside, this finds the same bracket as the full march wherever the grid is right.
@@ -41,9 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .field import evaluate_field, field_type_of
-from .precision import check_precision, reduced_precision
-from .rays import UNIT_CUBE_BOUNDS
+from ..fields.field import UNIT_CUBE_BOUNDS, evaluate_field, field_type_of
+from ..surface.precision import check_precision, reduced_precision
 
 InsideFunction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -164,7 +163,7 @@ class OccupancyGrid(nn.Module):
         points in it exceeds ``-margin``. Points are created on the grid's device.
 
         Args:
-            field: a field following :mod:`dvr_plugin.field`'s protocol (its ``field_type``
+            field: a field following :mod:`dvr_plugin.fields.field`'s protocol (its ``field_type``
                 sets the inside side of ``level``), or ``None`` with ``inside_function``.
             inside_function: instead of a field, ``f(points (P, 3)) -> (P,)``, positive inside.
             latent: `(1, C)` code for a conditioned field.

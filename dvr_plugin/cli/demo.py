@@ -8,11 +8,11 @@ import time
 
 import torch
 
-from .io import make_dirs
-from .raysampler import SecantRaysampler
-from .renderer import DVRRenderer
-from .shapes import demo_scene
-from .visualize import colorize_depth, colorize_normals, image_grid, save_png
+from ..fields.shapes import demo_scene
+from ..io import make_dirs
+from ..renderer.raysampler import SecantRaysampler
+from ..renderer.renderer import DVRRenderer
+from ..visualize import colorize_depth, colorize_normals, image_grid, save_png
 
 
 def orbit_cameras(

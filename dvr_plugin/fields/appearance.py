@@ -14,12 +14,12 @@ model to explain a highlight is to bend the surface. The rendering network of ID
 - ``v``: the unit viewing direction, the ray direction normalised (camera -> point), encoded
   with ``n_view_frequencies`` Fourier bands (``gamma_v``; 4 as in IDR);
 - ``z``: the geometry network's feature vector at ``x``, its last hidden activation
-  (:meth:`dvr_plugin.field.OccupancyTextureField.forward_with_features`); the MLP's first
+  (:meth:`dvr_plugin.fields.field.OccupancyTextureField.forward_with_features`); the MLP's first
   layer is its projection.
 
 :class:`ViewDependentField` bundles a geometry network and this head. It follows the field
-protocol of :mod:`dvr_plugin.field` (``field(points, latent) -> (values, rgb)``), where ``rgb``
-is the colour seen head-on, ``v = -n`` (looking straight at the surface): a view-independent
+protocol of :mod:`dvr_plugin.fields.field` (``field(points, latent) -> (values, rgb)``), where
+``rgb`` is the colour seen head-on, ``v = -n`` (looking straight at the surface): a view-independent
 colour for uses without a camera, e.g. a mesh's vertex colours. :class:`dvr_plugin.renderer.
 DVRRenderer` and :class:`dvr_plugin.renderer.FieldVolumetricFunction` recognise it and shade
 every surface point with its own ray's direction instead.
@@ -143,7 +143,7 @@ class ViewDependentField(nn.Module):
 
     Args (keyword-only):
         geometry: the geometry network: a field with ``forward_with_features(points, latent)
-            -> (FieldOutput, features)`` (e.g. an :class:`~dvr_plugin.field.
+            -> (FieldOutput, features)`` (e.g. an :class:`~dvr_plugin.fields.field.
             OccupancyTextureField`, best built with ``rgb=False``: its own colours are unused)
             and a ``field_type`` attribute.
         appearance: the :class:`RenderingNetwork`; its ``feature_size`` must be the geometry's
@@ -155,7 +155,7 @@ class ViewDependentField(nn.Module):
         if not callable(getattr(geometry, "forward_with_features", None)):
             raise ValueError(
                 "The geometry network must have forward_with_features(points, latent) "
-                "(e.g. dvr_plugin.field.OccupancyTextureField)."
+                "(e.g. dvr_plugin.fields.field.OccupancyTextureField)."
             )
         if not isinstance(appearance, RenderingNetwork):
             raise ValueError(

@@ -158,8 +158,8 @@ def run_fit_command(args: argparse.Namespace) -> int:
     ``dvr fit``. Ctrl-C saves a checkpoint at the current step and exits with code 130 and one
     line giving the command that resumes.
     """
-    from .config import load_config
-    from .fit import fit
+    from ..training.config import load_config
+    from ..training.fit import fit
 
     config_path, base = fit_config_source(args)
     overrides = fit_overrides(args)
@@ -198,8 +198,8 @@ def interrupt_message(stop: BaseException, out_dir: str) -> str:
     """
     import os
 
-    from .checkpoint import checkpoint_exists
-    from .trainer import CHECKPOINT_NAME, FitInterrupted
+    from ..engine.checkpoint import checkpoint_exists
+    from ..training.trainer import CHECKPOINT_NAME, FitInterrupted
 
     if isinstance(stop, FitInterrupted) and stop.path is None:  # a rank other than 0
         return f"interrupted at step {stop.step}; rank 0 writes the checkpoint."
@@ -247,7 +247,7 @@ def infer_fit_format(
             or ``demo`` was asked for together with a data path.
     """
     from ..data.detect import detect_data_format
-    from .config import load_config_data, parse_override
+    from ..training.config import load_config_data, parse_override
 
     explicit = getattr(args, "format", None)
     path = getattr(args, "data", None)
@@ -294,7 +294,7 @@ def _note_format_disagreement(named: str, path: str) -> None:
 
 def _note(line: str) -> None:
     """One line on stderr (under torchrun from rank 0 only)."""
-    from .distributed import environment_rank
+    from ..training.distributed import environment_rank
 
     if environment_rank() == 0:
         print(line, file=sys.stderr)
@@ -323,8 +323,8 @@ def fit_config_source(args: argparse.Namespace) -> tuple[Optional[str], Optional
     """
     import os
 
-    from .checkpoint import load_checkpoint
-    from .trainer import CHECKPOINT_NAME
+    from ..engine.checkpoint import load_checkpoint
+    from ..training.trainer import CHECKPOINT_NAME
 
     config_path = args.config
     if config_path is not None:
@@ -344,7 +344,7 @@ def resolve_config_argument(value: str) -> str:
     """
     import os
 
-    from .fit import packaged_config, packaged_config_names
+    from ..training.fit import packaged_config, packaged_config_names
 
     if os.path.isfile(value):
         return value
@@ -366,7 +366,7 @@ def run_render_command(args: argparse.Namespace) -> int:
     ``dvr render``: every option is checked before the checkpoint is loaded; the progress bar
     goes to stderr, the JSON summary to stdout.
     """
-    from .fit import check_render_settings, render_checkpoint
+    from ..training.fit import check_render_settings, render_checkpoint
 
     settings = dict(
         cameras=args.cameras,
@@ -411,7 +411,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 def run_fit_demo(out_dir: str = "outputs/demo", device: str = "auto", **kwargs: Any) -> dict:
     """The fitting demo (see :func:`dvr_plugin.training.fit.run_fit_demo`)."""
-    from .fit import run_fit_demo as _run
+    from ..training.fit import run_fit_demo as _run
 
     return _run(out_dir, device, **kwargs)
 

@@ -1,8 +1,8 @@
 """
 The occupancy-grid march in fixed shapes, and its CUDA graphs.
 
-The grid march of :mod:`dvr_plugin.root_finding` compacts the samples it still has to evaluate
-after every round (``nonzero``), so each round's shapes depend on the data: it cannot be
+The grid march of :mod:`dvr_plugin.surface.root_finding` compacts the samples it still has to
+evaluate after every round (``nonzero``), so each round's shapes depend on the data: it cannot be
 recorded, and for a training batch its ~40 small kernels per round cost more launch time than
 compute. :class:`FixedShapeGridMarch` does the same march with shapes that depend only on the
 number of rays:
@@ -27,9 +27,9 @@ four numbers per round (one synchronisation) to know whether to go on and with w
 :class:`MarchGraphs` records ``prepare`` and every round size as CUDA graphs per ray bucket
 (the next power of two, capped at ``max_rays``; larger batches go through in pieces) and
 replays them: one launch per round instead of ~40, with the same safety rules as
-:mod:`dvr_plugin.refine_graphs` (the cache of :mod:`dvr_plugin.graph_cache`; static input
-buffers; keyed by the storage of the field's parameters and of the grid; falls back to eager on
-any recording error).
+:mod:`dvr_plugin.accel.refine_graphs` (the cache of :mod:`dvr_plugin.accel.graph_cache`; static
+input buffers; keyed by the storage of the field's parameters and of the grid; falls back to eager
+on any recording error).
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..surface.query import FieldQuery, InsideQuery
 from .graph_cache import GraphCache, field_storage_key, fill_padded, side_stream
-from .surface_query import FieldQuery, InsideQuery
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .acceleration import OccupancyGrid
+    from .occupancy_grid import OccupancyGrid
 
 # The most samples looked up in the grid at once while preparing a march.
 PREPARE_SAMPLE_BUDGET = 2**21
@@ -103,7 +103,7 @@ class FixedShapeGridMarch:
         ``near + i * spacing``); valid: `(B,)` bool; ray_ids: `(B,)` long, the ids the query
         knows the rays by; latent: `(B, C)` or ``None``.
 
-    Result buffers (as in :class:`dvr_plugin.root_finding._FirstInside`):
+    Result buffers (as in :class:`dvr_plugin.surface.root_finding._FirstInside`):
         index: `(B,)` long, the first sample inside (``n_steps`` where there is none);
         value: `(B,)` its inside value; previous: `(B,)` the value at ``index - 1`` where it
         was evaluated, else NaN.

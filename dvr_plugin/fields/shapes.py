@@ -1,5 +1,5 @@
 """
-Analytic fields that follow the field protocol of :mod:`dvr_plugin.field`.
+Analytic fields that follow the field protocol of :mod:`dvr_plugin.fields.field`.
 
 They have exact surfaces (for tests against meshes and closed-form depths) and learnable
 parameters (for gradient checks), and the union of a few of them is the built-in demo scene.

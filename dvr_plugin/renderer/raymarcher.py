@@ -24,8 +24,8 @@ class SurfaceRaymarcher(nn.Module):
     ``background_depth`` where nothing was hit) and the three components of the world-space
     outward unit normal (zero where nothing was hit).
 
-    It needs the per-ray ``hit`` flags that :class:`dvr_plugin.raysampler.SecantRaysampler` puts
-    in its :class:`~dvr_plugin.raysampler.SurfaceRayBundle`.
+    It needs the per-ray ``hit`` flags that :class:`dvr_plugin.renderer.raysampler.SecantRaysampler`
+    puts in its :class:`~dvr_plugin.renderer.raysampler.SurfaceRayBundle`.
 
     Args (keyword-only):
         background_color: one value per feature channel, or one value for all (default 0).

@@ -3,7 +3,7 @@ The precisions the root finder may run its field evaluations in, and the context
 
 The march and the secant steps evaluate the field many times but only decide *where* the surface
 lies; on CUDA they may run their matrix products in TF32 or bfloat16, and the result is finished
-in full precision (see :mod:`dvr_plugin.root_finding`). Off CUDA every precision is float32.
+in full precision (see :mod:`dvr_plugin.surface.root_finding`). Off CUDA every precision is float32.
 Nothing here has a frame or units: it only sets how matrix products are computed.
 """
 

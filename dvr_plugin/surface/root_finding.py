@@ -3,9 +3,9 @@ DVR's root finder: march along each ray, bracket the first free -> occupied cros
 
 Everything here runs under ``torch.no_grad()``: nothing from the march or the secant steps is
 kept for backward (the depth gradient is attached afterwards by
-:mod:`dvr_plugin.implicit_gradient` from one evaluation at the surface).
+:mod:`dvr_plugin.renderer.implicit_gradient` from one evaluation at the surface).
 
-Given an inside function ``s`` along a ray (positive inside, see :mod:`dvr_plugin.surface_query`)
+Given an inside function ``s`` along a ray (positive inside, see :mod:`dvr_plugin.surface.query`)
 sampled at ``n_steps`` equally spaced depths ``d_i`` between the ray's entry into and exit from
 the bounding box:
 
@@ -36,7 +36,7 @@ How the march is carried out (none of this changes which bracket is found, excep
   cells that the grid marks empty are not evaluated and count as outside; the remaining samples
   are visited in blocks of ``block_size`` occupied samples per ray, with early exit. A crossing
   is lost only where the grid wrongly marks as empty a cell that holds the first inside sample
-  (see :class:`dvr_plugin.acceleration.OccupancyGrid` for how it is kept conservative).
+  (see :class:`dvr_plugin.accel.occupancy_grid.OccupancyGrid` for how it is kept conservative).
 - **Reduced precision** (``march_precision``, CUDA only). The march's matrix products run in
   TF32 or bfloat16; the two bracket ends are then re-evaluated and refined in full precision,
   so only the choice of the bracket can change (a crossing thinner than the reduced-precision
@@ -56,6 +56,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from .precision import REFINE_PRECISIONS, check_precision, reduced_precision, resolve_precision
+from .query import InsideQuery
 from .secant import (
     bracket_slope,
     check_finite_values,
@@ -63,7 +64,6 @@ from .secant import (
     polish_root,
     refine_brackets,
 )
-from .surface_query import InsideQuery
 
 # The most samples whose bookkeeping (a few bytes each) is held at once during the march.
 MARCH_SAMPLE_BUDGET = 2**22
@@ -74,7 +74,8 @@ MARCH_ROUND_POINTS = 2**16
 
 class OccupancyTest(Protocol):
     """
-    What the march asks of an occupancy grid (:class:`dvr_plugin.acceleration.OccupancyGrid`).
+    What the march asks of an occupancy grid
+    (:class:`dvr_plugin.accel.occupancy_grid.OccupancyGrid`).
 
     Members:
         all_occupied: whether no cell is marked empty (then nothing can be skipped).
@@ -89,7 +90,7 @@ class OccupancyTest(Protocol):
 
 class GridMarch(Protocol):
     """
-    A replacement of the eager grid march (:class:`dvr_plugin.march_graphs.MarchGraphs`).
+    A replacement of the eager grid march (:class:`dvr_plugin.accel.march_graphs.MarchGraphs`).
 
     ``supports(query, device)`` says whether ``march`` can run this query; ``march(query, grid,
     *, ray_ids, origins, directions, near, spacing, n_steps, block, precision, check_finite)``
@@ -108,13 +109,13 @@ class GridMarch(Protocol):
 class BracketRefinement(Protocol):
     """
     A replacement of the eager secant refinement
-    (:class:`dvr_plugin.refine_graphs.RefinementGraphs`).
+    (:class:`dvr_plugin.accel.refine_graphs.RefinementGraphs`).
 
     ``supports(query, device, precision)`` says whether ``refine`` can run this query;
     ``refine(query, *, ray_ids, origins, directions, ends_d, ends_s, low, high,
     n_secant_steps, precision)`` takes `(h,)` ids, `(h, 3)` rays, `(h, 2)` bracket depths and
     values (outside end first; an outside value may be NaN: it evaluates it) and `(h,)` limits,
-    and returns the `(h,)` depths :func:`dvr_plugin.secant.refine_brackets` would.
+    and returns the `(h,)` depths :func:`dvr_plugin.surface.secant.refine_brackets` would.
     """
 
     def supports(self, query: InsideQuery, device: torch.device, precision: str) -> bool: ...
@@ -343,13 +344,13 @@ def find_surface(
         block_size: the least samples per ray per block (occupied samples with a grid);
             default :func:`default_block_size`.
         occupancy_grid: skip samples in cells this grid marks empty
-            (:class:`dvr_plugin.acceleration.OccupancyGrid`); implies ``early_exit``.
+            (:class:`dvr_plugin.accel.occupancy_grid.OccupancyGrid`); implies ``early_exit``.
         refine_graphs: replay the secant steps as CUDA graphs from this cache
-            (:class:`dvr_plugin.refine_graphs.RefinementGraphs`; CUDA, float32 / TF32
-            refinement, a :class:`~dvr_plugin.surface_query.FieldQuery` on an ``nn.Module``
+            (:class:`dvr_plugin.accel.refine_graphs.RefinementGraphs`; CUDA, float32 / TF32
+            refinement, a :class:`~dvr_plugin.surface.query.FieldQuery` on an ``nn.Module``
             field; otherwise the steps run eagerly).
         march_graphs: with an occupancy grid, march in fixed shapes replayed as CUDA graphs
-            from this cache (:class:`dvr_plugin.march_graphs.MarchGraphs`; same conditions;
+            from this cache (:class:`dvr_plugin.accel.march_graphs.MarchGraphs`; same conditions;
             the same brackets as the eager march).
 
     Returns:

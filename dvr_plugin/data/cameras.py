@@ -9,9 +9,9 @@ Every converter goes through the OpenCV convention, ``x_pix ~ K (R X + t)``, and
   top-left *corner* at ``(0, 0)``, so the centre of pixel (row ``i``, column ``j``) is
   ``(j + 0.5, i + 0.5)``.
   This is what PyTorch3D's screen space, ``cameras_from_opencv_projection`` and
-  :mod:`dvr_plugin.rays` use. Matrices calibrated with pixel centres at *integer* coordinates
-  (classic OpenCV, DTU) are read with ``integer_pixel_centers=True``, which adds ``0.5`` to the
-  principal point.
+  :mod:`dvr_plugin.renderer.rays` use. Matrices calibrated with pixel centres at *integer*
+  coordinates (classic OpenCV, DTU) are read with ``integer_pixel_centers=True``, which adds ``0.5``
+  to the principal point.
 - OpenCV camera axes: +X right, +Y down, +Z forward. PyTorch3D: +X left, +Y up, +Z forward
   (row-vector convention ``X_view = X_world @ R + T``). OpenGL / Blender / Kaolin: +X right,
   +Y up, looking down -Z.
@@ -43,7 +43,7 @@ from pytorch3d.utils import (
     opencv_from_cameras_projection,
 )
 
-from .rays import ndc_to_pixels
+from ..renderer.rays import ndc_to_pixels
 
 TensorLike = Union[torch.Tensor, np.ndarray, Sequence[Any], float]
 ImageSizeLike = Union[int, Sequence[int], torch.Tensor, np.ndarray]
@@ -368,7 +368,8 @@ def project_points(
     camera parameters (so float64 cameras give float64 pixels), with PyTorch3D's formula
     ``X_view = X @ R + T``, ``x_ndc = fx X_view.x / z + px``, ``y_ndc = fy X_view.y / z + py``;
     other cameras use ``cameras.transform_points_ndc``. NDC goes to pixels with
-    :func:`dvr_plugin.rays.ndc_to_pixels`, i.e. the same pixels as ``transform_points_screen``.
+    :func:`dvr_plugin.renderer.rays.ndc_to_pixels`, i.e. the same pixels as
+    ``transform_points_screen``.
 
     Args:
         cameras: ``N`` cameras.

@@ -1,15 +1,17 @@
 """
 ``DVRRenderer``: cameras + field -> image, mask, depth, normals, with DVR's implicit gradient.
 
-It is the bundle of :class:`~dvr_plugin.raysampler.SecantRaysampler` (rays, root finding,
+It is the bundle of :class:`~dvr_plugin.renderer.raysampler.SecantRaysampler` (rays, root finding,
 implicit gradient), one field evaluation for colour at the surface points, and
-:class:`~dvr_plugin.raymarcher.SurfaceRaymarcher`. The same pieces also plug into PyTorch3D's
-own ``ImplicitRenderer``; :class:`FieldVolumetricFunction` adapts a field for that route.
+:class:`~dvr_plugin.renderer.raymarcher.SurfaceRaymarcher`. The same pieces also plug into
+PyTorch3D's own ``ImplicitRenderer``; :class:`FieldVolumetricFunction` adapts a field for that
+route.
 
-A :class:`~dvr_plugin.appearance.ViewDependentField` (a geometry network with a view-dependent
-colour head) is recognised by both: the root finder marches its geometry network alone, and the
-head shades each hit with its own ray's direction, its normal computed at the surface point that
-carries the implicit gradient (exact colour gradients; :mod:`dvr_plugin.appearance`).
+A :class:`~dvr_plugin.fields.appearance.ViewDependentField` (a geometry network with a
+view-dependent colour head) is recognised by both: the root finder marches its geometry network
+alone, and the head shades each hit with its own ray's direction, its normal computed at the surface
+point that carries the implicit gradient (exact colour gradients;
+:mod:`dvr_plugin.fields.appearance`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .appearance import ViewDependentField, geometry_of, view_dependent_field_of
-from .field import evaluate_field, field_type_of
+from ..fields.appearance import ViewDependentField, geometry_of, view_dependent_field_of
+from ..fields.field import evaluate_field, field_type_of
 from .raymarcher import SurfaceRaymarcher
 from .raysampler import SecantRaysampler, SurfaceRayBundle
 
@@ -69,15 +71,15 @@ class FieldVolumetricFunction(nn.Module):
     the field's RGB (ones for a geometry-only field). ``SecantRaysampler`` reads the matching
     ``level`` and ``field_type`` from this object.
 
-    For a :class:`~dvr_plugin.appearance.ViewDependentField` the features are the head's colour
-    of every sample seen along its ray's direction, with exact gradients through the normal.
+    For a :class:`~dvr_plugin.fields.appearance.ViewDependentField` the features are the head's
+    colour of every sample seen along its ray's direction, with exact gradients through the normal.
     That needs the normal at every sample the function is asked for, including the root
     finder's march (a backward pass through the geometry network per call), unless the caller
     passes ``densities_only=True``: this route works, but :class:`DVRRenderer`, which marches
     the geometry alone, is the fast one.
 
     Args (keyword-only):
-        field: a field following :mod:`dvr_plugin.field`'s protocol.
+        field: a field following :mod:`dvr_plugin.fields.field`'s protocol.
     """
 
     def __init__(self, *, field) -> None:
@@ -136,7 +138,7 @@ class DVRRenderer(nn.Module):
         out = renderer(cameras)          # out.images (B, 128, 128, 3), out.depths, ...
 
     Args (keyword-only):
-        field: a field following :mod:`dvr_plugin.field`'s protocol (an ``nn.Module`` field
+        field: a field following :mod:`dvr_plugin.fields.field`'s protocol (an ``nn.Module`` field
             is registered as a submodule, so its parameters belong to the renderer).
         raysampler: the :class:`SecantRaysampler` (rays, root finding, implicit gradient).
         background_color: RGB (or one value) behind the object.
@@ -159,7 +161,9 @@ class DVRRenderer(nn.Module):
     ) -> None:
         super().__init__()
         if not callable(field):
-            raise ValueError("field must be callable (see dvr_plugin.field for the protocol).")
+            raise ValueError(
+                "field must be callable (see dvr_plugin.fields.field for the protocol)."
+            )
         self.field = field
         self.raysampler = raysampler
         self.raymarcher = SurfaceRaymarcher(
@@ -271,7 +275,7 @@ class DVRRenderer(nn.Module):
         along their rays' `(B, ..., 3)` directions (white where a ray missed). With gradients,
         the hits are shaded in one call and ``points`` carry the implicit gradient, so the
         normal's derivative through the moving surface point enters the backward pass
-        (:meth:`~dvr_plugin.appearance.ViewDependentField.shade`); without, in chunks.
+        (:meth:`~dvr_plugin.fields.appearance.ViewDependentField.shade`); without, in chunks.
         """
         batch = points.shape[0]
         flat = points.reshape(batch, -1, 3)

@@ -23,14 +23,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _mesh(args: argparse.Namespace) -> int:
     """``dvr mesh`` (bad input: one line on stderr, exit code 2)."""
-    from .training.cli_commands import clean_errors
+    from .fit_commands import clean_errors
 
     return clean_errors(_mesh_command)(args)
 
 
 def _mesh_command(args: argparse.Namespace) -> int:
+    from ..meshing import save_mesh
     from .mesh_report import check_mesh_resolution, mesh_from_checkpoint
-    from .meshing import save_mesh
 
     _check_input_file(args.checkpoint, "checkpoint", (".pt",))
     _check_output_mesh(args.out, force=args.force)
@@ -62,7 +62,7 @@ def _mesh_command(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """``dvr eval`` (bad input: one line on stderr, exit code 2)."""
-    from .training.cli_commands import clean_errors
+    from .fit_commands import clean_errors
 
     return clean_errors(_eval_command)(args)
 
@@ -70,7 +70,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_command(args: argparse.Namespace) -> int:
     import os
 
-    from .io import make_dirs
+    from ..io import make_dirs
     from .mesh_report import (
         FIGURE_POINTS,
         evaluate_held_out_views,
@@ -232,14 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    from .single_view.cli import add_single_view_parsers, add_task_option
-    from .training.cli_commands import add_demo_parser, add_fit_parser, add_render_parser
+    from .fit_commands import add_demo_parser, add_fit_parser, add_render_parser
+    from .single_view import add_single_view_parsers, add_task_option
 
     add_task_option(add_fit_parser(commands))  # dvr fit --task single-view
     add_render_parser(commands)
     add_demo_parser(commands)
     add_single_view_parsers(commands)  # make-category, reconstruct, eval-category
-    from .data.make_scene_cli import add_make_scene_parser
+    from .make_scene import add_make_scene_parser
 
     add_make_scene_parser(commands)  # DTU-like captures with exact ground truth
 

@@ -1,9 +1,9 @@
 """
 CUDA graphs for the secant refinement of the root finder.
 
-The refinement (:func:`dvr_plugin.secant.refine_brackets`) is a short sequential loop: per step one
-field evaluation on one point per ray and a dozen element-wise kernels. On a GPU a training step
-spends most of that time launching kernels, not computing (docs/performance.md). A CUDA graph
+The refinement (:func:`dvr_plugin.surface.secant.refine_brackets`) is a short sequential loop: per
+step one field evaluation on one point per ray and a dozen element-wise kernels. On a GPU a training
+step spends most of that time launching kernels, not computing (docs/performance.md). A CUDA graph
 records the whole loop once for a fixed number of rays and replays it with a single launch.
 
 How it stays correct (the same computation up to floating-point rounding: the padded batch
@@ -16,7 +16,7 @@ may select another matmul kernel) and safe:
   are read in place, which is what ``optimizer.step()`` and ``load_state_dict`` keep; a graph is
   keyed by their storage addresses, so replacing a parameter tensor (``.to()``, re-assignment)
   records a new graph instead of reading stale memory.
-- Only :class:`dvr_plugin.surface_query.FieldQuery` on an ``nn.Module`` field, on CUDA, in
+- Only :class:`dvr_plugin.surface.query.FieldQuery` on an ``nn.Module`` field, on CUDA, in
   float32 or TF32, is graphed: everything else runs eagerly. The field must be a pure function
   of its inputs, parameters and buffers (no random numbers, no host synchronisation, no Python
   side effects). Any error while recording turns graphs off for that configuration and falls
@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
+from ..surface.precision import reduced_precision
+from ..surface.query import FieldQuery
+from ..surface.secant import refine_brackets
 from .graph_cache import GraphCache, RecordedGraph, field_storage_key, fill_padded, side_stream
-from .precision import reduced_precision
-from .secant import refine_brackets
-from .surface_query import FieldQuery
 
 
 class RefinementGraphs:
@@ -92,7 +92,7 @@ class RefinementGraphs:
         precision: str,
     ) -> torch.Tensor:
         """
-        :func:`dvr_plugin.secant.refine_brackets` (the eager refinement) through a graph.
+        :func:`dvr_plugin.surface.secant.refine_brackets` (the eager refinement) through a graph.
 
         Args:
             query: the field query (its ``latent`` rows are looked up by ``ray_ids``).

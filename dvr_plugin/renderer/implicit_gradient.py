@@ -2,7 +2,7 @@
 The implicit depth gradient of DVR, attached with a single field evaluation at the surface.
 
 At a surface point ``p = o + d w`` the inside function (positive inside, see
-:mod:`dvr_plugin.surface_query`) satisfies ``s(p; theta) = 0``. Differentiating,
+:mod:`dvr_plugin.surface.query`) satisfies ``s(p; theta) = 0``. Differentiating,
 
     dd/dtheta = -(ds/dtheta) / (grad_p s . w),
     dd/do     = -(grad_p s) / (grad_p s . w),
@@ -31,7 +31,7 @@ J_rgb w dd`` plus the direct dependence on the parameters. So one forward pass (
 replaces the evaluation for the implicit gradient, its spatial-gradient backward pass and a second
 evaluation for the colour.
 
-A view-dependent colour head (:mod:`dvr_plugin.appearance`) needs the normal at the surface,
+A view-dependent colour head (:mod:`dvr_plugin.fields.appearance`) needs the normal at the surface,
 and the normal moves with the surface point: there the colour is evaluated in a second pass at
 ``p = o + d w`` with this ``d``, the normal taken with ``create_graph=True`` at ``p`` itself, so
 its derivatives include the second derivatives of the field along ``dp`` (exact, at the price of
@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 import torch
 
-from .surface_query import FieldQuery, InsideQuery, inside_sign
+from ..surface.query import FieldQuery, InsideQuery, inside_sign
 
 
 class SurfaceGeometry(NamedTuple):
@@ -100,7 +100,7 @@ def attach_implicit_gradient(
         chunk_size: evaluation chunk when no gradient is needed (rendering); with gradients the
             points of all hit rays are evaluated in one call (their graph has to be kept
             anyway), and only those: the others get no gradient.
-        return_features: with gradients, a :class:`~dvr_plugin.surface_query.FieldQuery`
+        return_features: with gradients, a :class:`~dvr_plugin.surface.query.FieldQuery`
             and no normals requested, also return the colours at the surface from the same
             evaluation (module docstring); otherwise ``features`` is ``None``.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from ..training.cli_commands import clean_errors
+from .fit_commands import clean_errors
 
 EPILOG = """\
 examples:
@@ -143,7 +143,7 @@ def add_make_scene_parser(subparsers: Any) -> argparse.ArgumentParser:
 @clean_errors
 def run_make_scene(args: argparse.Namespace) -> int:
     """``dvr make-scene``."""
-    from .dtu_like import make_dtu_like_scene
+    from ..data.dtu_like import make_dtu_like_scene
 
     report = make_dtu_like_scene(
         args.mesh,
