@@ -4,6 +4,8 @@ Fields: what the renderer asks for a point's occupancy (or signed distance) and 
 - :mod:`.field`: the field protocol (:class:`FieldOutput`, :func:`evaluate_field`) and DVR's
   :class:`OccupancyTextureField` with Fourier features;
 - :mod:`.appearance`: the optional view-dependent colour head (:class:`ViewDependentField`);
+- :mod:`.hash_grid`: the multi-resolution hash-grid encoding (:class:`HashGridEncoding`) and a
+  field on it with DVR's occupancy and texture heads (:class:`HashGridField`);
 - :mod:`.shapes`: analytic fields (sphere, box, union) for tests and demos.
 
 Coordinates are the renderer's normalised object frame (the unit cube ``[-0.5, 0.5]^3``).
@@ -17,6 +19,7 @@ from .field import (
     OccupancyTextureField,
     evaluate_field,
 )
+from .hash_grid import HashGridEncoding, HashGridField
 from .shapes import BoxField, SphereField, UnionField, demo_scene
 
 __all__ = [
@@ -24,6 +27,8 @@ __all__ = [
     "BoxField",
     "FieldOutput",
     "FourierFeatures",
+    "HashGridEncoding",
+    "HashGridField",
     "OccupancyTextureField",
     "RenderingNetwork",
     "SphereField",
