@@ -50,6 +50,8 @@ setup(
         "matplotlib",
         "pyyaml",
         "iopath",
+        # Structured configs (dvr_plugin.engine.config); 2.3 is the first with Union[str, int].
+        "omegaconf>=2.3",
     ],
     extras_require={
         # Kept as an alias: PyTorch3D is now a dependency of the package itself.

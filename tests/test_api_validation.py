@@ -13,13 +13,13 @@ import pytest
 import torch
 from pytorch3d.renderer import FoVPerspectiveCameras, ImplicitRenderer, look_at_view_transform
 
+from dvr_plugin.engine.evaluation import render_views, turntable_frames
 from dvr_plugin.fields.field import FieldOutput, OccupancyTextureField
 from dvr_plugin.fields.shapes import SphereField
 from dvr_plugin.renderer.raymarcher import SurfaceRaymarcher
 from dvr_plugin.renderer.rays import image_size_hw, rays_from_cameras
 from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer, FieldVolumetricFunction
-from dvr_plugin.training.evaluation import render_views, turntable_frames
 
 SIZE = 8  # pixels per side: every test renders tiny images
 

@@ -258,8 +258,8 @@ def test_report_files_and_table(dtu, tmp_path):
 
 def test_eval_views_uses_the_fits_settings(tmp_path, capsys):
     from dvr_plugin.engine.checkpoint import save_checkpoint
+    from dvr_plugin.engine.evaluation import image_metrics, render_views
     from dvr_plugin.training.data import load_fit_data
-    from dvr_plugin.training.evaluation import image_metrics, render_views
     from dvr_plugin.training.trainer import build_field
 
     config = blob_config("demo")

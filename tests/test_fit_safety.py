@@ -27,13 +27,13 @@ from dvr_plugin.data import MultiViewData, detect_data_format, write_dvr_layout
 from dvr_plugin.data.paths import find_shared_data, missing_data_message
 from dvr_plugin.engine.checkpoint import load_checkpoint, save_checkpoint
 from dvr_plugin.engine.logs import read_csv
+from dvr_plugin.engine.run_outputs import CHECKPOINT_NAME
+from dvr_plugin.engine.trainer import FitInterrupted
 from dvr_plugin.training import trainer as trainer_module
 from dvr_plugin.training.config import FitConfig, apply_device_overrides, load_config
 from dvr_plugin.training.data import load_fit_data
 from dvr_plugin.training.fit import finish_fit, packaged_config
 from dvr_plugin.training.trainer import (
-    CHECKPOINT_NAME,
-    FitInterrupted,
     Trainer,
     background_is_modelled,
     collapse_reason,

@@ -18,18 +18,15 @@ from dvr_plugin.cli.fit_commands import add_demo_parser, add_fit_parser, add_ren
 from dvr_plugin.data import cameras_looking_at_origin, fibonacci_sphere
 from dvr_plugin.engine import checkpoint as checkpoint_module
 from dvr_plugin.engine.checkpoint import load_checkpoint, save_checkpoint
+from dvr_plugin.engine.config import parse_override, resolve_config
+from dvr_plugin.engine.evaluation import orbit_cameras, orbit_settings
 from dvr_plugin.engine.logs import read_csv
+from dvr_plugin.engine.run_outputs import CHECKPOINT_NAME
 from dvr_plugin.fields.field import OccupancyTextureField
-from dvr_plugin.training.config import (
-    FitConfig,
-    load_config,
-    parse_override,
-    resolve_config,
-)
+from dvr_plugin.training.config import FitConfig, load_config
 from dvr_plugin.training.data import check_training_views
-from dvr_plugin.training.evaluation import orbit_cameras, orbit_settings
 from dvr_plugin.training.fit import render_checkpoint
-from dvr_plugin.training.trainer import CHECKPOINT_NAME, AutocastField, Trainer
+from dvr_plugin.training.trainer import AutocastField, Trainer
 from tests.training_factories import TrainingFactory
 
 

@@ -194,12 +194,13 @@ def resume_command(out_dir: str) -> str:
 def interrupt_message(stop: BaseException, out_dir: str) -> str:
     """
     One line for a ``dvr fit`` stopped by Ctrl-C: the step saved and the command that resumes
-    (``stop`` is a :class:`.trainer.FitInterrupted` when training was under way).
+    (``stop`` is a :class:`dvr_plugin.engine.FitInterrupted` when training was under way).
     """
     import os
 
     from ..engine.checkpoint import checkpoint_exists
-    from ..training.trainer import CHECKPOINT_NAME, FitInterrupted
+    from ..engine.run_outputs import CHECKPOINT_NAME
+    from ..engine.trainer import FitInterrupted
 
     if isinstance(stop, FitInterrupted) and stop.path is None:  # a rank other than 0
         return f"interrupted at step {stop.step}; rank 0 writes the checkpoint."
@@ -247,7 +248,8 @@ def infer_fit_format(
             or ``demo`` was asked for together with a data path.
     """
     from ..data.detect import detect_data_format
-    from ..training.config import load_config_data, parse_override
+    from ..engine.config import parse_override
+    from ..training.config import load_config_data
 
     explicit = getattr(args, "format", None)
     path = getattr(args, "data", None)
@@ -324,7 +326,7 @@ def fit_config_source(args: argparse.Namespace) -> tuple[Optional[str], Optional
     import os
 
     from ..engine.checkpoint import load_checkpoint
-    from ..training.trainer import CHECKPOINT_NAME
+    from ..engine.run_outputs import CHECKPOINT_NAME
 
     config_path = args.config
     if config_path is not None:

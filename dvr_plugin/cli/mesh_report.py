@@ -773,10 +773,10 @@ def evaluate_held_out_views(
     Returns:
         the metrics, with ``views`` (their number) and ``settings`` (the steps used).
     """
+    from ..engine.evaluation import image_metrics, render_views
     from ..metrics import depth_error
     from ..training.config import FitConfig
     from ..training.data import load_fit_data
-    from ..training.evaluation import image_metrics, render_views
     from ..visualize import image_grid, save_png
 
     field_module, config_dict = field_from_checkpoint(checkpoint, device=device)

@@ -279,7 +279,7 @@ def check_reconstruct_arguments(args: argparse.Namespace) -> str:
     (without ``--force``), an unknown device.
     """
     from ..engine.checkpoint import checkpoint_exists
-    from ..training.config import resolve_device
+    from ..engine.config import resolve_device
 
     for flag, value, least in (
         ("--resolution", args.resolution, 1),

@@ -1,6 +1,7 @@
 """
 The configuration of single-view training: nested dataclasses read from YAML plus
-``key=value`` overrides (values parsed as YAML), like ``dvr fit``'s multi-view configuration.
+``key=value`` overrides (values parsed as YAML) by the loader of
+:mod:`dvr_plugin.engine.config`, like ``dvr fit``'s multi-view configuration.
 
 ::
 
@@ -22,24 +23,23 @@ Unknown keys and values of the wrong type raise ``ValueError`` naming the key.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-import torch
-
-from ..engine.losses import LossWeights
-from ..training.config import (
+from ..engine import config as engine_config
+from ..engine.config import (
+    BaseConfig,
+    BaseEvalConfig,
+    BaseLossConfig,
+    BaseTrainConfig,
     OptimConfig,
-    apply_device_overrides,
-    build_config,
-    check_rays_and_marching,
-    check_top_level,
-    load_config_data,
-    resolve_device,
+    Override,
+    positive,
+    resolve_config,
 )
+from ..engine.losses import LossWeights
 from .dataset import DEPTH_MODES
 from .encoder import BACKBONES
 
@@ -148,46 +148,36 @@ class SingleViewModelConfig:
 
 
 @dataclass
-class SingleViewTrainConfig:
+class SingleViewTrainConfig(BaseTrainConfig):
     """
+    The keys of :class:`dvr_plugin.engine.config.BaseTrainConfig` (``iterations`` 20000,
+    ``rays_per_image`` R pixels of each object's supervision view, ``sampling``
+    ``foreground_balanced``, ``foreground_fraction``, ``step_milestones`` {0: 16, 10000: 32},
+    ``n_secant_steps``, ``time_budget_s``) and:
+
     Members:
-        iterations: optimisation steps.
         objects_per_batch: B objects per step (>= 2: the encoder has batch normalisation).
-        rays_per_image: R pixels sampled in each object's supervision view.
-        sampling: pixel sampling (``uniform``, ``foreground_balanced``; ``patch`` works too).
-        foreground_fraction: foreground share for ``foreground_balanced``.
         supervision: ``rgb``, ``depth`` or ``both`` (the reference's three variants): which of
             the colour and depth losses train the model (masks always do, through the
             free-space and occupancy losses).
         input_view: ``random`` (the reference: any view of the object is the input) or a view
             index used for every object.
-        step_milestones: ``{iteration: marching steps}``.
-        n_secant_steps: secant refinement steps.
-        time_budget_s: stop after this many seconds of training (``null``: no limit).
     """
 
     iterations: int = 20000
-    objects_per_batch: int = 32
-    rays_per_image: int = 1024
     sampling: str = "foreground_balanced"
-    foreground_fraction: float = 0.5
+    step_milestones: dict = field(default_factory=lambda: {0: 16, 10000: 32})
+    objects_per_batch: int = 32
     supervision: str = "rgb"
     input_view: Union[str, int] = "random"
-    step_milestones: dict = field(default_factory=lambda: {0: 16, 10000: 32})
-    n_secant_steps: int = 8
-    time_budget_s: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise ValueError(f"train.iterations must be >= 0, got {self.iterations}.")
+        super().__post_init__()
         if self.objects_per_batch < 2:
             raise ValueError(
                 "train.objects_per_batch must be >= 2 (the ResNet encoder uses batch "
                 f"normalisation), got {self.objects_per_batch}."
             )
-        if self.rays_per_image < 1:
-            raise ValueError(f"train.rays_per_image must be >= 1, got {self.rays_per_image}.")
-        check_rays_and_marching(self)
         if self.supervision not in SUPERVISIONS:
             raise ValueError(
                 f"train.supervision must be one of {SUPERVISIONS}, got {self.supervision!r}."
@@ -199,35 +189,24 @@ class SingleViewTrainConfig:
 
 
 @dataclass
-class SingleViewLossConfig:
+class SingleViewLossConfig(BaseLossConfig):
     """
-    Loss weights (summed over rays, divided by the batch size, as in the reference).
+    Loss weights (summed over rays, divided by the batch size, as in the reference): the keys
+    of :class:`dvr_plugin.engine.config.BaseLossConfig` (``rgb``, used with
+    ``train.supervision`` ``rgb`` / ``both``; ``freespace``, ``occupancy``: mask terms;
+    ``normal``, ``normal_jitter``, ``visual_hull_depth``) and:
 
     Members:
-        rgb: colour L1 (used with ``train.supervision`` ``rgb`` / ``both``).
         depth: z-depth L1 (``depth`` / ``both``); ``null`` takes the reference's weight of the
             variant: 1 for ``depth``, 10 for ``both``.
-        freespace, occupancy: mask terms.
-        normal: normal smoothness.
-        normal_jitter: neighbour offset of the normal term.
-        visual_hull_depth: place occupancy points at the known depth (true or visual hull).
     """
 
-    rgb: float = 1.0
     depth: Optional[float] = None
-    freespace: float = 1.0
-    occupancy: float = 1.0
-    normal: float = 0.05
-    normal_jitter: float = 1e-3
-    visual_hull_depth: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("rgb", "depth", "freespace", "occupancy", "normal", "normal_jitter"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}.")
+        super().__post_init__()
+        if self.depth is not None and not (math.isfinite(self.depth) and self.depth >= 0):
+            raise ValueError(f"loss.depth must be a finite number >= 0, got {self.depth}.")
 
     def weights(self, supervision: str) -> LossWeights:
         """The :class:`LossWeights` of a supervision variant (unused terms weigh 0)."""
@@ -244,42 +223,30 @@ class SingleViewLossConfig:
 
 
 @dataclass
-class SingleViewEvalConfig:
+class SingleViewEvalConfig(BaseEvalConfig):
     """
+    The keys of :class:`dvr_plugin.engine.config.BaseEvalConfig` (``validate_every`` 1000,
+    ``checkpoint_every`` 1000, ``log_every``, ``n_steps``, ``mesh_resolution`` 64: MISE
+    resolution of evaluation meshes, a power of two >= 32; ``mesh_points``, ``tensorboard``)
+    and:
+
     Members:
-        validate_every: validation renders every this many steps (0 = at the end only).
-        checkpoint_every: checkpoint every this many steps (0 = at the end only).
-        log_every: a CSV row every this many steps.
         input_view: the input view at test time (0, as in the reference).
         target_view: the view rendered for validation metrics (a different view of the
             object; negative counts from the last).
         max_objects: validation objects rendered (spread over the classes).
-        n_steps: marching steps of validation renders.
-        mesh_resolution: MISE resolution of evaluation meshes.
-        mesh_points: surface samples per shape for the metrics.
-        tensorboard: also log to TensorBoard when it imports.
     """
 
     validate_every: int = 1000
     checkpoint_every: int = 1000
-    log_every: int = 10
+    mesh_resolution: int = 64
     input_view: int = 0
     target_view: int = 1
     max_objects: int = 8
-    n_steps: int = 64
-    mesh_resolution: int = 64
-    mesh_points: int = 20000
-    tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("validate_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"eval.{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("log_every", "max_objects", "mesh_points"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.n_steps < 2:
-            raise ValueError(f"eval.n_steps must be >= 2, got {self.n_steps}.")
+        super().__post_init__()
+        positive("eval.max_objects", self.max_objects)
         if self.mesh_resolution < 32 or self.mesh_resolution & (self.mesh_resolution - 1):
             raise ValueError(
                 f"eval.mesh_resolution must be a power of two >= 32, got {self.mesh_resolution}."
@@ -287,20 +254,17 @@ class SingleViewEvalConfig:
 
 
 @dataclass
-class SingleViewConfig:
+class SingleViewConfig(BaseConfig):
     """
-    Everything single-view training needs (module docstring for the YAML form).
+    Everything single-view training needs (module docstring for the YAML form): the top-level
+    keys of :class:`dvr_plugin.engine.config.BaseConfig` (``seed``, ``device``, ``background``
+    (must match the data's), ``device_overrides``) and:
 
     Members:
         task: always ``single-view`` (marks the file for ``dvr fit``).
-        data, encoder, model, optim, train, loss, eval: the sections; ``optim`` is the
-            multi-view :class:`dvr_plugin.training.config.OptimConfig` (its ``lr`` is the
-            decoder's, the encoder's is ``lr * encoder.lr_scale``).
-        seed: seeds initialisation and every draw of the training loop.
-        device: ``auto`` (CUDA when available) or a torch device string.
-        background: RGB behind objects in renders (must match the data's background).
-        device_overrides: ``{device type: {dotted key: value}}`` applied when the device
-            resolves to that type.
+        data, encoder, model, optim, train, loss, eval: the sections; ``optim`` is
+            :class:`dvr_plugin.engine.config.OptimConfig` (its ``lr`` is the decoder's, the
+            encoder's is ``lr * encoder.lr_scale``).
     """
 
     task: str = TASK_NAME
@@ -311,21 +275,13 @@ class SingleViewConfig:
     train: SingleViewTrainConfig = field(default_factory=SingleViewTrainConfig)
     loss: SingleViewLossConfig = field(default_factory=SingleViewLossConfig)
     eval: SingleViewEvalConfig = field(default_factory=SingleViewEvalConfig)
-    seed: int = 0
-    device: str = "auto"
-    background: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    device_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task != TASK_NAME:
             raise ValueError(
                 f"task must be {TASK_NAME!r} in a single-view config, got {self.task!r}."
             )
-        check_top_level(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain nested dict (YAML / JSON / checkpoint friendly)."""
-        return dataclasses.asdict(self)
+        super().__post_init__()
 
     def loss_weights(self) -> LossWeights:
         """The weights of the configured supervision variant."""
@@ -333,34 +289,25 @@ class SingleViewConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading, overrides and device resolution are those of the multi-view configuration
-# (:mod:`dvr_plugin.training.config`), with keys checked against :class:`SingleViewConfig`.
+# The loader of dvr_plugin.engine.config with the keys of SingleViewConfig
 
-
-def config_from_dict(data: Mapping[str, Any]) -> SingleViewConfig:
-    """Build a :class:`SingleViewConfig` from a nested dict (checked)."""
-    return build_config(SingleViewConfig, dict(data))
+config_from_dict = SingleViewConfig.from_dict
+# (config) -> (config with its device's overrides applied, device)
+resolve_single_view_config = resolve_config
 
 
 def load_single_view_config(
     path: Optional[str] = None,
-    overrides: Iterable[str] = (),
+    overrides: Iterable[Override] = (),
     *,
     base: Optional[Mapping[str, Any]] = None,
 ) -> SingleViewConfig:
     """
-    Read a YAML file (or start from ``base``, e.g. a checkpoint's config) and apply overrides.
-
-    Keys given as overrides win over the file's ``device_overrides`` for the same key.
+    Read a YAML file (or start from ``base``, e.g. a checkpoint's config) and apply overrides
+    (:func:`dvr_plugin.engine.config.load_config`). Keys given as overrides win over the
+    file's ``device_overrides`` for the same key.
     """
-    return config_from_dict(load_config_data(path, overrides, base=base, root=SingleViewConfig))
-
-
-def resolve_single_view_config(config: SingleViewConfig) -> tuple[SingleViewConfig, torch.device]:
-    """Resolve ``device`` (``auto``) and apply its ``device_overrides``."""
-    device = resolve_device(config.device)
-    data = apply_device_overrides(config.to_dict(), device, root=SingleViewConfig)
-    return config_from_dict(data), device
+    return engine_config.load_config(SingleViewConfig, path, overrides, base=base)
 
 
 def is_single_view_config(path: str) -> bool:

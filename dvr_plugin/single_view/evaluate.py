@@ -32,9 +32,9 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ..engine.run_outputs import write_json
 from ..io import atomic_write, make_dirs
 from ..metrics import evaluate_pointclouds, sample_surface
-from ..training.fit import write_json
 from .dataset import CategoryData, GroundTruth, load_category
 from .trainer import encode_views, model_from_checkpoint, render_with_codes, spread_objects
 

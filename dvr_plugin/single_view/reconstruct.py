@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from ..data.frame import WorldFrame
 from ..data.io import read_rgb
+from ..engine.evaluation import orbit_cameras
+from ..engine.run_outputs import write_json
 from ..io import make_dirs
-from ..training.evaluation import orbit_cameras
-from ..training.fit import write_json
 from ..visualize import colorize_normals, image_grid, save_gif, save_png
 from .trainer import model_from_checkpoint, render_with_codes
 

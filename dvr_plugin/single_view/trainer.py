@@ -14,13 +14,15 @@ One iteration::
     -> backward (the implicit depth gradient carries d(loss)/d(code) into the encoder)
     -> Adam step on encoder and field -> learning-rate step decay
 
-Random draws come from two ``torch.Generator`` objects of the trainer (objects and views on the
-CPU; pixels, loss points and jitter on the training device); the checkpoint saves them with the
-global states, so ``--resume`` continues where the run stopped.
+Random draws come from the two ``torch.Generator`` objects of the trainer (objects and views on
+the CPU; pixels, loss points and jitter on the training device); the checkpoint saves them with
+the global states, so ``--resume`` continues where the run stopped. The loop, checkpoints and
+resume are the engine's (:class:`dvr_plugin.engine.trainer.BaseTrainer`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,15 +30,10 @@ from typing import Any, Optional
 
 import torch
 
-from ..engine.checkpoint import (
-    capture_rng_state,
-    checkpoint_exists,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ..engine.checkpoint import checkpoint_exists, load_checkpoint
+from ..engine.evaluation import RenderedViews, image_metrics, orbit_settings, render_views
 from ..engine.losses import (
     depth_loss,
-    freespace_and_occupancy_points,
     freespace_loss,
     jitter_points,
     normal_smoothness_loss,
@@ -44,26 +41,14 @@ from ..engine.losses import (
     rgb_loss,
     total_loss,
 )
+from ..engine.run_outputs import CHECKPOINT_NAME, VAL_DIR_NAME, write_json
 from ..engine.sampling import gather, sample_pixels
 from ..engine.schedule import StepSchedule
-from ..fields.field import UNIT_CUBE_BOUNDS, evaluate_field
-from ..io import make_dirs
-from ..renderer.rays import intersect_box
+from ..engine.trainer import BaseTrainer, build_optimizer
+from ..fields.field import evaluate_field
+from ..io import make_dirs, open_path, path_manager
 from ..renderer.raysampler import SecantRaysampler
 from ..renderer.renderer import DVRRenderer
-from ..training.evaluation import RenderedViews, image_metrics, orbit_settings, render_views
-from ..training.fit import write_json
-from ..training.trainer import (
-    CHECKPOINT_NAME,
-    VAL_DIR_NAME,
-    build_optimizer,
-    log_train_row,
-    open_run_outputs,
-    plot_run_curves,
-    progress_bar,
-    restore_training_state,
-    seed_everything,
-)
 from ..visualize import colorize_normals, image_grid, save_png
 from .config import (
     TASK_NAME,
@@ -102,7 +87,7 @@ def render_with_codes(
         batch_size: cameras per call.
 
     Returns:
-        :class:`dvr_plugin.training.RenderedViews` on the CPU.
+        :class:`dvr_plugin.engine.evaluation.RenderedViews` on the CPU.
     """
     if codes.dim() != 2 or codes.shape[0] != len(cameras):
         raise ValueError(
@@ -149,9 +134,11 @@ def spread_objects(data: CategoryData, count: int) -> list[int]:
     return chosen
 
 
-class SingleViewTrainer:
+class SingleViewTrainer(BaseTrainer):
     """
-    Trains an image encoder and a conditioned DVR field on a category of objects.
+    Trains an image encoder and a conditioned DVR field on a category of objects: the step
+    (:meth:`train_step`), the validation and the checkpoint's single-view entries on the
+    engine's loop, checkpoints and resume (:class:`dvr_plugin.engine.trainer.BaseTrainer`).
 
     Args (keyword-only):
         config: the :class:`SingleViewConfig` (``device`` may be ``"auto"``).
@@ -169,6 +156,10 @@ class SingleViewTrainer:
         FileNotFoundError: when resuming without a checkpoint.
     """
 
+    terms = TERMS
+    progress_label = "fit single-view"
+    choice_generator_name = "objects"
+
     def __init__(
         self,
         *,
@@ -180,10 +171,7 @@ class SingleViewTrainer:
         resume_from: Optional[str] = None,
         progress: bool = True,
     ) -> None:
-        config, self.device = resolve_single_view_config(config)
-        self.config = config
-        self.out_dir = None if out_dir is None else str(out_dir)
-        self.progress = progress
+        config, device = resolve_single_view_config(config)
         self.weights = config.loss_weights()
         supervision = config.train.supervision
         if supervision in ("depth", "both") and not train_data.has_true_depth:
@@ -206,18 +194,13 @@ class SingleViewTrainer:
             )
         if not bool(train_data.masks.any()):
             raise ValueError("Every training mask is empty: there is no object to learn.")
+        resuming = resume or resume_from is not None
+        super().__init__(
+            config=config, device=device, out_dir=out_dir, resuming=resuming, progress=progress
+        )
         self.train_data = train_data.to(self.device)
         self.val_data = None if val_data is None else val_data.to(self.device)
         self.use_depth = self.train_data.depths is not None
-
-        resuming = resume or resume_from is not None
-        if not resuming and self.out_dir is not None:
-            if checkpoint_exists(self._path(CHECKPOINT_NAME)):
-                raise ValueError(
-                    f"{self.out_dir} already holds a checkpoint; resume from it (--resume) or "
-                    "choose another output folder. Nothing was overwritten."
-                )
-        seed_everything(config.seed)
         self.model: SingleViewModel = build_model(config, load_weights=not resuming).to(self.device)
         self.renderer = DVRRenderer(
             field=self.model.field,
@@ -239,37 +222,11 @@ class SingleViewTrainer:
                 {"params": list(self.model.field.parameters()), "lr": config.optim.lr},
             ],
         )
-        self.object_generator = torch.Generator().manual_seed(config.seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
-        box = torch.tensor(UNIT_CUBE_BOUNDS, dtype=torch.float32, device=self.device)
-        self.box_min, self.box_max = box[0], box[1]
-        self.step = 0
-        self.train_seconds = 0.0
-        self.last_validation: Optional[dict[str, Any]] = None
-        self.stopped_early = False
         self.encoder_info = describe_model(self.model)["encoder"]
         self.val_objects = (
             [] if self.val_data is None else spread_objects(self.val_data, config.eval.max_objects)
         )
-
-        if resuming:
-            path = resume_from or self._path(CHECKPOINT_NAME)
-            if path is None:
-                raise ValueError("resume needs out_dir or resume_from.")
-            if not checkpoint_exists(path):
-                raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
-            self.load_state(load_checkpoint(path, map_location=self.device))
-
-        self.train_log = self.val_log = None
-        self.tensorboard = None
-        if self.out_dir is not None:
-            self.train_log, self.val_log, self.tensorboard = open_run_outputs(
-                self.out_dir,
-                config.to_dict(),
-                terms=TERMS,
-                resume_step=self.step if resuming else None,
-                tensorboard=config.eval.tensorboard,
-            )
+        self._start_run(resume_from=resume_from)
 
     # -----------------------------------------------------------------------------------------
     # One step
@@ -278,13 +235,13 @@ class SingleViewTrainer:
         n = len(self.train_data)
         batch = self.config.train.objects_per_batch
         if n >= batch:
-            return torch.randperm(n, generator=self.object_generator)[:batch]
-        return torch.randint(0, n, (batch,), generator=self.object_generator)
+            return torch.randperm(n, generator=self.choice_generator)[:batch]
+        return torch.randint(0, n, (batch,), generator=self.choice_generator)
 
     def _input_views(self, objects: torch.Tensor) -> torch.Tensor:
         choice = self.config.train.input_view
         if choice == "random":
-            return self.train_data.random_views(objects, self.object_generator)
+            return self.train_data.random_views(objects, self.choice_generator)
         return self.train_data.view_index(objects, int(choice))
 
     def _values_at(
@@ -322,7 +279,7 @@ class SingleViewTrainer:
         data = self.train_data
         objects = self._pick_objects()
         input_views = self._input_views(objects)
-        target_views = data.random_views(objects, self.object_generator)
+        target_views = data.random_views(objects, self.choice_generator)
         target_device = target_views.to(self.device)
         inputs = data.float_images(input_views)
         images = data.float_images(target_views)
@@ -351,24 +308,8 @@ class SingleViewTrainer:
         if self.weights.depth > 0 and gt_depth is not None:
             terms["depth"] = depth_loss(out.depths, gt_depth, gt_mask & (gt_depth > 0), hit)
         if self.weights.freespace > 0 or self.weights.occupancy > 0:
-            origins, directions = bundle.origins.detach(), bundle.directions.detach()
-            near, far, _ = intersect_box(origins, directions, self.box_min, self.box_max)
-            hull = None
-            if gt_depth is not None and cfg.loss.visual_hull_depth:
-                hull = torch.where(gt_mask & (gt_depth > 0), gt_depth, torch.zeros_like(gt_depth))
-            points = freespace_and_occupancy_points(
-                origins,
-                directions,
-                out.depths.detach(),
-                hit,
-                gt_mask,
-                near,
-                far,
-                generator=self.generator,
-                visual_hull_depth=hull,
-            )
-            chosen = torch.where(
-                points.freespace_select[..., None], points.freespace_points, points.occupancy_points
+            points, chosen = self._mask_loss_points(
+                bundle.origins, bundle.directions, out.depths, hit, gt_mask, gt_depth
             )
             values = evaluate_field(self.model.field, chosen, codes).values
             terms["freespace"] = freespace_loss(values, points.freespace_select)
@@ -378,29 +319,18 @@ class SingleViewTrainer:
 
         loss = total_loss(terms, self.weights)
         if not bool(torch.isfinite(loss)):
-            values_now = {k: float(v) for k, v in terms.items() if v is not None}
-            raise FloatingPointError(
-                f"The loss became non-finite at step {self.step}: {values_now}. Try a lower "
-                "optim.lr or optim.grad_clip."
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            self.optimizer.step()
-        lr = self.optimizer.param_groups[1]["lr"]
-        self.scheduler.step()
-        self.step += 1
-        stats: dict[str, float] = {"loss": float(loss.detach())}
-        for name, value in terms.items():
-            if value is not None:
-                stats[name] = float(value.detach())
-        stats["lr"] = float(lr)
-        stats["n_steps"] = float(n_steps)
-        stats["hit_rate"] = float(hit.float().mean())
-        stats["train_mask_agreement"] = float((hit == gt_mask).float().mean())
-        return stats
+            raise self._non_finite(terms)
+        # the learning rate of the field's group (the encoder's is scaled)
+        lr = self._optimizer_step(
+            loss, backward=loss.requires_grad, parameters=self.model.parameters(), lr_group=1
+        )
+        return self._step_values(
+            {"loss": loss.detach(), **terms},
+            lr=lr,
+            n_steps=n_steps,
+            hit_rate=hit.float().mean(),
+            agreement=(hit == gt_mask).float().mean(),
+        )
 
     # -----------------------------------------------------------------------------------------
     # Validation
@@ -454,137 +384,42 @@ class SingleViewTrainer:
         if self.out_dir is not None and save_grid:
             grid = validation_grid(data.float_images(inputs).cpu(), truth, rendered)
             save_png(grid, grid_path or self._path(VAL_DIR_NAME, f"step_{self.step:06d}.png"))
-        if self.val_log is not None and log:
-            self.val_log.append(metrics)
-        if self.tensorboard is not None and log:
-            self.tensorboard.add("val", metrics, self.step)
-        self.last_validation = metrics
+        self._record_validation(metrics, log=log)
         self.model.train()
         return metrics
 
     # -----------------------------------------------------------------------------------------
-    # Checkpoints
+    # Checkpoint entries, the loop's hooks
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs, plus what ``dvr reconstruct`` / evaluation read."""
+    def _task_state(self) -> dict[str, Any]:
+        """The task, image size, orbit and classes, read by ``dvr reconstruct`` / evaluation."""
         return {
             "task": TASK_NAME,
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": capture_rng_state(self._generators()),
-            "train_seconds": self.train_seconds,
             "image_size": list(self.train_data.image_size),
             "orbit": orbit_settings(self.train_data.cameras),
             "classes": list(self.train_data.classes),
             "encoder": self.encoder_info,
         }
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore model, optimiser, schedule, step and random states."""
+    def _check_state(self, state: Mapping[str, Any], where: str) -> None:
+        """Refuse a checkpoint of another task."""
         if state.get("task") != TASK_NAME:
             raise ValueError("The checkpoint is not a single-view checkpoint (dvr fit --task).")
-        self.step, self.train_seconds = restore_training_state(
-            state,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            generators=self._generators(),
-        )
+
+    def _load_task_state(self, state: Mapping[str, Any]) -> None:
+        """The encoder's description (pretrained weights or not)."""
         if state.get("encoder"):
             self.encoder_info = dict(state["encoder"])
 
-    def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
-        """Write the checkpoint atomically (default ``out_dir/checkpoint.pt``)."""
-        path = path or self._path(CHECKPOINT_NAME)
-        if path is None:
-            return None
-        save_checkpoint(path, self.state_dict())
-        return path
+    def _postfix(self, last: Mapping[str, float]) -> dict[str, Any]:
+        """The engine's entries and the share of rays whose hit agrees with the mask."""
+        return {**super()._postfix(last), "agree": f"{last['train_mask_agreement']:.2f}"}
 
-    # -----------------------------------------------------------------------------------------
-    # The loop
-
-    def fit(self) -> dict[str, Any]:
-        """
-        Train to ``train.iterations`` (or ``train.time_budget_s``), validating, logging and
-        checkpointing on the way; at the end the checkpoint, a last validation
-        (``comparison.png``) and ``curves.png`` are written.
-
-        Returns:
-            ``step``, ``train_seconds``, ``stopped_early``, ``last`` (last losses),
-            ``validation`` (last metrics or ``None``).
-        """
-        cfg = self.config
-        total = cfg.train.iterations
-        budget = cfg.train.time_budget_s
-        if self.step == 0 and cfg.eval.validate_every > 0:
-            self.validate()
-        last: dict[str, float] = {}
-        bar = progress_bar(
-            total=total, initial=self.step, enabled=self.progress, desc="fit single-view"
-        )
-        try:
-            while self.step < total:
-                if budget is not None and self.train_seconds >= budget:
-                    self.stopped_early = True
-                    break
-                start = time.perf_counter()
-                last = self.train_step()
-                self.train_seconds += time.perf_counter() - start
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{last['loss']:.4g}",
-                    fs=f"{last.get('freespace', 0.0):.3g}",
-                    occ=f"{last.get('occupancy', 0.0):.3g}",
-                    hit=f"{last['hit_rate']:.2f}",
-                    agree=f"{last['train_mask_agreement']:.2f}",
-                    refresh=False,
-                )
-                if self.step % cfg.eval.log_every == 0 or self.step == total:
-                    log_train_row(
-                        last,
-                        step=self.step,
-                        seconds=self.train_seconds,
-                        train_log=self.train_log,
-                        tensorboard=self.tensorboard,
-                    )
-                if cfg.eval.validate_every and self.step % cfg.eval.validate_every == 0:
-                    metrics = self.validate()
-                    if metrics is not None:
-                        bar.write(
-                            f"step {self.step}: validation PSNR {metrics['psnr']:.2f} dB, "
-                            f"mask IoU {metrics['mask_iou']:.3f}"
-                        )
-                if cfg.eval.checkpoint_every and self.step % cfg.eval.checkpoint_every == 0:
-                    self.save_checkpoint()
-        finally:
-            bar.close()
-        self.save_checkpoint()
+    def _final_validation(self) -> None:
+        """The last validation, also saved as ``comparison.png`` (logged unless just done)."""
         if self.out_dir is not None and self.val_data is not None:
             done = self.last_validation is not None and self.last_validation["step"] == self.step
             self.validate(grid_path=self._path("comparison.png"), log=not done)
-        if self.out_dir is not None:
-            plot_run_curves(self.out_dir, [t for t in TERMS if getattr(self.weights, t) > 0])
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        return {
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "stopped_early": self.stopped_early,
-            "last": last,
-            "validation": self.last_validation,
-        }
-
-    def _generators(self) -> dict[str, torch.Generator]:
-        return {"objects": self.object_generator, "sampling": self.generator}
-
-    def _path(self, *parts: str) -> Optional[str]:
-        if self.out_dir is None:
-            return None
-        return os.path.join(self.out_dir, *parts)
 
 
 def validation_grid(
@@ -657,7 +492,9 @@ def fit_single_view(
     ``comparison.png`` (validation objects) and ``summary.json`` into ``out_dir``.
 
     Returns:
-        The summary written to ``summary.json``.
+        The summary written to ``summary.json``. A resume already at ``train.iterations``
+        writes nothing and returns the summary of ``summary.json`` with ``nothing_to_do`` (the
+        message).
     """
     wall = time.perf_counter()
     config, device = resolve_single_view_config(config)
@@ -682,6 +519,10 @@ def fit_single_view(
         progress=progress,
     )
     result = trainer.fit()
+    summary_path = os.path.join(out_dir, "summary.json")
+    if result["nothing_to_do"] is not None and path_manager.exists(summary_path):
+        with open_path(summary_path) as handle:
+            return {**json.load(handle), "nothing_to_do": result["nothing_to_do"]}
     summary = {
         "task": TASK_NAME,
         "data": {
@@ -702,7 +543,7 @@ def fit_single_view(
         "validation": result["validation"],
         "timing": {"data_seconds": data_seconds, "wall_seconds": time.perf_counter() - wall},
     }
-    write_json(os.path.join(out_dir, "summary.json"), summary)
+    write_json(summary_path, summary)
     return summary
 
 
@@ -732,4 +573,3 @@ def model_from_checkpoint(
             f"The checkpoint {path} does not fit its configuration: {error}"
         ) from error
     return model.to(device).eval(), config, state
-

@@ -18,6 +18,7 @@ from ..engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from ..engine.config import resolve_config
 from .config import (
     DATA_FORMATS,
     DataConfig,
@@ -27,33 +28,11 @@ from .config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
-    apply_overrides,
-    config_keys,
     load_config,
-    parse_override,
-    resolve_config,
-    resolve_device,
 )
 from .data import FitData, check_training_views, demo_mesh, load_fit_data, load_views
-from .evaluation import (
-    RenderedViews,
-    comparison_grid,
-    image_metrics,
-    mesh_metrics,
-    orbit_cameras,
-    orbit_settings,
-    render_views,
-    turntable_frames,
-)
 from .fit import finish_fit, fit, packaged_config, render_checkpoint, run_fit_demo
-from .trainer import (
-    AutocastField,
-    FitInterrupted,
-    Trainer,
-    build_field,
-    build_optimizer,
-    seed_everything,
-)
+from .trainer import AutocastField, Trainer, build_field
 
 __all__ = [
     "AutocastField",
@@ -62,40 +41,25 @@ __all__ = [
     "EvalConfig",
     "FitConfig",
     "FitData",
-    "FitInterrupted",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
-    "RenderedViews",
     "TrainConfig",
     "Trainer",
-    "apply_overrides",
     "build_field",
-    "build_optimizer",
     "capture_rng_state",
     "check_training_views",
-    "comparison_grid",
-    "config_keys",
     "demo_mesh",
     "finish_fit",
     "fit",
-    "image_metrics",
     "load_checkpoint",
     "load_config",
     "load_fit_data",
     "load_views",
-    "mesh_metrics",
-    "orbit_cameras",
-    "orbit_settings",
     "packaged_config",
-    "parse_override",
     "render_checkpoint",
-    "render_views",
     "resolve_config",
-    "resolve_device",
     "restore_rng_state",
     "run_fit_demo",
     "save_checkpoint",
-    "seed_everything",
-    "turntable_frames",
 ]

@@ -24,7 +24,6 @@ Under ``torchrun`` :func:`fit` trains on every rank and rank 0 writes these file
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -34,13 +33,8 @@ from typing import Any, Optional
 import torch
 
 from ..engine.checkpoint import load_checkpoint
-from ..engine.logs import read_csv
-from ..io import atomic_write, make_dirs, path_manager
-from ..visualize import save_gif, save_png
-from .config import FitConfig, load_config, resolve_config, resolve_device
-from .data import load_fit_data, load_views
-from .distributed import DistributedContext, environment_rank, process_group_from_environment
-from .evaluation import (
+from ..engine.config import resolve_config, resolve_device
+from ..engine.evaluation import (
     comparison_grid,
     image_metrics,
     mesh_metrics,
@@ -48,10 +42,14 @@ from .evaluation import (
     render_views,
     turntable_frames,
 )
+from ..engine.logs import read_csv
+from ..engine.run_outputs import CHECKPOINT_NAME, TRAIN_LOG_NAME, VAL_LOG_NAME, write_json
+from ..io import make_dirs, path_manager
+from ..visualize import save_gif, save_png
+from .config import FitConfig, load_config
+from .data import load_fit_data, load_views
+from .distributed import DistributedContext, environment_rank, process_group_from_environment
 from .trainer import (
-    CHECKPOINT_NAME,
-    TRAIN_LOG_NAME,
-    VAL_LOG_NAME,
     Trainer,
     build_field,
     collapse_reason,
@@ -123,7 +121,7 @@ def fit(
         ValueError: bad input, or a resume that is refused (other data, ``train.iterations``
             below the checkpoint's step); nothing is written then.
         FitInterrupted: Ctrl-C during training, after the checkpoint of the current step was
-            written (:class:`.trainer.FitInterrupted`).
+            written (:class:`dvr_plugin.engine.trainer.FitInterrupted`).
     """
     wall_start = time.perf_counter()
     config, device = resolve_config(config)
@@ -431,7 +429,8 @@ def render_checkpoint(
             result["grid"],
         )
         result["metrics"] = {
-            k: v for k, v in image_metrics(rendered, views.images, views.masks).items()
+            k: v
+            for k, v in image_metrics(rendered, views.images, views.masks).items()
             if k != "per_view"
         }
     result["images"] = written
@@ -525,25 +524,6 @@ def run_fit_demo(
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def write_json(path: str, data: Any) -> None:
-    """Write JSON atomically (NaN / inf become ``null``)."""
-    with atomic_write(path, "w") as handle:
-        json.dump(_json_safe(data), handle, indent=2)
-        handle.write("\n")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, torch.Tensor):
-        return _json_safe(value.tolist())
-    return value
 
 
 # Logged training steps whose hit rate decides "no ray hits the object any more" at the end.

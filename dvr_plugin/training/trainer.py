@@ -22,11 +22,7 @@ its share of the global batch, with DistributedDataParallel: see :mod:`.distribu
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
@@ -37,14 +33,8 @@ from torch import nn
 from ..accel.occupancy_grid import OccupancyGrid
 from ..data import MultiViewData, index_cameras
 from ..data.frame import WorldFrame, data_fingerprint
-from ..engine.checkpoint import (
-    capture_rng_state,
-    checkpoint_exists,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
-from ..engine.logs import CsvLog, TensorBoardLog, plot_curves
+from ..engine.config import resolve_device
+from ..engine.evaluation import comparison_grid, image_metrics, orbit_settings, render_views
 from ..engine.losses import (
     LossWeights,
     depth_loss,
@@ -62,34 +52,26 @@ from ..engine.losses import (
     total_loss,
     world_point_loss,
 )
+from ..engine.run_outputs import VAL_DIR_NAME, VAL_LOG_NAME
 from ..engine.sampling import PixelSample, gather, sample_pixels
 from ..engine.schedule import StepSchedule
+from ..engine.trainer import BaseTrainer, build_optimizer
 from ..fields.appearance import RenderingNetwork, ViewDependentField, geometry_of
 from ..fields.field import (
-    UNIT_CUBE_BOUNDS,
     FieldOutput,
     OccupancyTextureField,
     evaluate_field,
     field_type_of,
 )
-from ..io import atomic_write, make_dirs
 from ..renderer.rays import intersect_box
 from ..renderer.raysampler import SecantRaysampler
 from ..renderer.renderer import DVRRenderer
 from ..visualize import save_png
-from .config import FitConfig, OptimConfig, TrainConfig, resolve_device
+from .config import FitConfig, TrainConfig
 from .data import check_training_views
 from .distributed import BatchShard, StepForward, current_context, parameters_anchor
-from .evaluation import comparison_grid, image_metrics, orbit_settings, render_views
 
-CHECKPOINT_NAME = "checkpoint.pt"
-TRAIN_LOG_NAME = "train_log.csv"
-VAL_LOG_NAME = "val_log.csv"
-CURVES_NAME = "curves.png"
-VAL_DIR_NAME = "val"
 TERMS = LossWeights.names()
-# Short names of the loss terms in the progress bar.
-POSTFIX_NAMES = {"freespace": "fs", "occupancy": "occ", "image_gradient": "grad", "eikonal": "eik"}
 
 
 class AutocastField(nn.Module):
@@ -191,179 +173,17 @@ def draw_pixel_batch(
     return index, masks, sample
 
 
-def build_optimizer(
-    optim: OptimConfig, params: Any
-) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
+class Trainer(BaseTrainer):
     """
-    Adam over ``params`` (parameters or parameter groups) with ``optim``'s learning rate and
-    weight decay, and its step decay (``lr_milestones``, ``lr_gamma``). On CUDA it is the
-    fused implementation (the same update, one kernel).
-    """
-    params = list(params)
-    tensors = [
-        t for item in params for t in (item["params"] if isinstance(item, dict) else [item])
-    ]
-    # one fused kernel instead of a dozen per step where every parameter is on a GPU
-    fused = bool(tensors) and all(t.is_cuda for t in tensors)
-    optimizer = torch.optim.Adam(
-        params, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused or None
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=optim.lr_milestones, gamma=optim.lr_gamma
-    )
-    return optimizer, scheduler
+    Fits a DVR field to multi-view images and masks: the step (:meth:`train_step`), the
+    held-out validation and the checkpoint's multi-view entries on the engine's loop,
+    checkpoints and resume (:class:`dvr_plugin.engine.trainer.BaseTrainer`; :meth:`fit`
+    returns its summary with ``collapse``).
 
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def open_run_outputs(
-    out_dir: str,
-    config: Mapping[str, Any],
-    *,
-    terms: Sequence[str],
-    resume_step: Optional[int],
-    tensorboard: bool,
-) -> tuple[CsvLog, CsvLog, TensorBoardLog]:
-    """
-    Prepare the output folder of a training run: create ``out_dir`` and ``out_dir/val``, open
-    the training and validation CSV logs (an earlier run's rows up to ``resume_step`` kept) and
-    TensorBoard, and write ``config.yaml``.
-
-    Args:
-        out_dir: the output folder (local path or iopath URI).
-        config: the run's configuration as a nested dict.
-        terms: the loss-term columns of the training log.
-        resume_step: the step a resumed run continues from (``None``: a new run).
-        tensorboard: also log to TensorBoard when it imports.
-
-    Returns:
-        ``(train_log, val_log, tensorboard)``.
-    """
-    make_dirs(out_dir)
-    make_dirs(os.path.join(out_dir, VAL_DIR_NAME))
-    train_log = CsvLog(
-        path=os.path.join(out_dir, TRAIN_LOG_NAME),
-        columns=[
-            "step", "loss", *terms, "lr", "n_steps", "hit_rate", "train_mask_agreement", "seconds",
-        ],
-        resume_step=resume_step,
-    )
-    val_log = CsvLog(
-        path=os.path.join(out_dir, VAL_LOG_NAME),
-        columns=["step", "psnr", "psnr_masked", "ssim", "mask_iou", "seconds"],
-        resume_step=resume_step,
-    )
-    board = TensorBoardLog(log_dir=os.path.join(out_dir, "tensorboard"), enabled=tensorboard)
-    import yaml
-
-    with atomic_write(os.path.join(out_dir, "config.yaml"), "w") as handle:
-        yaml.safe_dump(dict(config), handle, sort_keys=False)
-    return train_log, val_log, board
-
-
-def progress_bar(*, total: int, initial: int, enabled: bool, desc: str) -> Any:
-    """
-    The tqdm bar of a training loop (``initial`` steps done of ``total``): refreshed often in a
-    terminal, every 30 seconds when stderr goes to a log file.
-    """
-    from tqdm.auto import tqdm
-
-    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        desc=desc,
-        unit="it",
-        dynamic_ncols=True,
-        mininterval=0.2 if interactive else 30.0,
-    )
-
-
-def log_train_row(
-    values: Mapping[str, Any],
-    *,
-    step: int,
-    seconds: float,
-    train_log: Optional[CsvLog],
-    tensorboard: Optional[TensorBoardLog],
-) -> None:
-    """Log a step's losses with ``step`` and training ``seconds`` (CSV log and TensorBoard)."""
-    row = {**values, "step": step, "seconds": seconds}
-    if train_log is not None:
-        train_log.append(row)
-    if tensorboard is not None:
-        tensorboard.add("train", row, step)
-
-
-def plot_run_curves(out_dir: str, terms: Sequence[str]) -> Optional[str]:
-    """
-    Plot the CSV logs of ``out_dir`` to ``curves.png`` (:func:`.logs.plot_curves`); a failure
-    only warns: a plot must not fail a finished fit.
-
-    Returns:
-        The PNG's path, or ``None`` when nothing was plotted.
-    """
-    try:
-        return plot_curves(
-            os.path.join(out_dir, TRAIN_LOG_NAME),
-            os.path.join(out_dir, VAL_LOG_NAME),
-            os.path.join(out_dir, CURVES_NAME),
-            terms=list(terms),
-        )
-    except Exception as error:  # a plot must not fail a finished fit
-        import warnings
-
-        # stacklevel 3: the warning points at the caller of the trainer's fit().
-        warnings.warn(f"Could not plot the training curves: {error}", stacklevel=3)
-        return None
-
-
-def restore_training_state(
-    state: Mapping[str, Any],
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generators: Mapping[str, torch.Generator],
-) -> tuple[int, float]:
-    """
-    Load a checkpoint's model, optimiser, learning-rate schedule and random states.
-
-    Returns:
-        ``(step, train_seconds)`` of the checkpoint.
-
-    Raises:
-        ValueError: the model does not match, or the checkpoint lacks what a resume needs.
-    """
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ValueError(
-            f"The checkpoint's model does not match the configured one ({error}). Resume "
-            "with the configuration stored in the checkpoint."
-        ) from error
-    for key in ("optimizer", "scheduler", "rng"):
-        if key not in state:
-            raise ValueError(f"The checkpoint lacks {key!r}; it cannot be resumed exactly.")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    restore_rng_state(state["rng"], generators)
-    return int(state["step"]), float(state.get("train_seconds", 0.0))
-
-
-class Trainer:
-    """
-    Fits a DVR field to multi-view images and masks.
+    Safety: after every validation (and when no sampled ray has hit a surface for
+    :data:`ZERO_HIT_STEPS` steps) the fit is checked for a collapse (:func:`collapse_reason`),
+    which is warned about at once. A resume is refused when the checkpoint was trained on other
+    data (its data fingerprint).
 
     Args (keyword-only):
         config: the :class:`FitConfig` (its ``device`` may be ``"auto"``).
@@ -384,6 +204,10 @@ class Trainer:
         FileNotFoundError: when resuming without a checkpoint.
     """
 
+    terms = TERMS
+    progress_label = "fit"
+    choice_generator_name = "images"
+
     def __init__(
         self,
         *,
@@ -396,19 +220,15 @@ class Trainer:
         progress: bool = True,
         distributed: Optional[bool] = None,
     ) -> None:
-        self.config = config
-        self.dist = None if distributed is False else current_context()
-        if distributed and self.dist is None:
+        dist = None if distributed is False else current_context()
+        if distributed and dist is None:
             raise ValueError(
                 "distributed=True needs an initialised torch.distributed process group with "
                 "several ranks (start with torchrun)."
             )
-        self.is_main = self.dist is None or self.dist.is_main
-        self.device = resolve_device(config.device)
-        if self.dist is not None:
-            self.device = self.dist.device_for(self.device)
-        self.out_dir = None if out_dir is None else str(out_dir)
-        self.progress = progress and self.is_main
+        device = resolve_device(config.device)
+        if dist is not None:
+            device = dist.device_for(device)
         check_training_views(train_data, empty_masks=config.data.empty_masks, what="training")
         if val_data is not None:
             check_training_views(val_data, empty_masks="ignore", what="held-out")
@@ -417,27 +237,34 @@ class Trainer:
                     f"Held-out views are {val_data.image_size} but training views "
                     f"{train_data.image_size}; use one image size."
                 )
-        self.train_data = train_data.to(self.device)
-        self.val_data = None if val_data is None else val_data.to(self.device)
-        if self.dist is not None:
-            self.dist.check_same_data({"training": self.train_data, "held-out": self.val_data})
-            self.dist.shard(min(config.train.images_per_batch, len(train_data)))  # >= 1 each
         self.weights = config.loss.weights()
-        self.has_depth = self.train_data.depths is not None
         if self.weights.image_gradient > 0 and config.train.sampling != "patch":
             raise ValueError(
                 "loss.image_gradient > 0 needs train.sampling=patch (2x2 pixel patches)."
             )
-        height, width = self.train_data.image_size
+        height, width = train_data.image_size
         if config.train.sampling != "foreground_balanced":
             if config.train.rays_per_image > height * width:
                 raise ValueError(
                     f"train.rays_per_image={config.train.rays_per_image} exceeds the "
                     f"{height}x{width} pixels of an image."
                 )
+        super().__init__(
+            config=config,
+            device=device,
+            out_dir=out_dir,
+            resuming=resume or resume_from is not None,
+            progress=progress,
+            dist=dist,
+        )
+        self.train_data = train_data.to(self.device)
+        self.val_data = None if val_data is None else val_data.to(self.device)
+        if self.dist is not None:
+            self.dist.check_same_data({"training": self.train_data, "held-out": self.val_data})
+            self.dist.shard(min(config.train.images_per_batch, len(train_data)))  # >= 1 each
+        self.has_depth = self.train_data.depths is not None
         self.amp = bool(config.mixed_precision) and self.device.type == "cuda"
 
-        seed_everything(config.seed)
         self.field = build_field(config).to(self.device)
         # The network as the renderer and the losses call it (under autocast with AMP).
         self.network: nn.Module = self.field
@@ -464,14 +291,6 @@ class Trainer:
         )
         self.schedule = StepSchedule(config.train.step_milestones)
         self.optimizer, self.scheduler = build_optimizer(config.optim, self.field.parameters())
-        self.image_generator = torch.Generator().manual_seed(config.seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
-        box = torch.tensor(UNIT_CUBE_BOUNDS, dtype=torch.float32, device=self.device)
-        self.box_min, self.box_max = box[0], box[1]
-        self.step = 0
-        self.train_seconds = 0.0
-        self.last_validation: Optional[dict[str, Any]] = None
-        self.stopped_early = False
 
         # Which PSNR leads reports: inside the mask when the images show a real background.
         self.background_modelled = background_is_modelled(
@@ -482,49 +301,10 @@ class Trainer:
         self.headline_psnr, _ = headline_psnr(self.background_modelled)
         self.untrained_validation: Optional[dict[str, Any]] = None
         self.collapse: Optional[str] = None
-        # A resumed checkpoint already at train.iterations: fit() trains nothing, writes nothing.
-        self.nothing_to_do: Optional[str] = None
+        # Consecutive steps in which no sampled ray hit a surface.
+        self._zero_hits = 0
 
-        resumed = False
-        if resume or resume_from is not None:
-            path = resume_from or self._path(CHECKPOINT_NAME)
-            if path is None:
-                raise ValueError("resume needs out_dir or resume_from.")
-            read = functools.partial(_read_for_resume, path)
-            if self.dist is None:
-                state = read(map_location=self.device)
-            else:  # rank 0 reads the file; every rank gets its contents
-                state = self.dist.from_main(read, map_location="cpu")
-            # Every refusal (other data first) comes before anything in out_dir is touched.
-            self.load_state(state, path=path)
-            self._check_resume_step(state, path)
-            resumed = True
-            if self.step == config.train.iterations:
-                self.nothing_to_do = (
-                    f"{path} is already at step {self.step} = train.iterations: nothing to do "
-                    f"(nothing was written); pass train.iterations=N with N > {self.step} to "
-                    "train longer."
-                )
-            if self.out_dir is not None and self.is_main:
-                self.untrained_validation = untrained_row(self._path(VAL_LOG_NAME))
-        elif self.out_dir is not None and self._on_main(
-            checkpoint_exists, self._path(CHECKPOINT_NAME)
-        ):
-            raise ValueError(
-                f"{self.out_dir} already holds a checkpoint; resume from it (--resume) or choose "
-                "another output folder. Nothing was overwritten."
-            )
-
-        self.train_log = self.val_log = None
-        self.tensorboard = None
-        if self.out_dir is not None and self.is_main and self.nothing_to_do is None:
-            self.train_log, self.val_log, self.tensorboard = open_run_outputs(
-                self.out_dir,
-                config.to_dict(),
-                terms=TERMS,
-                resume_step=self.step if resumed else None,
-                tensorboard=config.eval.tensorboard,
-            )
+        self._start_run(resume_from=resume_from)
 
         # The forward pass of a step; on several ranks it runs inside DistributedDataParallel.
         self.step_forward: Callable[..., Any] = self._forward_losses
@@ -533,6 +313,11 @@ class Trainer:
             self.step_forward = self.dist.wrap(
                 StepForward(field=self.field, forward=self._forward_losses)
             )
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained module (the field), as the checkpoint saves it."""
+        return self.field
 
     # -----------------------------------------------------------------------------------------
     # One step
@@ -714,34 +499,14 @@ class Trainer:
                     out.surface_points.float(), gt_points, valid, pred_hit=hit
                 )
         if self.weights.freespace > 0 or self.weights.occupancy > 0:
-            origins, directions = bundle.origins.detach(), bundle.directions.detach()
-            near, far, _ = intersect_box(origins, directions, self.box_min, self.box_max)
-            hull = None
-            if gt_depth is not None and cfg.loss.visual_hull_depth:
-                hull = torch.where(gt_mask & (gt_depth > 0), gt_depth, torch.zeros_like(gt_depth))
-            loss_points = freespace_and_occupancy_points
+            draw = freespace_and_occupancy_points
             if self.shard is not None:
                 # Drawn for the global batch (generators in step); this rank's rows kept.
-                loss_points = self.shard.global_call(loss_points)
-            points = loss_points(
-                origins,
-                directions,
-                pred_depth.detach(),
-                hit,
-                gt_mask,
-                near,
-                far,
-                generator=self.generator,
-                visual_hull_depth=hull,
+                draw = self.shard.global_call(draw)
+            points, chosen = self._mask_loss_points(
+                bundle.origins, bundle.directions, pred_depth, hit, gt_mask, gt_depth, draw=draw
             )
-            chosen = torch.where(
-                points.freespace_select[..., None],
-                points.freespace_points,
-                points.occupancy_points,
-            )
-            values = self._field_values(
-                chosen, points.freespace_select | points.occupancy_select
-            )
+            values = self._field_values(chosen, points.freespace_select | points.occupancy_select)
             options = {"field_type": field_type, "sdf_beta": cfg.loss.sdf_beta}
             terms["freespace"] = freespace_loss(values, points.freespace_select, **options)
             terms["occupancy"] = occupancy_loss(values, points.occupancy_select, **options)
@@ -769,7 +534,7 @@ class Trainer:
         data = self.train_data
         self._update_annealing()
         index, masks, sample = draw_pixel_batch(
-            data, cfg.train, image_generator=self.image_generator, generator=self.generator
+            data, cfg.train, image_generator=self.choice_generator, generator=self.generator
         )
         batch = index.shape[0]
         index_device = index.to(self.device)
@@ -812,40 +577,18 @@ class Trainer:
             loss = loss * self.dist.loss_scale(self.shard) + parameters_anchor(
                 list(self.field.parameters())
             )
-        if not finite:
-            if reduced is None:
-                values = {k: float(v) for k, v in terms.items() if v is not None}
-            else:
-                values = {k: reduced[k] for k in terms if reduced[k] is not None}
-            raise FloatingPointError(
-                f"The loss became non-finite at step {self.step}: {values}. Try a lower "
-                "optim.lr or optim.grad_clip."
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        if backward:
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.field.parameters(), cfg.optim.grad_clip)
-            self.optimizer.step()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        self.step += 1
-
         if reduced is None:
-            stats: dict[str, float] = {"loss": float(loss.detach())}
-            for name, value in terms.items():
-                if value is not None:
-                    stats[name] = float(value.detach())
-            hit_rate = float(hit.float().mean())
-            agreement = float((hit == gt_mask).float().mean())
+            values: dict[str, Any] = {"loss": loss.detach(), **terms}
+            hit_rate, agreement = hit.float().mean(), (hit == gt_mask).float().mean()
         else:
-            stats = {"loss": reduced["loss"]}
-            stats.update({name: reduced[name] for name in terms if reduced[name] is not None})
+            values = {"loss": reduced["loss"], **{name: reduced[name] for name in terms}}
             hit_rate, agreement = reduced["hit_rate"], reduced["train_mask_agreement"]
-        stats["lr"] = float(lr)
-        stats["n_steps"] = float(n_steps)
-        stats["hit_rate"] = hit_rate
-        stats["train_mask_agreement"] = agreement
+        if not finite:
+            raise self._non_finite({name: values[name] for name in terms})
+        lr = self._optimizer_step(loss, backward=backward, parameters=self.field.parameters())
+        stats = self._step_values(
+            values, lr=lr, n_steps=n_steps, hit_rate=hit_rate, agreement=agreement
+        )
         if self.weights.mask > 0:
             stats["mask_alpha"] = self._mask_alpha(self.step - 1)  # the step just taken
         if cfg.model.fourier_anneal_steps > 0:
@@ -853,7 +596,7 @@ class Trainer:
         return stats
 
     # -----------------------------------------------------------------------------------------
-    # Validation, checkpoints
+    # Validation, checkpoint entries
 
     @torch.no_grad()
     def _refresh_grid(self) -> None:
@@ -906,24 +649,13 @@ class Trainer:
                 max_views=self.config.eval.max_views,
             )
             save_png(grid, self._path(VAL_DIR_NAME, f"step_{self.step:06d}.png"))
-        if self.val_log is not None:
-            self.val_log.append(metrics)
-        if self.tensorboard is not None:
-            self.tensorboard.add("val", metrics, self.step)
-        self.last_validation = metrics
+        self._record_validation(metrics)
         self.field.train()
         return metrics
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs."""
+    def _task_state(self) -> dict[str, Any]:
+        """The checkpoint's multi-view entries: image size, orbit, world frame, data, grid."""
         return {
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "model": self.field.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": capture_rng_state(self._generators()),
-            "train_seconds": self.train_seconds,
             "image_size": list(self.train_data.image_size),
             "orbit": orbit_settings(self.train_data.cameras, self.config.data),
             "data_frame": WorldFrame.from_views(self.train_data, self.config.data.format).to_dict(),
@@ -935,49 +667,40 @@ class Trainer:
             **({"occupancy_grid": self.grid.state_dict()} if self.grid is not None else {}),
         }
 
-    def load_state(self, state: Mapping[str, Any], *, path: Optional[str] = None) -> None:
+    def _check_state(self, state: Mapping[str, Any], where: str) -> None:
         """
-        Restore what :meth:`state_dict` saved (model, optimiser, schedule, step, RNG and the
-        occupancy grid; a checkpoint without a grid gets one refreshed on the next step).
-
         The checkpoint's data fingerprint must match the trainer's data (format, views, image
         size, cameras, colours); a checkpoint without one (older) is loaded with a warning.
-        ``path`` names the checkpoint in messages.
 
         Raises:
             ValueError: the checkpoint was trained on other data (one line saying what
-                differs; nothing is changed), or its model does not match.
+                differs).
         """
-        where = path or "the checkpoint"
         if "data_fingerprint" not in state:
             import warnings
 
             warnings.warn(
                 f"{where} holds no data fingerprint (an older checkpoint): cannot check that "
                 "it was trained on this data; resuming anyway.",
-                stacklevel=2,
+                stacklevel=3,
             )
-        else:
-            mismatch = resume_data_mismatch(
-                state["data_fingerprint"],
-                data_format=self.config.data.format,
-                train_data=self.train_data,
-                val_data=self.val_data,
-            )
-            if mismatch is not None:
-                then = (state.get("config") or {}).get("data") or {}
-                raise ValueError(
-                    f"Cannot resume {where}: it was trained on other data ({mismatch}; "
-                    f"checkpoint data: {then.get('format')} at {then.get('path')}). Nothing was "
-                    "written; resume with the data it was started on, or fit into another folder."
-                )
-        self.step, self.train_seconds = restore_training_state(
-            state,
-            model=self.field,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            generators=self._generators(),
+            return
+        mismatch = resume_data_mismatch(
+            state["data_fingerprint"],
+            data_format=self.config.data.format,
+            train_data=self.train_data,
+            val_data=self.val_data,
         )
+        if mismatch is not None:
+            then = (state.get("config") or {}).get("data") or {}
+            raise ValueError(
+                f"Cannot resume {where}: it was trained on other data ({mismatch}; "
+                f"checkpoint data: {then.get('format')} at {then.get('path')}). Nothing was "
+                "written; resume with the data it was started on, or fit into another folder."
+            )
+
+    def _load_task_state(self, state: Mapping[str, Any]) -> None:
+        """The occupancy grid (a checkpoint without one gets it refreshed on the next step)."""
         saved_grid = state.get("occupancy_grid")
         self._grid_fresh = False
         if self.grid is not None and saved_grid is not None:
@@ -985,154 +708,29 @@ class Trainer:
                 self.grid.load_state_dict(saved_grid)
                 self._grid_fresh = True
 
-    def _check_resume_step(self, state: Mapping[str, Any], path: str) -> None:
-        """
-        Refuse a resume that cannot train: ``train.iterations`` below the checkpoint's step, or
-        a ``train.time_budget_s`` the checkpoint has used up (``ValueError``, nothing written).
-        """
-        train = self.config.train
-        step = int(state["step"])
-        if train.iterations < step:
-            raise ValueError(
-                f"train.iterations={train.iterations} is below the step of {path} ({step}); "
-                f"pass train.iterations=N with N > {step} to train longer. Nothing was written."
-            )
-        seconds = float(state.get("train_seconds", 0.0))
-        budget = train.time_budget_s
-        if budget is not None and seconds >= budget and step < train.iterations:
-            raise ValueError(
-                f"{path} has used its train.time_budget_s={budget:g} s ({seconds:.0f} s of "
-                "training); pass a larger train.time_budget_s (or null) to continue. Nothing "
-                "was written."
-            )
-
-    def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
-        """
-        Write the checkpoint atomically (default ``out_dir/checkpoint.pt``); on several ranks
-        rank 0 writes it (its contents do not depend on the number of ranks).
-        """
-        path = path or self._path(CHECKPOINT_NAME)
-        if path is None or not self.is_main:
-            return None
-        save_checkpoint(path, self.state_dict())
-        return path
+    def _resumed(self, path: str) -> None:
+        """Keep the untrained model's held-out metrics of the run (collapse detection)."""
+        if self.out_dir is not None and self.is_main:
+            self.untrained_validation = untrained_row(self._path(VAL_LOG_NAME))
 
     # -----------------------------------------------------------------------------------------
-    # The loop
-
-    def fit(self) -> dict[str, Any]:
-        """
-        Train until ``train.iterations`` (or ``train.time_budget_s``), validating, logging and
-        checkpointing on the way; the checkpoint, a last validation and the curves plot are
-        written at the end.
-
-        Safety: after every validation (and when no sampled ray has hit a surface for
-        :data:`ZERO_HIT_STEPS` steps) the fit is checked for a collapse
-        (:func:`collapse_reason`), which is warned about at once. Ctrl-C stops at the end of the
-        current step: the checkpoint of that step is written and :class:`FitInterrupted` raised
-        (a second Ctrl-C stops at once; a ``KeyboardInterrupt`` raised inside a step rewinds the
-        trainer's generators to the step's start, so the resumed run draws that step again). A
-        resume already at ``train.iterations`` trains and writes nothing.
-
-        Returns:
-            ``step``, ``train_seconds``, ``stopped_early``, ``last`` (the last step's losses),
-            ``validation`` (the last validation metrics or ``None``), ``collapse`` (the reason,
-            or ``None``) and ``nothing_to_do`` (a message, or ``None``).
-        """
-        cfg = self.config
-        total = cfg.train.iterations
-        budget = cfg.train.time_budget_s
-        if self.nothing_to_do is not None:
-            return self._summary({})
-        if self.step == 0 and cfg.eval.validate_every > 0:
-            self.validate()
-            self._check_collapse(None)  # keeps the untrained model's metrics
-        last: dict[str, float] = {}
-        zero_hits = 0
-        # The step and generator states at the start of the running step (see the except).
-        at_start: Optional[tuple[int, dict[str, torch.Tensor]]] = None
-        bar = progress_bar(total=total, initial=self.step, enabled=self.progress, desc="fit")
-        interrupts = deferred_interrupt(enabled=self.dist is None, notify=bar.write)
-        try:
-            with interrupts as interrupt:
-                while self.step < total:
-                    if budget is not None and self._agree(self.train_seconds >= budget):
-                        self.stopped_early = True
-                        break
-                    at_start = (
-                        self.step,
-                        {name: g.get_state() for name, g in self._generators().items()},
-                    )
-                    start = time.perf_counter()
-                    last = self.train_step()
-                    self.train_seconds += time.perf_counter() - start
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{last['loss']:.4g}",
-                        # the terms this fit trains with (a recipe may turn DVR's off)
-                        **{
-                            POSTFIX_NAMES.get(term, term): f"{last.get(term, 0.0):.3g}"
-                            for term in TERMS
-                            if getattr(self.weights, term) > 0
-                        },
-                        hit=f"{last['hit_rate']:.2f}",
-                        n=int(last["n_steps"]),
-                        refresh=False,
-                    )
-                    if self.step % cfg.eval.log_every == 0 or self.step == total:
-                        log_train_row(
-                            last,
-                            step=self.step,
-                            seconds=self.train_seconds,
-                            train_log=self.train_log,
-                            tensorboard=self.tensorboard,
-                        )
-                    zero_hits = zero_hits + 1 if last["hit_rate"] == 0.0 else 0
-                    if zero_hits == ZERO_HIT_STEPS:
-                        self._warn_collapse(
-                            f"no sampled training ray has hit a surface for {zero_hits} steps",
-                            bar,
-                        )
-                    if cfg.eval.validate_every and self.step % cfg.eval.validate_every == 0:
-                        self.validate()
-                        if self.last_validation is not None:
-                            bar.write(f"step {self.step}: {self._describe_validation()}")
-                            self._check_collapse(bar)
-                    if cfg.eval.checkpoint_every and self.step % cfg.eval.checkpoint_every == 0:
-                        self.save_checkpoint()
-                    if interrupt.requested:
-                        raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            if at_start is not None and at_start[0] == self.step:
-                # Stopped inside a step: back to the random state of its start, so that the
-                # resumed run draws what this step drew.
-                for name, generator in self._generators().items():
-                    generator.set_state(at_start[1][name])
-            bar.close()
-            raise FitInterrupted(step=self.step, path=self.save_checkpoint()) from None
-        finally:
-            bar.close()
-        self.save_checkpoint()
-        if self.last_validation is None or self.last_validation["step"] != self.step:
-            self.validate()
-            if self.last_validation is not None and self.is_main:
-                self._check_collapse(None)
-        if self.out_dir is not None and self.is_main:
-            plot_run_curves(self.out_dir, [t for t in TERMS if getattr(self.weights, t) > 0])
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        return self._summary(last)
+    # The loop's hooks: collapse detection, the headline PSNR
 
     def _summary(self, last: Mapping[str, float]) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "stopped_early": self.stopped_early,
-            "last": dict(last),
-            "validation": self.last_validation,
-            "collapse": self.collapse,
-            "nothing_to_do": self.nothing_to_do,
-        }
+        """The engine's summary and ``collapse`` (the reason, or ``None``)."""
+        return {**super()._summary(last), "collapse": self.collapse}
+
+    def _after_step(self, last: Mapping[str, float], bar: Any) -> None:
+        """Warn once no sampled ray has hit a surface for :data:`ZERO_HIT_STEPS` steps."""
+        self._zero_hits = self._zero_hits + 1 if last["hit_rate"] == 0.0 else 0
+        if self._zero_hits == ZERO_HIT_STEPS:
+            self._warn_collapse(
+                f"no sampled training ray has hit a surface for {self._zero_hits} steps", bar
+            )
+
+    def _validated(self, bar: Any) -> None:
+        """Check the validation for a collapse."""
+        self._check_collapse(bar)
 
     def _describe_validation(self) -> str:
         """The last validation in words, the headline PSNR first."""
@@ -1171,26 +769,8 @@ class Trainer:
             return
         if bar is not None:
             bar.write(message)
-        # stacklevel 3: the warning points at the caller of the trainer's fit().
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-    # -----------------------------------------------------------------------------------------
-
-    def _on_main(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)``; on several ranks run by rank 0 and its result given to every rank."""
-        return fn(*args) if self.dist is None else self.dist.from_main(fn, *args)
-
-    def _agree(self, flag: bool) -> bool:
-        """``flag``; on several ranks rank 0's (the ranks must stop at the same step)."""
-        return flag if self.dist is None else self.dist.broadcast_flag(flag)
-
-    def _generators(self) -> dict[str, torch.Generator]:
-        return {"images": self.image_generator, "sampling": self.generator}
-
-    def _path(self, *parts: str) -> Optional[str]:
-        if self.out_dir is None:
-            return None
-        return os.path.join(self.out_dir, *parts)
+        # stacklevel 4: a frame of the loop rather than these helpers.
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def untrained_row(val_csv: Optional[str]) -> Optional[dict[str, float]]:
@@ -1210,28 +790,8 @@ def untrained_row(val_csv: Optional[str]) -> Optional[dict[str, float]]:
     }
 
 
-def _read_for_resume(path: str, *, map_location: Any) -> dict[str, Any]:
-    """The checkpoint to resume from, with a clear error when there is none."""
-    if not checkpoint_exists(path):
-        raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
-    return load_checkpoint(path, map_location=map_location)
-
-
 # ---------------------------------------------------------------------------------------------
-# Safety: resume checks, collapse detection, the headline PSNR, Ctrl-C
-
-
-class FitInterrupted(KeyboardInterrupt):
-    """
-    Training stopped by Ctrl-C (or a ``KeyboardInterrupt``) after the checkpoint of ``step``
-    was written to ``path`` (``None`` when nothing is written: no output folder, or a rank other
-    than 0). A ``KeyboardInterrupt``, so code that catches that still does.
-    """
-
-    def __init__(self, *, step: int, path: Optional[str]) -> None:
-        super().__init__(f"interrupted at step {step}; checkpoint: {path}")
-        self.step = step
-        self.path = path
+# Safety: collapse detection, the resumed data, the headline PSNR
 
 
 # A held-out mask IoU below this means the object has vanished (or fills the view).
@@ -1353,44 +913,3 @@ def headline_psnr(background_modelled: bool) -> tuple[str, str]:
     if background_modelled:
         return "psnr", "whole image"
     return "psnr_masked", "inside the object mask (the real background is not modelled)"
-
-
-@contextlib.contextmanager
-def deferred_interrupt(
-    *, enabled: bool = True, notify: Optional[Callable[[str], None]] = None
-) -> Any:
-    """
-    Within the block, the first Ctrl-C (SIGINT) only sets ``.requested`` on the yielded object
-    (so the training loop stops at the end of the step, with a consistent state to save); a
-    second one raises ``KeyboardInterrupt`` as usual. Outside the main thread, or when SIGINT is
-    not handled by Python, nothing changes.
-    """
-    import signal
-    import threading
-    from types import SimpleNamespace
-
-    state = SimpleNamespace(requested=False)
-    previous = signal.getsignal(signal.SIGINT) if enabled else None
-    install = (
-        enabled
-        and threading.current_thread() is threading.main_thread()
-        and callable(previous)
-    )
-    if not install:
-        yield state
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        state.requested = True
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
-        if notify is not None:
-            notify(
-                "Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to "
-                "stop at once)"
-            )
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, previous)

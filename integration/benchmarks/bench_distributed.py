@@ -77,8 +77,8 @@ def _config_overrides(args: argparse.Namespace, images_per_batch: int) -> list[s
 
 def run_worker(args: argparse.Namespace) -> None:
     """Time the trainer for every global batch; rank 0 writes ``args.result`` (JSON)."""
+    from dvr_plugin.engine.config import resolve_config
     from dvr_plugin.training import Trainer, load_config, load_fit_data, packaged_config
-    from dvr_plugin.training.config import resolve_config
     from dvr_plugin.training.distributed import process_group_from_environment
 
     from .common import device_name

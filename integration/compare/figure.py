@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from dvr_plugin.training import RenderedViews
+from dvr_plugin.engine.evaluation import RenderedViews
 from dvr_plugin.visualize import colorize_depth, colorize_normals
 
 PANELS = ("colour", "depth", "normals", "|error|")

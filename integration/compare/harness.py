@@ -14,7 +14,7 @@ The comparison harness: four ways of rendering one scene from the same held-out 
 =====  ==========================================================================================
 
 Per method: PSNR (whole image and inside the true mask), SSIM, mask IoU on the held-out views
-(:func:`dvr_plugin.training.image_metrics`), the z-depth error against the rasteriser's depth of
+(:func:`dvr_plugin.engine.image_metrics`), the z-depth error against the rasteriser's depth of
 the ground-truth mesh (:func:`dvr_plugin.metrics.depth_error`), Chamfer-L1 / F@1% / normal
 consistency of the geometry (:func:`dvr_plugin.metrics.evaluate_meshes`, Occupancy Networks
 protocol; the fields' geometry is their extracted mesh), render time per view and its peak GPU
@@ -39,21 +39,19 @@ from typing import Any, Optional
 import torch
 
 from dvr_plugin.data.paths import shared_data_dir
+from dvr_plugin.engine.evaluation import RenderedViews, image_metrics, render_views
+from dvr_plugin.engine.run_outputs import write_json
 from dvr_plugin.io import make_dirs
 from dvr_plugin.meshing import extract_mesh, save_mesh
 from dvr_plugin.metrics import depth_error, evaluate_meshes
 from dvr_plugin.training import (
     FitConfig,
-    RenderedViews,
     Trainer,
-    image_metrics,
     load_config,
     load_fit_data,
     packaged_config,
-    render_views,
     resolve_config,
 )
-from dvr_plugin.training.fit import write_json
 
 from .figure import comparison_figure
 from .mesh_render import rasterize_views

@@ -24,7 +24,7 @@ from pytorch3d.renderer import (
 )
 from pytorch3d.structures import Meshes
 
-from dvr_plugin.training import RenderedViews
+from dvr_plugin.engine.evaluation import RenderedViews
 
 
 @torch.no_grad()

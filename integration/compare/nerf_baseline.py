@@ -35,13 +35,15 @@ from pytorch3d.renderer.implicit.utils import RayBundle
 from torch import nn
 
 from dvr_plugin.data import MultiViewData, index_cameras
+from dvr_plugin.engine.config import resolve_device
+from dvr_plugin.engine.evaluation import RenderedViews
 from dvr_plugin.engine.losses import rgb_loss
 from dvr_plugin.engine.sampling import gather
+from dvr_plugin.engine.trainer import build_optimizer, seed_everything
 from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, evaluate_field, field_type_of
 from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
-from dvr_plugin.training import FitConfig, RenderedViews, build_field, seed_everything
-from dvr_plugin.training.config import resolve_device
-from dvr_plugin.training.trainer import build_optimizer, draw_pixel_batch
+from dvr_plugin.training import FitConfig, build_field
+from dvr_plugin.training.trainer import draw_pixel_batch
 
 Bounds = tuple[Sequence[float], Sequence[float]]
 

@@ -1,5 +1,6 @@
 """
-Rendering a fitted field for evaluation: held-out views, image metrics, comparison grids,
+Rendering a fitted field for evaluation, for every task: full-image renders of cameras (a
+conditioned field with one code per camera), image metrics, comparison grids, orbits and
 turntables, and mesh metrics.
 """
 
@@ -84,15 +85,11 @@ def render_views(
         background_color=list(background),
     )
     parts: list[Any] = []
-    bar = tqdm(
-        total=len(cameras), desc=description, unit="view", disable=not progress, leave=False
-    )
+    bar = tqdm(total=len(cameras), desc=description, unit="view", disable=not progress, leave=False)
     for start in range(0, len(cameras), batch_size):
         index = list(range(start, min(start + batch_size, len(cameras))))
         out = renderer(cameras[index], latent=None if latent is None else latent[index])
-        parts.append(
-            (out.images.cpu(), out.masks.cpu(), out.depths.cpu(), out.normals.cpu())
-        )
+        parts.append((out.images.cpu(), out.masks.cpu(), out.depths.cpu(), out.normals.cpu()))
         bar.update(len(index))
     bar.close()
     images, masks, depths, normals = (torch.cat(p) for p in zip(*parts, strict=False))
