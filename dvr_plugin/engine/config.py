@@ -62,6 +62,9 @@ class OptimConfig:
         lr_gamma: the decay factor.
         weight_decay: Adam's (L2) weight decay.
         grad_clip: clip the gradient norm to this value (0 = off).
+        encoding_lr: learning rate of the hash-grid tables (``None``: ``lr``). Instant-NGP
+            trains its tables at about 1e-2 without weight decay: a table entry only sees the
+            points of its cells, so it learns slowly at a decoder's rate.
     """
 
     lr: float = 5e-4
@@ -69,10 +72,17 @@ class OptimConfig:
     lr_gamma: float = 0.5
     weight_decay: float = 0.0
     grad_clip: float = 0.0
+    encoding_lr: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"optim.lr must be a positive number, got {self.lr}.")
+        if self.encoding_lr is not None and not (
+            self.encoding_lr > 0 and math.isfinite(self.encoding_lr)
+        ):
+            raise ValueError(
+                f"optim.encoding_lr must be a positive number or null, got {self.encoding_lr}."
+            )
         if not 0 < self.lr_gamma <= 1:
             raise ValueError(f"optim.lr_gamma must lie in (0, 1], got {self.lr_gamma}.")
         milestones = [int(m) for m in self.lr_milestones]

@@ -130,11 +130,65 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class HashGridConfig:
     """
-    The field (:class:`dvr_plugin.fields.field.OccupancyTextureField`).
+    The multi-resolution hash-grid field (``model.encoding: hash_grid``,
+    :class:`dvr_plugin.fields.hash_grid.HashGridField`).
 
     Members:
+        n_levels: L, resolution levels.
+        features_per_level: F, features stored per table entry.
+        log2_table_size: log2 of T, the entries of each level's table.
+        base_resolution: cells per axis of the coarsest level.
+        max_resolution: cells per axis of the finest level (the growth factor follows).
+        include_points: feed the point itself to the decoder beside its features.
+        hidden_size: width of the decoder's hidden layers.
+        n_layers: number of its hidden layers.
+        rgb_hidden_size: width of the texture head's hidden layers.
+        rgb_n_layers: number of the texture head's hidden layers.
+    """
+
+    n_levels: int = 16
+    features_per_level: int = 2
+    log2_table_size: int = 19
+    base_resolution: int = 16
+    max_resolution: int = 2048
+    include_points: bool = True
+    hidden_size: int = 64
+    n_layers: int = 2
+    rgb_hidden_size: int = 64
+    rgb_n_layers: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("n_levels", "features_per_level", "base_resolution", "hidden_size"):
+            positive(f"model.hash_grid.{name}", getattr(self, name))
+        positive("model.hash_grid.n_layers", self.n_layers)
+        positive("model.hash_grid.rgb_hidden_size", self.rgb_hidden_size)
+        positive("model.hash_grid.rgb_n_layers", self.rgb_n_layers)
+        if not 10 <= self.log2_table_size <= 24:
+            raise ValueError(
+                f"model.hash_grid.log2_table_size must lie in [10, 24], got {self.log2_table_size}."
+            )
+        if self.max_resolution < self.base_resolution:
+            raise ValueError(
+                "model.hash_grid.max_resolution must be >= model.hash_grid.base_resolution, got "
+                f"{self.max_resolution} < {self.base_resolution}."
+            )
+
+
+ENCODINGS = ("fourier", "hash_grid")
+
+
+@dataclass
+class ModelConfig:
+    """
+    The field: :class:`dvr_plugin.fields.field.OccupancyTextureField` (Fourier features and
+    residual blocks, the default) or :class:`dvr_plugin.fields.hash_grid.HashGridField`
+    (``encoding: hash_grid``).
+
+    Members:
+        encoding: ``"fourier"`` (DVR's decoder on Fourier features) or ``"hash_grid"`` (a
+            multi-resolution hash grid with small occupancy / texture heads, ``hash_grid``).
         hidden_size: H, width of the residual blocks.
         n_blocks: number of residual blocks.
         n_frequencies: Fourier feature frequencies of the input (0 = the reference decoder).
@@ -153,8 +207,10 @@ class ModelConfig:
         colour_n_layers: number of its hidden layers.
         colour_view_frequencies: Fourier bands of the viewing direction (IDR: 4).
         colour_point_frequencies: Fourier bands of the surface point fed to the head (IDR: 0).
+        hash_grid: the sizes of the hash-grid field (:class:`HashGridConfig`).
     """
 
+    encoding: str = "fourier"
     hidden_size: int = 128
     n_blocks: int = 5
     n_frequencies: int = 6
@@ -167,9 +223,13 @@ class ModelConfig:
     colour_n_layers: int = 4
     colour_view_frequencies: int = 4
     colour_point_frequencies: int = 0
+    hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
 
     def __post_init__(self) -> None:
         from ..fields.appearance import COLOUR_MODELS
+
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"model.encoding must be one of {ENCODINGS}, got {self.encoding!r}.")
 
         positive("model.hidden_size", self.hidden_size)
         if self.n_blocks < 0 or self.n_frequencies < 0:
@@ -195,7 +255,7 @@ def _check_geometry_model(model: ModelConfig) -> None:
         raise ValueError(
             f"model.fourier_anneal_steps must be >= 0, got {model.fourier_anneal_steps}."
         )
-    if model.fourier_anneal_steps > 0 and model.n_frequencies == 0:
+    if model.fourier_anneal_steps > 0 and model.encoding == "fourier" and model.n_frequencies == 0:
         raise ValueError("model.fourier_anneal_steps > 0 needs model.n_frequencies > 0.")
     radius = model.geometric_init_radius
     if radius is not None and not (math.isfinite(radius) and 0 < radius < 0.5):

@@ -63,6 +63,7 @@ from ..fields.field import (
     evaluate_field,
     field_type_of,
 )
+from ..fields.hash_grid import HashGridEncoding, HashGridField
 from ..renderer.rays import intersect_box
 from ..renderer.raysampler import SecantRaysampler
 from ..renderer.renderer import DVRRenderer
@@ -106,25 +107,47 @@ class AutocastField(nn.Module):
 def build_field(config: FitConfig) -> nn.Module:
     """
     The field of ``config.model`` (initialised from the global torch RNG): an
-    :class:`OccupancyTextureField`, or with ``model.colour="view_dependent"`` a
-    :class:`~dvr_plugin.fields.appearance.ViewDependentField` (that network without its texture
-    head, as ``geometry``, and an IDR-style rendering network on its last hidden activation).
+    :class:`OccupancyTextureField` (``model.encoding="fourier"``) or a
+    :class:`~dvr_plugin.fields.hash_grid.HashGridField` (``"hash_grid"``); with
+    ``model.colour="view_dependent"`` a :class:`~dvr_plugin.fields.appearance.ViewDependentField`
+    (that network without its texture head, as ``geometry``, and an IDR-style rendering network
+    on its last hidden activation).
 
     Raises:
         ValueError: for ``model.colour="view_dependent"`` with ``mixed_precision``.
     """
     model = config.model
     view_dependent = model.colour == "view_dependent"
-    geometry = OccupancyTextureField(
-        hidden_size=model.hidden_size,
-        n_blocks=model.n_blocks,
-        n_frequencies=model.n_frequencies,
+    shape = dict(
         field_type=model.field_type,
-        fourier_anneal=model.fourier_anneal_steps > 0,
         geometric_init_radius=model.geometric_init_radius,
         geometric_init_sharpness=model.geometric_init_sharpness,
         rgb=not view_dependent,
     )
+    if model.encoding == "hash_grid":
+        grid = model.hash_grid
+        geometry: nn.Module = HashGridField(
+            n_levels=grid.n_levels,
+            features_per_level=grid.features_per_level,
+            log2_table_size=grid.log2_table_size,
+            base_resolution=grid.base_resolution,
+            max_resolution=grid.max_resolution,
+            include_points=grid.include_points,
+            hidden_size=grid.hidden_size,
+            n_layers=grid.n_layers,
+            rgb_hidden_size=grid.rgb_hidden_size,
+            rgb_n_layers=grid.rgb_n_layers,
+            anneal=model.fourier_anneal_steps > 0,
+            **shape,
+        )
+    else:
+        geometry = OccupancyTextureField(
+            hidden_size=model.hidden_size,
+            n_blocks=model.n_blocks,
+            n_frequencies=model.n_frequencies,
+            fourier_anneal=model.fourier_anneal_steps > 0,
+            **shape,
+        )
     if not view_dependent:
         return geometry
     if config.mixed_precision:
@@ -133,13 +156,31 @@ def build_field(config: FitConfig) -> nn.Module:
             "second derivatives in full precision); set mixed_precision: false."
         )
     appearance = RenderingNetwork(
-        feature_size=model.hidden_size,
+        feature_size=geometry.hidden_size,
         hidden_size=model.colour_hidden_size,
         n_layers=model.colour_n_layers,
         n_view_frequencies=model.colour_view_frequencies,
         n_point_frequencies=model.colour_point_frequencies,
     )
     return ViewDependentField(geometry=geometry, appearance=appearance)
+
+
+def parameter_groups(field: nn.Module, optim: Any) -> list[dict[str, Any]]:
+    """
+    The optimiser's parameter groups of ``field``: the hash-grid tables at ``optim.encoding_lr``
+    without weight decay (when set and the field has tables), everything else at ``optim.lr``.
+    """
+    tables = [
+        module.embeddings for module in field.modules() if isinstance(module, HashGridEncoding)
+    ]
+    if optim.encoding_lr is None or not tables:
+        return [{"params": list(field.parameters())}]
+    table_ids = {id(t) for t in tables}
+    rest = [p for p in field.parameters() if id(p) not in table_ids]
+    return [
+        {"params": rest},
+        {"params": tables, "lr": optim.encoding_lr, "weight_decay": 0.0},
+    ]
 
 
 def draw_pixel_batch(
@@ -290,7 +331,9 @@ class Trainer(BaseTrainer):
             check_finite=False,
         )
         self.schedule = StepSchedule(config.train.step_milestones)
-        self.optimizer, self.scheduler = build_optimizer(config.optim, self.field.parameters())
+        self.optimizer, self.scheduler = build_optimizer(
+            config.optim, parameter_groups(self.field, config.optim)
+        )
 
         # Which PSNR leads reports: inside the mask when the images show a real background.
         self.background_modelled = background_is_modelled(
@@ -459,7 +502,8 @@ class Trainer(BaseTrainer):
             return
         progress = min(1.0, self.step / steps)
         for module in self.field.modules():
-            if isinstance(module, OccupancyTextureField) and module.encoding.anneal:
+            annealed = isinstance(module, (OccupancyTextureField, HashGridField))
+            if annealed and module.encoding.anneal:
                 module.set_encoding_progress(progress)
 
     def _forward_losses(
