@@ -14,9 +14,10 @@ import torch
 from pytorch3d.structures import Meshes
 from pytorch3d.utils import ico_sphere
 
-from dvr_plugin.cli import mesh_report
+from dvr_plugin.cli.eval_report import error_figure
 from dvr_plugin.cli.main import main
 from dvr_plugin.meshing import save_mesh
+from dvr_plugin.training import export, mesh_evaluation
 from dvr_plugin.training.config import FitConfig
 from tests.frame_factories import (
     RESOLUTION,
@@ -46,7 +47,8 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the arguments were checked")
 
-    monkeypatch.setattr(mesh_report, "load_fitted_checkpoint", refuse)
+    monkeypatch.setattr(export, "load_fitted_checkpoint", refuse)
+    monkeypatch.setattr(mesh_evaluation, "load_fitted_checkpoint", refuse)
 
 
 def one_line_error(capsys, command: str) -> str:
@@ -58,8 +60,22 @@ def one_line_error(capsys, command: str) -> str:
 
 
 def eval_args(prediction, gt, out, *extra) -> list[str]:
-    return ["eval", str(prediction), "--gt", str(gt), "--out", str(out), "--points",
-            str(POINTS), "--resolution", str(RESOLUTION), "--no-iou", "--device", "cpu", *extra]
+    return [
+        "eval",
+        str(prediction),
+        "--gt",
+        str(gt),
+        "--out",
+        str(out),
+        "--points",
+        str(POINTS),
+        "--resolution",
+        str(RESOLUTION),
+        "--no-iou",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def report_of(out) -> dict:
@@ -93,8 +109,7 @@ def test_mesh_rejects_bad_input_before_reading_the_checkpoint(dtu, tmp_path, cap
 
 def test_mesh_overwrites_only_with_force(dtu, tmp_path, capsys):
     out = tmp_path / "m.ply"
-    argv = ["mesh", str(dtu.checkpoint), "--out", str(out), "--resolution", "16", "--device",
-            "cpu"]
+    argv = ["mesh", str(dtu.checkpoint), "--out", str(out), "--resolution", "16", "--device", "cpu"]
     assert main(argv) == 0
     first = out.read_bytes()
     out.write_bytes(b"keep me")
@@ -120,19 +135,24 @@ def test_eval_rejects_bad_input_before_the_work(dtu, tmp_path, capsys, no_loadin
         (["eval", checkpoint, "--gt", gt, "--out", out, "--points", "0"], "--points"),
         (["eval", checkpoint, "--gt", gt, "--out", out, "--resolution", "0"], "resolution"),
         (["eval", str(tmp_path / "none.pt"), "--gt", gt, "--out", out], "file not found"),
-        (["eval", checkpoint, "--gt", str(tmp_path / "none.ply"), "--out", out],
-         "does not exist"),
+        (["eval", checkpoint, "--gt", str(tmp_path / "none.ply"), "--out", out], "does not exist"),
         (["eval", str(tmp_path / "a_file"), "--gt", gt, "--out", out], "must end in"),
         (["eval", checkpoint, "--gt", gt, "--out", str(tmp_path / "a_file")], "is a file"),
         (["eval", str(mesh_file), "--views", "--out", out], "--views needs"),
         (["eval", str(mesh_file), "--gt", gt, "--out", out, "--observed"], "training cameras"),
         (["eval", checkpoint, "--views", "--observed", "--out", out], "give --gt"),
-        (["eval", checkpoint, "--gt", gt, "--out", out, "--pred-frame", "normalised"],
-         "--pred-frame is for a mesh-file"),
-        (["eval", checkpoint, "--gt", gt, "--out", out, "--checkpoint", checkpoint],
-         "--checkpoint is for a mesh-file"),
-        (["eval", checkpoint, "--gt", gt, "--out", out, "--gt-longest-side", "2"],
-         "--gt-longest-side"),
+        (
+            ["eval", checkpoint, "--gt", gt, "--out", out, "--pred-frame", "normalised"],
+            "--pred-frame is for a mesh-file",
+        ),
+        (
+            ["eval", checkpoint, "--gt", gt, "--out", out, "--checkpoint", checkpoint],
+            "--checkpoint is for a mesh-file",
+        ),
+        (
+            ["eval", checkpoint, "--gt", gt, "--out", out, "--gt-longest-side", "2"],
+            "--gt-longest-side",
+        ),
         (["eval", checkpoint, "--gt", str(open_gt), "--out", out], "not watertight"),
     ]
     for argv, message in cases:
@@ -166,8 +186,23 @@ def test_eval_mesh_files_in_either_frame(dtu, tmp_path, capsys):
     world = tmp_path / "world.ply"
     normalised = tmp_path / "normalised.obj"
     for path, frame in ((world, "world"), (normalised, "normalised")):
-        assert main(["mesh", str(dtu.checkpoint), "--out", str(path), "--resolution",
-                     str(RESOLUTION), "--frame", frame, "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "mesh",
+                    str(dtu.checkpoint),
+                    "--out",
+                    str(path),
+                    "--resolution",
+                    str(RESOLUTION),
+                    "--frame",
+                    frame,
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     # each file's header says its frame (and to_world): no flags needed
     for path in (world, normalised):
         out = tmp_path / f"r_{path.stem}"
@@ -180,8 +215,20 @@ def test_eval_mesh_files_in_either_frame(dtu, tmp_path, capsys):
     assert main(eval_args(plain, dtu.gt, tmp_path / "r", "--pred-frame", "normalised")) == 2
     assert "pass --checkpoint" in one_line_error(capsys, "eval")
     out = tmp_path / "r_plain"
-    assert main(eval_args(plain, dtu.gt, out, "--pred-frame", "normalised", "--checkpoint",
-                          str(dtu.checkpoint))) == 0
+    assert (
+        main(
+            eval_args(
+                plain,
+                dtu.gt,
+                out,
+                "--pred-frame",
+                "normalised",
+                "--checkpoint",
+                str(dtu.checkpoint),
+            )
+        )
+        == 0
+    )
     report = report_of(out)
     assert report["chamfer_l1"] < 0.015
     assert "moved from the normalised frame" in report["frame"]["prediction"]
@@ -202,17 +249,28 @@ def test_older_checkpoint_frame_is_rebuilt_from_its_data(tmp_path, capsys):
 
 def test_gt_longest_side_scores_in_the_fitting_frame(mesh_case, tmp_path):
     out = tmp_path / "r"
-    assert main(eval_args(mesh_case.checkpoint, mesh_case.gt, out, "--gt-longest-side",
-                          "0.6")) == 0
+    assert main(eval_args(mesh_case.checkpoint, mesh_case.gt, out, "--gt-longest-side", "0.6")) == 0
     report = report_of(out)
     assert report["frame"]["evaluation"] == "normalised"
     assert report["chamfer_l1"] < 0.015
     # a world-frame mesh file goes to the fitting frame with the to_world of its header
     world = tmp_path / "world.ply"
-    assert main(["mesh", str(mesh_case.checkpoint), "--out", str(world), "--resolution",
-                 str(RESOLUTION), "--device", "cpu"]) == 0
-    assert main(eval_args(world, mesh_case.gt, tmp_path / "r2", "--gt-longest-side",
-                          "0.6")) == 0
+    assert (
+        main(
+            [
+                "mesh",
+                str(mesh_case.checkpoint),
+                "--out",
+                str(world),
+                "--resolution",
+                str(RESOLUTION),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert main(eval_args(world, mesh_case.gt, tmp_path / "r2", "--gt-longest-side", "0.6")) == 0
     assert report_of(tmp_path / "r2")["chamfer_l1"] < 0.015
 
 
@@ -226,7 +284,7 @@ def test_eval_scores_an_empty_field_without_the_box_check(tmp_path, dtu):
     out = tmp_path / "r"
     assert main(eval_args(empty, dtu.gt, out)) == 0
     report = report_of(out)
-    assert report["empty"] is True and report["chamfer_l1"] == pytest.approx(3 ** 0.5)
+    assert report["empty"] is True and report["chamfer_l1"] == pytest.approx(3**0.5)
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -235,7 +293,7 @@ def test_eval_scores_an_empty_field_without_the_box_check(tmp_path, dtu):
 def test_error_figure_has_equal_axes(tmp_path):
     sphere = ico_sphere(2)
     flat = sphere.update_padded(sphere.verts_padded() * torch.tensor([2.0, 0.2, 0.8]))
-    limits = mesh_report.error_figure(flat, sphere, str(tmp_path / "e.png"), n_points=2000)
+    limits = error_figure(flat, sphere, str(tmp_path / "e.png"), n_points=2000)
     assert (tmp_path / "e.png").stat().st_size > 1000
     assert limits[0] == limits[1]  # both panels share one cube
     spans = [hi - lo for lo, hi in limits[0].values()]
@@ -267,8 +325,9 @@ def test_eval_views_uses_the_fits_settings(tmp_path, capsys):
     config.train.n_secant_steps = 3
     field = blob_field(config)
     checkpoint = tmp_path / "c.pt"
-    save_checkpoint(str(checkpoint), {"step": 0, "config": config.to_dict(),
-                                      "model": field.state_dict()})
+    save_checkpoint(
+        str(checkpoint), {"step": 0, "config": config.to_dict(), "model": field.state_dict()}
+    )
     out = tmp_path / "views"
     assert main(["eval", str(checkpoint), "--views", "--out", str(out), "--device", "cpu"]) == 0
     assert "n_steps=24, n_secant_steps=3" in capsys.readouterr().out
@@ -278,8 +337,14 @@ def test_eval_views_uses_the_fits_settings(tmp_path, capsys):
     val = load_fit_data(config.data, background=list(config.background)).val
     model = build_field(FitConfig.from_dict(config.to_dict()))
     model.load_state_dict(field.state_dict())
-    rendered = render_views(model.eval(), val.cameras, val.image_size, n_steps=24,
-                            n_secant_steps=3, background=config.background)
+    rendered = render_views(
+        model.eval(),
+        val.cameras,
+        val.image_size,
+        n_steps=24,
+        n_secant_steps=3,
+        background=config.background,
+    )
     expected = image_metrics(rendered, val.images, val.masks)
     assert held_out["mask_iou"] == pytest.approx(expected["mask_iou"], abs=1e-6)
     assert held_out["psnr"] == pytest.approx(expected["psnr"], abs=1e-4)
@@ -304,12 +369,15 @@ def test_eval_observed_side_by_side(dtu, tmp_path):
     assert report["observed_cameras"] == 4  # 6 views, every 3rd held out
     # the same numbers as the metric on the normalised meshes with the training cameras
     train = load_fit_data(dtu.config.data, background=list(dtu.config.background)).train
-    pred = mesh_report.mesh_from_checkpoint(
+    pred = export.mesh_from_checkpoint(
         str(dtu.checkpoint), resolution=RESOLUTION, frame="normalised"
     ).mesh
-    gt = to_world_by_hand(torch.linalg.inv(dtu.to_world), mesh_report.load_ground_truth(
-        str(dtu.gt), longest_side=None))
-    expected = observed.evaluate_observed(pred, gt, train.cameras, train.image_size,
-                                          n_points=POINTS, seed=0)
+    gt = to_world_by_hand(
+        torch.linalg.inv(dtu.to_world),
+        mesh_evaluation.load_ground_truth(str(dtu.gt), longest_side=None),
+    )
+    expected = observed.evaluate_observed(
+        pred, gt, train.cameras, train.image_size, n_points=POINTS, seed=0
+    )
     for key in ("observed_chamfer_l1", "gt_observed_fraction", "pred_observed_fraction"):
         assert report[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-5), key

@@ -1,6 +1,7 @@
 """
 Fitting DVR to posed images with masks: configuration, trainer, checkpoints, the fitting
-pipeline behind ``dvr fit`` / ``dvr render`` / ``dvr demo``. See ``docs/training.md``.
+pipeline behind ``dvr fit`` / ``dvr render`` / ``dvr demo``, and a fit's surface and scores
+behind ``dvr mesh`` / ``dvr eval``. See ``docs/training.md``.
 
 Example::
 
@@ -31,7 +32,9 @@ from .config import (
     load_config,
 )
 from .data import FitData, check_training_views, demo_mesh, load_fit_data, load_views
+from .export import mesh_from_checkpoint
 from .fit import finish_fit, fit, packaged_config, render_checkpoint, run_fit_demo
+from .mesh_evaluation import evaluate_mesh_against, prepare_evaluation_meshes
 from .trainer import AutocastField, Trainer, build_field
 
 __all__ = [
@@ -50,13 +53,16 @@ __all__ = [
     "capture_rng_state",
     "check_training_views",
     "demo_mesh",
+    "evaluate_mesh_against",
     "finish_fit",
     "fit",
     "load_checkpoint",
     "load_config",
     "load_fit_data",
     "load_views",
+    "mesh_from_checkpoint",
     "packaged_config",
+    "prepare_evaluation_meshes",
     "render_checkpoint",
     "resolve_config",
     "restore_rng_state",

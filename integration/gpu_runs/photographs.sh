@@ -8,6 +8,7 @@
 #
 #   bash integration/gpu_runs/photographs.sh ablation   # the candidates on the DTU-like cow
 #   bash integration/gpu_runs/photographs.sh key        # the main candidates, and scan 24
+#   bash integration/gpu_runs/photographs.sh sdf_ablation  # each piece of the SDF recipe taken out
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
@@ -93,6 +94,17 @@ key)  # the main candidates on the DTU-like cow, and the view-dependent head on 
   wait
   RUNS="dtu_current dtu_viewdep dtu_sdf scan24_viewdep"
   ;;
+sdf_ablation)  # the pieces of the SDF recipe, each taken out in turn, on the DTU-like cow
+  scene cow dtu --front-axis=-z
+  GT=$D/scenes/cow_dtu/gt_mesh.ply
+  FULL=("${VIEWDEP[@]}" "${ANNEAL[@]}" "${SDF[@]}")
+  slot; fit sdf_full "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${FULL[@]}" &
+  slot; fit sdf_no_viewdep "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${FULL[@]}" model.colour=texture &
+  slot; fit sdf_no_anneal "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${FULL[@]}" model.fourier_anneal_steps=0 &
+  slot; fit sdf_no_mask "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 "${FULL[@]}" loss.mask=0 loss.freespace=1 loss.occupancy=1 &
+  wait
+  RUNS="sdf_full sdf_no_viewdep sdf_no_anneal sdf_no_mask"
+  ;;
 recipes)
   RECIPE=(${RECIPE:-})
   scene cow dtu --front-axis=-z & scene teapot dtu & scene teapot studio & wait
@@ -105,7 +117,7 @@ recipes)
   wait
   RUNS="cow_dtu teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
-*) echo "usage: photographs.sh ablation|key|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|sdf_ablation|recipes"; exit 2 ;;
 esac
 
 $PY -m integration.gpu_runs.summarise_fits --work "$D" --runs $RUNS --out "$OUT/summary_$STAGE"
