@@ -67,9 +67,10 @@ def test_recipe_beats_the_untrained_model(tiny_capture, tmp_path):
     import torch
 
     from dvr_plugin.data.frame import WorldFrame
+    from dvr_plugin.engine.checkpoint import load_checkpoint
     from dvr_plugin.meshing import extract_mesh, load_mesh
     from dvr_plugin.metrics import evaluate_meshes
-    from dvr_plugin.training import build_field, load_checkpoint
+    from dvr_plugin.training import build_field
 
     config = load_config(packaged_config("dtu"), [*TOY, f"data.path={tiny_capture}"])
     out = tmp_path / "fit"

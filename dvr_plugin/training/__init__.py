@@ -13,50 +13,41 @@ Example::
     trainer.fit()
 """
 
-from ..engine.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
 from ..engine.config import resolve_config
 from .config import (
     DATA_FORMATS,
     DataConfig,
     EvalConfig,
     FitConfig,
+    HashGridConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
     load_config,
 )
-from .data import FitData, check_training_views, demo_mesh, load_fit_data, load_views
+from .data import FitData, demo_mesh, load_fit_data, load_views
 from .export import mesh_from_checkpoint
-from .fit import finish_fit, fit, packaged_config, render_checkpoint, run_fit_demo
+from .fit import fit, packaged_config, render_checkpoint, run_fit_demo
 from .mesh_evaluation import evaluate_mesh_against, prepare_evaluation_meshes
-from .trainer import AutocastField, Trainer, build_field
+from .trainer import Trainer, build_field
 
 __all__ = [
-    "AutocastField",
     "DATA_FORMATS",
     "DataConfig",
     "EvalConfig",
     "FitConfig",
     "FitData",
+    "HashGridConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
     "Trainer",
     "build_field",
-    "capture_rng_state",
-    "check_training_views",
     "demo_mesh",
     "evaluate_mesh_against",
-    "finish_fit",
     "fit",
-    "load_checkpoint",
     "load_config",
     "load_fit_data",
     "load_views",
@@ -65,7 +56,5 @@ __all__ = [
     "prepare_evaluation_meshes",
     "render_checkpoint",
     "resolve_config",
-    "restore_rng_state",
     "run_fit_demo",
-    "save_checkpoint",
 ]
