@@ -534,6 +534,28 @@ def _first(out: Tensors) -> torch.Tensor:
     return out[0]
 
 
+def _compare_distances(
+    run: Runner,
+    case: str,
+    points: torch.Tensor,
+    face_vertices: torch.Tensor,
+    *,
+    expected: Optional[torch.Tensor] = None,
+    function: str = "point_to_mesh_distance",
+) -> Row:
+    """
+    Compare ``point_to_mesh_distance`` of `(1, P, 3)` points to `(1, F, 3, 3)` face vertices
+    (distances, then the face indices and distance types of :func:`_p2m_check`).
+    """
+    return run.compare(
+        function,
+        case,
+        Call("point_to_mesh_distance", points, face_vertices),
+        check=_p2m_check(points, face_vertices, expected=expected),
+        pick=_first,
+    )
+
+
 def _sum_of_first(out: Tensors) -> torch.Tensor:
     return out[0].sum()
 
@@ -619,13 +641,7 @@ def mesh_cases(
         for label, pts64 in queries:
             pts = pts64.to(dev, dtype)[None]
             case = f"{mesh_name}, {label}, {dname}"
-            run.compare(
-                "point_to_mesh_distance",
-                case,
-                Call("point_to_mesh_distance", pts, fv),
-                check=_p2m_check(pts, fv),
-                pick=_first,
-            )
+            _compare_distances(run, case, pts, fv)
         # Gradients reach the mesh vertices through index_vertices_by_faces: with respect to the
         # face vertices they would depend on which of several equally near faces was picked.
         pts = box[: min(n_box, 4096)].to(dev, dtype)[None]
@@ -664,12 +680,12 @@ def mesh_cases(
         )
         pts = pts[:, :2000]
         fv_cpu = kc.index_vertices_by_faces(verts_cpu, faces64)
-        run.compare(
-            "point_to_mesh_distance (CPU path)",
+        _compare_distances(
+            run,
             f"{mesh_name}, {pts.shape[1]} points in the padded bounding box, float32 on CPU",
-            Call("point_to_mesh_distance", pts, fv_cpu),
-            check=_p2m_check(pts, fv_cpu),
-            pick=_first,
+            pts,
+            fv_cpu,
+            function="point_to_mesh_distance (CPU path)",
         )
 
 
@@ -682,12 +698,8 @@ def soup_cases(run: Runner, dtypes, num_faces: int, num_points: int, seed: int) 
     for dtype in dtypes:
         dname = str(dtype).replace("torch.", "")
         fv, pts = tri64.to(dev, dtype)[None], pts64.to(dev, dtype)[None]
-        run.compare(
-            "point_to_mesh_distance",
-            f"random soup of {num_faces} triangles, {num_points} points, {dname}",
-            Call("point_to_mesh_distance", pts, fv),
-            check=_p2m_check(pts, fv),
-            pick=_first,
+        _compare_distances(
+            run, f"random soup of {num_faces} triangles, {num_points} points, {dname}", pts, fv
         )
         run.compare(
             "point_to_mesh_distance grad",
@@ -696,20 +708,16 @@ def soup_cases(run: Runner, dtypes, num_faces: int, num_points: int, seed: int) 
         )
         tri1 = one_tri.to(dev, dtype)[None]
         rp = region_pts.to(dev, dtype)[None]
-        run.compare(
-            "point_to_mesh_distance",
+        _compare_distances(
+            run,
             f"one triangle, a point in each of the 7 regions, {dname}",
-            Call("point_to_mesh_distance", rp, tri1),
-            check=_p2m_check(rp, tri1, expected=region_types),
-            pick=_first,
+            rp,
+            tri1,
+            expected=region_types,
         )
         ep = torch.tensor(EXACT_POINTS, dtype=torch.float64).to(dev, dtype)[None]
-        run.compare(
-            "point_to_mesh_distance",
-            f"one triangle, points exactly on its corners, edges and face, {dname}",
-            Call("point_to_mesh_distance", ep, tri1),
-            check=_p2m_check(ep, tri1),
-            pick=_first,
+        _compare_distances(
+            run, f"one triangle, points exactly on its corners, edges and face, {dname}", ep, tri1
         )
 
 

@@ -44,9 +44,7 @@ DTU_SCALE_MAT = np.array(
     [[200.0, 0, 0, 30.0], [0, 200.0, 0, -50.0], [0, 0, 200.0, 700.0], [0, 0, 0, 1]]
 )
 # DVR layout: X_world = scale_mat @ X (a quarter turn about z, scale 2.5, an offset).
-DVR_SCALE_MAT = np.array(
-    [[0.0, -2.5, 0, 4.0], [2.5, 0.0, 0, -1.0], [0, 0, 2.5, 3.0], [0, 0, 0, 1]]
-)
+DVR_SCALE_MAT = np.array([[0.0, -2.5, 0, 4.0], [2.5, 0.0, 0, -1.0], [0, 0, 2.5, 3.0], [0, 0, 0, 1]])
 # The mesh file: a sphere of this radius and centre (its own units).
 MESH_RADIUS, MESH_CENTRE = 3.0, (1.0, 2.0, -4.0)
 
@@ -137,36 +135,46 @@ def _dtu_world_mats(to_world: np.ndarray, *, monosdf: bool) -> list[np.ndarray]:
     return mats
 
 
-def write_dtu(root: Path) -> np.ndarray:
-    """A DTU scan (IDR / NeuS layout); returns the expected ``to_world``."""
+def _write_dtu_scan(
+    root: Path, *, monosdf: bool, image_name: str, mask_dir: str, cameras_file: str
+) -> np.ndarray:
+    """
+    The rig as a DTU scan: ``image_name.format(i)`` images, full masks in ``mask_dir``, the
+    cameras in ``cameras_file``; returns the expected ``to_world``.
+    """
     to_world = DTU_SCALE_MAT @ np.diag([2.0, 2.0, 2.0, 1.0])
     arrays = {}
     for i, (world_mat, image) in enumerate(
-        zip(_dtu_world_mats(to_world, monosdf=False), _images(N_VIEWS), strict=True)
+        zip(_dtu_world_mats(to_world, monosdf=monosdf), _images(N_VIEWS), strict=True)
     ):
         arrays[f"world_mat_{i}"] = world_mat
         arrays[f"scale_mat_{i}"] = DTU_SCALE_MAT
-        _write_png(root / "image" / f"{i:06d}.png", image)
-        _write_png(root / "mask" / f"{i:03d}.png", np.full((SIZE, SIZE), 255, np.uint8))
-    np.savez(root / "cameras_sphere.npz", **arrays)
+        _write_png(root / image_name.format(i), image)
+        _write_png(root / mask_dir / f"{i:03d}.png", np.full((SIZE, SIZE), 255, np.uint8))
+    np.savez(root / cameras_file, **arrays)
     return to_world
+
+
+def write_dtu(root: Path) -> np.ndarray:
+    """A DTU scan (IDR / NeuS layout); returns the expected ``to_world``."""
+    return _write_dtu_scan(
+        root,
+        monosdf=False,
+        image_name="image/{:06d}.png",
+        mask_dir="mask",
+        cameras_file="cameras_sphere.npz",
+    )
 
 
 def write_monosdf(root: Path) -> np.ndarray:
     """A MonoSDF crop of a DTU scan; returns the expected ``to_world``."""
-    to_world = DTU_SCALE_MAT @ np.diag([2.0, 2.0, 2.0, 1.0])
-    arrays = {}
-    for i, (world_mat, image) in enumerate(
-        zip(_dtu_world_mats(to_world, monosdf=True), _images(N_VIEWS), strict=True)
-    ):
-        arrays[f"world_mat_{i}"] = world_mat
-        arrays[f"scale_mat_{i}"] = DTU_SCALE_MAT
-        _write_png(root / f"{i:06d}_rgb.png", image)
-        _write_png(
-            root / "derived_mask_384" / f"{i:03d}.png", np.full((SIZE, SIZE), 255, np.uint8)
-        )
-    np.savez(root / "cameras.npz", **arrays)
-    return to_world
+    return _write_dtu_scan(
+        root,
+        monosdf=True,
+        image_name="{:06d}_rgb.png",
+        mask_dir="derived_mask_384",
+        cameras_file="cameras.npz",
+    )
 
 
 def write_nerf_synthetic(root: Path) -> np.ndarray:

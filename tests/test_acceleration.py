@@ -17,38 +17,25 @@ import dvr_plugin.surface.precision as precision_module
 import dvr_plugin.surface.root_finding as root_finding
 import dvr_plugin.surface.secant as secant
 from dvr_plugin.accel.occupancy_grid import OccupancyGrid
-from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS
 from dvr_plugin.fields.shapes import SphereField, demo_scene
-from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
 from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.surface.query import FieldQuery
 from dvr_plugin.surface.root_finding import find_surface
-from tests.core_factories import SphereMLPField, same_hits
+from tests.core_factories import PointCounter, SphereMLPField, box_rays, same_hits, saved_bytes
 
 SIZE = 24
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_thread):
     """The tensors here are small: intra-op threads only add synchronisation (seconds on CPU
     quotas), so these tests run on one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _rays(size: int = SIZE, elevation: float = 25.0, azimuth: float = 30.0):
     """Camera rays through a ``size`` x ``size`` image, clipped to the padded unit cube."""
-    rotation, translation = look_at_view_transform(1.5, elevation, azimuth)
-    cameras = FoVPerspectiveCameras(R=rotation, T=translation, fov=45.0)
-    origins, directions = rays_from_cameras(cameras, ndc_grid((size, size))[None])
-    origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
-    box = torch.tensor(UNIT_CUBE_BOUNDS)
-    near, far, missed = intersect_box(origins, directions, box[0], box[1])
-    keep = ~missed
-    return origins[keep], directions[keep], near[keep], far[keep]
+    return box_rays(size, elevation=elevation, azimuth=azimuth)
 
 
 def _accuracy(fast, reference) -> tuple[float, float]:
@@ -185,8 +172,9 @@ def test_grid_never_removes_a_true_crossing():
         assert len(rows) > 20
         assert bool(grid.occupied_at(points).all())
         with torch.no_grad():
-            fast = find_surface(query, origins, directions, near, far, n_steps=n_steps,
-                                occupancy_grid=grid)
+            fast = find_surface(
+                query, origins, directions, near, far, n_steps=n_steps, occupancy_grid=grid
+            )
             dense = _dense(query, (origins, directions, near, far), n_steps)
         assert torch.equal(fast.hit, dense.hit)
         assert torch.equal(fast.started_inside, dense.started_inside)
@@ -285,47 +273,23 @@ def _single_camera():
     return FoVPerspectiveCameras(R=rotation, T=translation, fov=60.0)
 
 
-class _Recorder(torch.nn.Module):
-    """Wraps a field; records the largest number of points of one call."""
-
-    def __init__(self, field):
-        super().__init__()
-        self.field = field
-        self.largest = 0
-
-    def forward(self, points, latent=None):
-        self.largest = max(self.largest, points.shape[0] * points.shape[1])
-        return self.field(points, latent)
-
-
 @pytest.mark.parametrize("n_steps", [16, 1024])
 def test_query_size_is_bounded_with_a_grid(n_steps):
-    field = _Recorder(demo_scene())
+    field = PointCounter(demo_scene())
     grid = OccupancyGrid(resolution=32)
     grid.refresh(demo_scene())
     sampler = SecantRaysampler(
-        image_width=32, image_height=32, n_steps=n_steps, chunk_size=1000, occupancy_grid=grid,
+        image_width=32,
+        image_height=32,
+        n_steps=n_steps,
+        chunk_size=1000,
+        occupancy_grid=grid,
         compute_normals=False,
     )
     with torch.no_grad():
         bundle = sampler(cameras=_single_camera(), field=field)
     assert bool(bundle.hit.any())
     assert 0 < field.largest <= 1000
-
-
-def _saved_bytes(renderer, xys, n_steps) -> int:
-    total = 0
-
-    def pack(tensor):
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = renderer(_single_camera(), xys=xys, n_steps=n_steps)
-        loss = (out.depths - 1.4).abs().mean() + out.images.mean()
-    loss.backward()
-    return total
 
 
 def test_saved_for_backward_does_not_depend_on_steps_with_acceleration():
@@ -339,8 +303,8 @@ def test_saved_for_backward_does_not_depend_on_steps_with_acceleration():
     xys = (2 * torch.rand(1, 128, 2, generator=torch.Generator().manual_seed(0)) - 1) * 0.4
     # the same rays hit at both step counts (memory follows the hit rays, not the steps)
     xys = same_hits(renderer, _single_camera(), xys, (16, 512))
-    at_16 = _saved_bytes(renderer, xys, 16)
-    at_512 = _saved_bytes(renderer, xys, 512)
+    at_16 = saved_bytes(renderer, _single_camera(), xys, 16)
+    at_512 = saved_bytes(renderer, _single_camera(), xys, 512)
     assert at_16 == at_512 > 0
 
 

@@ -17,10 +17,15 @@ from dvr_plugin.fields.appearance import (
     view_dependent_field_of,
 )
 from dvr_plugin.fields.field import FieldOutput, OccupancyTextureField, evaluate_field
-from tests.core_factories import SphereMLPField, rays_towards_centre, surface_depth
+from tests.core_factories import (
+    SphereMLPField,
+    check_parameter_gradients,
+    finite_difference,
+    rays_towards_centre,
+    surface_depth,
+)
 
 torch.manual_seed(0)
-STEP = 1e-6
 COLOUR_WEIGHTS = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)
 
 
@@ -97,17 +102,6 @@ def colour_loss(rgb: torch.Tensor) -> torch.Tensor:
     return (weights[:, None] * rgb * COLOUR_WEIGHTS.to(rgb.dtype)).sum()
 
 
-def finite_difference(evaluate, tensor: torch.Tensor, index, step: float = STEP) -> float:
-    with torch.no_grad():
-        original = tensor[index].item()
-        tensor[index] = original + step
-        plus = evaluate().item()
-        tensor[index] = original - step
-        minus = evaluate().item()
-        tensor[index] = original
-    return (plus - minus) / (2 * step)
-
-
 @pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
 def test_colour_gradients_of_parameters_and_latent(field_type):
     model = make_model(field_type=field_type)
@@ -119,16 +113,11 @@ def test_colour_gradients_of_parameters_and_latent(field_type):
 
     model.zero_grad()
     colour_loss(render_rays(model, origins, directions, latent)).backward()
-    generator = torch.Generator().manual_seed(12)
-    checked = {"geometry": 0, "appearance": 0}
-    for name, parameter in model.named_parameters():
-        flat = parameter.data.view(-1)
-        for i in torch.randperm(flat.numel(), generator=generator)[:1].tolist():
-            numeric = finite_difference(loss, flat, i)
-            analytic = parameter.grad.view(-1)[i].item()
-            assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8), name
-            checked[name.split(".")[0]] += 1
-    assert checked["geometry"] >= 8 and checked["appearance"] >= 4
+    names = check_parameter_gradients(
+        model, loss, per_parameter=1, generator=torch.Generator().manual_seed(12), abs_tol=1e-8
+    )
+    parts = [name.split(".")[0] for name in names]
+    assert parts.count("geometry") >= 8 and parts.count("appearance") >= 4
     for index in [(0, 0), (1, 3), (4, 2)]:
         numeric = finite_difference(loss, latent.data, index)
         assert latent.grad[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
@@ -268,8 +257,10 @@ def test_two_cameras_see_one_point_in_different_colours_only_with_the_head(colou
     geometry = model.geometry if colour == "view_dependent" else model
     angle = torch.tensor(40.0, dtype=torch.float64).deg2rad()
     centres = 1.6 * torch.stack(
-        [torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
-         torch.stack([angle.sin(), torch.zeros_like(angle), angle.cos()])]
+        [
+            torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+            torch.stack([angle.sin(), torch.zeros_like(angle), angle.cos()]),
+        ]
     )
     target = torch.tensor([[0.05, 0.02, 0.0]], dtype=torch.float64)
     with torch.no_grad():
@@ -401,8 +392,15 @@ def test_a_training_step_moves_both_networks():
     config = FitConfig.from_dict(
         {
             "device": "cpu",
-            "model": {"hidden_size": 16, "n_blocks": 1, "n_frequencies": 1, "field_type": "sdf",
-                      "colour": "view_dependent", "colour_hidden_size": 8, "colour_n_layers": 1},
+            "model": {
+                "hidden_size": 16,
+                "n_blocks": 1,
+                "n_frequencies": 1,
+                "field_type": "sdf",
+                "colour": "view_dependent",
+                "colour_hidden_size": 8,
+                "colour_n_layers": 1,
+            },
             "train": {"images_per_batch": 2, "rays_per_image": 64, "step_milestones": {0: 16}},
             "eval": {"validate_every": 0, "checkpoint_every": 0, "tensorboard": False},
         }

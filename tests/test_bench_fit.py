@@ -17,8 +17,11 @@ import os
 import pytest
 import torch
 
+from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS
+from dvr_plugin.fields.hash_grid import HashGridEncoding
 from integration.benchmarks import bench_fit
 from integration.compare.ngp_baseline import (
+    ENCODING_SOURCE,
     DensityGrid,
     DensityLevelField,
     NGPField,
@@ -179,31 +182,47 @@ def test_probe_reports_the_device_stage_on_cpu():
     assert "stand-in" in status.short() or "device" in status.short()
 
 
-def test_private_hash_grid_interpolates_a_linear_table_exactly_and_has_fd_gradients():
-    from integration.compare.ngp_baseline import _HashGrid
-
-    # one dense level of 4 cells per axis over the padded unit cube: 125 vertices <= 256 rows
-    grid = _HashGrid(
-        n_levels=1, features_per_level=2, log2_table_size=8, base_resolution=4, max_resolution=4
+def _tiny_ngp_field(*, n_levels: int, log2_table_size: int, max_resolution: int) -> NGPField:
+    """A float64 baseline field with 2 features per level from 4 cells per axis up."""
+    return NGPField(
+        n_levels=n_levels,
+        features_per_level=2,
+        log2_table_size=log2_table_size,
+        base_resolution=4,
+        max_resolution=max_resolution,
+        hidden_size=4,
+        geometry_features=2,
     ).double()
+
+
+def test_the_baseline_field_encodes_with_the_project_hash_grid_and_has_fd_gradients():
+    # one dense level of 4 cells per axis over the padded unit cube: 125 vertices <= 256 rows
+    field = _tiny_ngp_field(n_levels=1, log2_table_size=8, max_resolution=4)
+    grid = field.encoding
+    assert isinstance(grid, HashGridEncoding)
+    assert field.encoding_source == ENCODING_SOURCE
+    assert grid.resolutions == (4,) and grid.table_size == 256 and grid.bounds == UNIT_CUBE_BOUNDS
     n, low, size = 4, -0.55, 1.1
-    index = torch.arange(grid.table_size)
+    index = torch.arange(grid.embeddings.shape[0])
+    assert index.numel() == (n + 1) ** 3
     i, j, k = index % (n + 1), (index // (n + 1)) % (n + 1), index // (n + 1) ** 2
-    vertex = low + torch.stack([i, j, k], dim=-1).double() * size / n  # (T, 3) scene units
+    vertex = low + torch.stack([i, j, k], dim=-1).double() * size / n  # (V, 3) scene units
     slope = torch.tensor([[0.3, -1.2, 0.7], [2.0, 0.5, -0.4]], dtype=torch.float64)
     with torch.no_grad():
-        grid.tables.copy_(vertex @ slope.T + torch.tensor([0.1, -0.2], dtype=torch.float64))
+        grid.embeddings.copy_(vertex @ slope.T + torch.tensor([0.1, -0.2], dtype=torch.float64))
     torch.manual_seed(0)
     points = (torch.rand(64, 3, dtype=torch.float64) - 0.5) * 1.0
     expected = points @ slope.T + torch.tensor([0.1, -0.2], dtype=torch.float64)
     torch.testing.assert_close(grid(points), expected)
-    # derivatives in the points and the table against finite differences (away from cell faces)
+    # derivatives of the field's log density in the points and of its hashed tables against
+    # finite differences (away from cell faces)
     inside = torch.tensor([[0.03, -0.11, 0.2], [-0.3, 0.31, 0.07]], dtype=torch.float64)
-    torch.autograd.gradcheck(lambda p: grid(p), (inside.requires_grad_(True),))
-    hashed = _HashGrid(
-        n_levels=2, features_per_level=2, log2_table_size=6, base_resolution=4, max_resolution=16
-    ).double()
+    torch.autograd.gradcheck(lambda p: field.log_density(p)[0], (inside.requires_grad_(True),))
+    hashed = _tiny_ngp_field(n_levels=2, log2_table_size=6, max_resolution=16)
+    assert all(hashed.encoding.hashed)
     torch.autograd.gradcheck(
-        lambda table: torch.func.functional_call(hashed, {"tables": table}, (inside.detach(),)),
-        (hashed.tables.detach().clone().requires_grad_(True),),
+        lambda table: torch.func.functional_call(
+            hashed.encoding, {"embeddings": table}, (inside.detach(),)
+        ),
+        (hashed.encoding.embeddings.detach().clone().requires_grad_(True),),
     )

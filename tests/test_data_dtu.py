@@ -15,6 +15,7 @@ import torch
 from dvr_plugin.data import MultiViewData, load_dtu, load_dtu_monosdf
 from dvr_plugin.data.cameras import opencv_from_dtu, project_opencv
 from dvr_plugin.data.paths import find_shared_data, missing_data_message
+from tests.core_factories import grid_points, mask_consistency
 
 NEUS = ("dtu_scan24_neus_400", "scan24")
 MONOSDF = ("dtu_scan24_384", "scan24")
@@ -26,26 +27,6 @@ def raw_projection(world_mats: np.ndarray, data: MultiViewData, points: torch.Te
     world = X @ data.to_world.T
     proj = torch.einsum("nij,pj->npi", torch.from_numpy(world_mats)[:, :3].double(), world)
     return proj[..., :2] / proj[..., 2:3]
-
-
-def mask_consistency(data: MultiViewData, points: torch.Tensor) -> list[float]:
-    """
-    For each view: the share of the other views' visual hull that lands in its mask. A check
-    against gross errors (masks paired with the wrong camera, flipped axes), not sub-pixel ones.
-    """
-    in_mask, in_image = data.lookup_masks(points)
-    shares = []
-    for i in range(len(data)):
-        others = [j for j in range(len(data)) if j != i]
-        seen = in_image[others]
-        hull = (in_mask[others] | ~seen).all(0) & (seen.sum(0) == len(others))
-        shares.append(float(in_mask[i][hull].float().mean()))
-    return shares
-
-
-def grid_points(half: float = 0.55, steps: int = 14) -> torch.Tensor:
-    axis = torch.linspace(-half, half, steps)
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
 
 
 requires_neus = pytest.mark.skipif(

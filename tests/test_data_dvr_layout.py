@@ -18,7 +18,7 @@ from dvr_plugin.data import (
     write_dvr_layout,
 )
 from dvr_plugin.data.cameras import opencv_from_cameras, project_opencv
-from dvr_plugin.renderer.rays import ndc_grid, rays_from_cameras
+from tests.core_factories import sphere_views
 
 RADIUS = 0.3
 
@@ -28,14 +28,7 @@ def init_views(num_views: int = 3, image_size: tuple[int, int] = (24, 32)) -> Mu
     cameras = cameras_looking_at_origin(
         1.8 * turntable(num_views, elevation=20.0), image_size=image_size, fov=40.0
     )
-    xys = ndc_grid(image_size)[None].expand(num_views, -1, -1, -1)
-    origins, directions = rays_from_cameras(cameras, xys)
-    a = (directions * directions).sum(-1)
-    b = 2.0 * (origins * directions).sum(-1)
-    c = (origins * origins).sum(-1) - RADIUS**2
-    disc = b * b - 4 * a * c
-    hit = disc > 0
-    depth = torch.where(hit, (-b - disc.clamp_min(0).sqrt()) / (2 * a), torch.zeros_like(a))
+    hit, depth, _ = sphere_views(cameras, image_size, RADIUS)
     colour = torch.where(hit[..., None], torch.tensor([0.8, 0.3, 0.1]), torch.ones(3))
     return MultiViewData(images=colour, masks=hit, depths=depth, cameras=cameras)
 

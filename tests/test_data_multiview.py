@@ -11,6 +11,7 @@ from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, fibonacci_
 from dvr_plugin.data import paths as data_paths
 from dvr_plugin.data.cameras import opencv_from_cameras
 from dvr_plugin.renderer.rays import ndc_grid, rays_from_cameras
+from tests.core_factories import sphere_views
 
 RADIUS = 0.3
 
@@ -23,19 +24,13 @@ def init_sphere_views(
         cameras = cameras_looking_at_origin(
             2.0 * fibonacci_sphere(num_views), image_size=image_size, fov=40.0
         )
-    num_views = len(cameras)
-    xys = ndc_grid(image_size)[None].expand(num_views, -1, -1, -1)
-    origins, directions = rays_from_cameras(cameras, xys)
-    a = (directions * directions).sum(-1)
-    b = 2.0 * (origins * directions).sum(-1)
-    c = (origins * origins).sum(-1) - RADIUS**2
-    disc = b * b - 4 * a * c
-    hit = disc > 0
-    depth = torch.where(hit, (-b - disc.clamp_min(0).sqrt()) / (2 * a), torch.zeros_like(a))
-    points = origins + depth[..., None] * directions
+    hit, depth, points = sphere_views(cameras, image_size, RADIUS)
     colour = torch.where(hit[..., None], 0.5 + 0.5 * points / RADIUS, torch.ones_like(points))
     return MultiViewData(
-        images=colour.clamp(0, 1), masks=hit, depths=depth, cameras=cameras,
+        images=colour.clamp(0, 1),
+        masks=hit,
+        depths=depth,
+        cameras=cameras,
         info={"format": "test-sphere"},
     )
 
@@ -139,12 +134,14 @@ def test_world_frame_helpers():
     data = init_sphere_views(num_views=2)
     to_world = torch.diag(torch.tensor([4.0, 4.0, 4.0, 1.0], dtype=torch.float64))
     to_world[:3, 3] = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
-    data = MultiViewData(images=data.images, masks=data.masks, cameras=data.cameras,
-                         to_world=to_world)
+    data = MultiViewData(
+        images=data.images, masks=data.masks, cameras=data.cameras, to_world=to_world
+    )
     points = torch.rand(5, 3, dtype=torch.float64)
     world = data.normalised_to_world(points)
-    torch.testing.assert_close(world, 4 * points + torch.tensor([1.0, 2.0, 3.0],
-                                                                dtype=torch.float64))
+    torch.testing.assert_close(
+        world, 4 * points + torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    )
     torch.testing.assert_close(data.world_to_normalised(world), points)
     assert data.world_scale == pytest.approx(4.0, abs=5e-8)
 

@@ -15,6 +15,7 @@ import torch
 
 from dvr_plugin.data import load_nerf_synthetic
 from dvr_plugin.data.paths import find_shared_data, missing_data_message
+from tests.core_factories import grid_points, mask_consistency
 
 LEGO = ("nerf_synthetic_lego", "lego")
 
@@ -65,20 +66,13 @@ def test_object_in_masks(lego):
     data = lego.data
     in_mask, in_image = data.lookup_masks(torch.zeros(1, 3))
     assert bool(in_image.all()) and bool(in_mask.all())
-    axis = torch.linspace(-0.55, 0.55, 14)
-    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    grid = grid_points()
     hull = data.visual_hull(grid, min_views=len(data))
     assert int(hull.sum()) > 50
     # scale = 1/3 puts the object inside the unit cube.
     assert float(grid[hull].abs().max()) < 0.5
     # Leave-one-out: the other views' visual hull lands in each view's mask.
-    in_mask, in_image = data.lookup_masks(grid)
-    shares = []
-    for i in range(len(data)):
-        others = [j for j in range(len(data)) if j != i]
-        seen = in_image[others]
-        other_hull = (in_mask[others] | ~seen).all(0) & (seen.sum(0) == len(others))
-        shares.append(float(in_mask[i][other_hull].float().mean()))
+    shares = mask_consistency(data, grid)
     assert min(shares) > 0.75
     assert sum(shares) / len(shares) > 0.9
 
@@ -88,8 +82,10 @@ def test_scale_background_views_downscale(lego):
     assert raw.names == ["r_24", "r_0"]
     points = torch.rand(20, 3) - 0.5
     torch.testing.assert_close(
-        raw.project(points * 3)[0], lego.data.subset([2, 0]).project(points)[0],
-        atol=2e-3, rtol=0,
+        raw.project(points * 3)[0],
+        lego.data.subset([2, 0]).project(points)[0],
+        atol=2e-3,
+        rtol=0,
     )
     assert not torch.equal(raw.images, lego.data.images[[2, 0]])
     black = load_nerf_synthetic(lego.root, background=(0, 0, 0), views=[0])
@@ -112,8 +108,9 @@ def test_errors(lego):
         tmp = Path(tmp)
         os.symlink(lego.root / "train", tmp / "train")
         meta = dict(lego.meta)
-        meta["frames"] = lego.meta["frames"][:1] + [{"file_path": "./train/r_1",
-                                                     "transform_matrix": np.eye(4).tolist()}]
+        meta["frames"] = lego.meta["frames"][:1] + [
+            {"file_path": "./train/r_1", "transform_matrix": np.eye(4).tolist()}
+        ]
         (tmp / "transforms_train.json").write_text(json.dumps(meta))
         with pytest.raises(FileNotFoundError, match="r_1"):
             load_nerf_synthetic(tmp)

@@ -19,6 +19,7 @@ from dvr_plugin.fields import HashGridEncoding, HashGridField
 from dvr_plugin.fields.appearance import RenderingNetwork, ViewDependentField
 from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, evaluate_field
 from dvr_plugin.fields.hash_grid import level_resolutions, spatial_hash
+from tests.core_factories import check_parameter_gradients, finite_difference
 
 STEP = 1e-6
 LOWER = torch.tensor(UNIT_CUBE_BOUNDS[0], dtype=torch.float64)
@@ -368,17 +369,6 @@ def render_field(field_type: str, *, rgb: bool = True, seed: int = 0) -> HashGri
     return field
 
 
-def finite_difference(evaluate, tensor: torch.Tensor, index) -> float:
-    with torch.no_grad():
-        original = tensor[index].item()
-        tensor[index] = original + STEP
-        plus = evaluate().item()
-        tensor[index] = original - STEP
-        minus = evaluate().item()
-        tensor[index] = original
-    return (plus - minus) / (2 * STEP)
-
-
 def check_render_gradients(model, geometry: HashGridField, xys: torch.Tensor) -> int:
     """Pixel loss of ``DVRRenderer`` against finite differences in the camera translation, the
     table rows the rays touch (and one they do not) and entries of every other parameter."""
@@ -423,16 +413,10 @@ def check_render_gradients(model, geometry: HashGridField, xys: torch.Tensor) ->
         assert table.grad[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
         checked += 1
     generator = torch.Generator().manual_seed(9)
-    for name, parameter in model.named_parameters():
-        if parameter is table:
-            continue
-        flat = parameter.data.view(-1)
-        for i in torch.randperm(flat.numel(), generator=generator)[:1].tolist():
-            numeric = finite_difference(loss, flat, i)
-            analytic = parameter.grad.view(-1)[i].item()
-            assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8), name
-            checked += 1
-    return checked
+    others = check_parameter_gradients(
+        model, loss, per_parameter=1, generator=generator, abs_tol=1e-8, skip=(table,)
+    )
+    return checked + len(others)
 
 
 @pytest.mark.parametrize("field_type", ["occupancy", "sdf"])

@@ -7,10 +7,15 @@ import torch
 
 from dvr_plugin.fields.shapes import SphereField
 from dvr_plugin.renderer.implicit_gradient import guard_denominator
-from tests.core_factories import SphereMLPField, rays_towards_centre, surface_depth
+from tests.core_factories import (
+    SphereMLPField,
+    check_parameter_gradients,
+    finite_difference,
+    rays_towards_centre,
+    surface_depth,
+)
 
 torch.manual_seed(0)
-STEP = 1e-6
 
 
 def _weights(n: int) -> torch.Tensor:
@@ -23,33 +28,17 @@ def _loss(field, origins, directions, latent=None) -> torch.Tensor:
     return (_weights(depth.shape[0]) * depth).sum()
 
 
-def _finite_difference(evaluate, tensor: torch.Tensor, index) -> float:
-    with torch.no_grad():
-        original = tensor[index].item()
-        tensor[index] = original + STEP
-        plus = evaluate().item()
-        tensor[index] = original - STEP
-        minus = evaluate().item()
-        tensor[index] = original
-    return (plus - minus) / (2 * STEP)
-
-
 def _check_parameters(field, origins, directions, latent=None, n_entries: int = 4) -> int:
     field.zero_grad()
     _loss(field, origins, directions, latent).backward()
-    generator = torch.Generator().manual_seed(1)
-    checked = 0
-    for name, parameter in field.named_parameters():
-        flat = parameter.data.view(-1)
-        picks = torch.randperm(flat.numel(), generator=generator)[:n_entries]
-        for i in picks.tolist():
-            numeric = _finite_difference(
-                lambda: _loss(field, origins, directions, latent), flat, i
-            )
-            analytic = parameter.grad.view(-1)[i].item()
-            assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-7), name
-            checked += 1
-    return checked
+    checked = check_parameter_gradients(
+        field,
+        lambda: _loss(field, origins, directions, latent),
+        per_parameter=n_entries,
+        generator=torch.Generator().manual_seed(1),
+        abs_tol=1e-7,
+    )
+    return len(checked)
 
 
 @pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
@@ -73,7 +62,7 @@ def test_mlp_parameters_and_latent(field_type):
     _loss(field, origins, directions, latent).backward()
     for i in range(5):
         for j in range(4):
-            numeric = _finite_difference(
+            numeric = finite_difference(
                 lambda: _loss(field, origins, directions, latent.detach()), latent.data, (i, j)
             )
             assert latent.grad[i, j].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7)
@@ -94,7 +83,7 @@ def test_ray_origins_and_directions(field_type, which):
     loss(tensor).backward()
     for i in range(4):
         for j in range(3):
-            numeric = _finite_difference(lambda: loss(tensor.detach()), tensor.data, (i, j))
+            numeric = finite_difference(lambda: loss(tensor.detach()), tensor.data, (i, j))
             assert tensor.grad[i, j].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7)
 
 
@@ -162,27 +151,22 @@ def test_colour_from_the_implicit_evaluation_matches_finite_differences(field_ty
     directions.requires_grad_(True)
     field.zero_grad()
     _colour_loss(field, origins, directions, latent).backward()
-    generator = torch.Generator().manual_seed(6)
-    checked = 0
-    for name, parameter in field.named_parameters():
-        flat = parameter.data.view(-1)
-        for i in torch.randperm(flat.numel(), generator=generator)[:3].tolist():
-            numeric = _finite_difference(
-                lambda: _colour_loss(field, origins.detach(), directions.detach(), latent.detach()),
-                flat, i,
-            )
-            assert parameter.grad.view(-1)[i].item() == pytest.approx(
-                numeric, rel=1e-5, abs=1e-7
-            ), name
-            checked += 1
-    assert checked > 10
+    checked = check_parameter_gradients(
+        field,
+        lambda: _colour_loss(field, origins.detach(), directions.detach(), latent.detach()),
+        per_parameter=3,
+        generator=torch.Generator().manual_seed(6),
+        abs_tol=1e-7,
+    )
+    assert len(checked) > 10
     for tensor in (latent, origins, directions):
         for index in [(0, 0), (2, 1), (4, 2)]:
             if index[1] >= tensor.shape[1]:
                 continue
-            numeric = _finite_difference(
+            numeric = finite_difference(
                 lambda: _colour_loss(field, origins.detach(), directions.detach(), latent.detach()),
-                tensor.data, index,
+                tensor.data,
+                index,
             )
             assert tensor.grad[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7)
 

@@ -13,40 +13,29 @@ from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 import dvr_plugin.surface.root_finding as root_finding
 from dvr_plugin.accel.march_graphs import FixedShapeGridMarch, MarchGraphs, points_per_round
 from dvr_plugin.accel.occupancy_grid import OccupancyGrid
-from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS
-from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
 from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.surface.query import FieldQuery
 
-from .core_factories import SphereMLPField
+from .core_factories import SphereMLPField, assert_same_surfaces, box_rays
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Small tensors: one intra-op thread is as fast, and far faster on busy cores."""
 
 
 def _scene(size: int = 20, latent_size: int = 0):
     """Rays of one view through the box, a field and a refreshed grid."""
     torch.manual_seed(0)
     field = SphereMLPField(latent_size=latent_size, seed=3)
-    rotation, translation = look_at_view_transform(1.5, 25.0, 30.0)
-    cameras = FoVPerspectiveCameras(R=rotation, T=translation, fov=45.0)
-    origins, directions = rays_from_cameras(cameras, ndc_grid((size, size))[None])
-    origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
-    box = torch.tensor(UNIT_CUBE_BOUNDS)
-    near, far, missed = intersect_box(origins, directions, box[0], box[1])
-    keep = ~missed
-    latent = torch.randn(int(keep.sum()), latent_size) if latent_size else None
+    origins, directions, near, far = box_rays(size)
+    latent = torch.randn(origins.shape[0], latent_size) if latent_size else None
     query = FieldQuery(field=field, latent=latent)
     grid = OccupancyGrid(resolution=16)
     grid.refresh(field, latent=None if latent is None else latent[:1])
     assert 0.05 < grid.occupied_fraction < 0.9
-    return query, grid, origins[keep], directions[keep], near[keep], far[keep]
+    return query, grid, origins, directions, near, far
 
 
 @pytest.mark.parametrize(
@@ -64,12 +53,14 @@ def test_fixed_shape_march_finds_the_compacting_marchs_brackets(n_steps, block, 
             query, ids, origins, directions, near, spacing, n_steps, block, None, True, grid
         )
         march = FixedShapeGridMarch(
-            n_rays=n_rays + padding, n_steps=n_steps, block=block, slots=slots,
-            device=origins.device, dtype=origins.dtype,
+            n_rays=n_rays + padding,
+            n_steps=n_steps,
+            block=block,
+            slots=slots,
+            device=origins.device,
+            dtype=origins.dtype,
         )
-        march.fill(
-            origins=origins, directions=directions, near=near, spacing=spacing, ray_ids=ids
-        )
+        march.fill(origins=origins, directions=directions, near=near, spacing=spacing, ray_ids=ids)
         march.run(query, grid, check_finite=True)
     index, value, previous = (t[:n_rays] for t in (march.index, march.value, march.previous))
     hit = (expected.index > 0) & (expected.index < n_steps)
@@ -101,14 +92,23 @@ def test_fixed_shape_march_with_latent_codes_and_bracket_values():
             query, ids, origins, directions, near, spacing, n_steps, 4, None, True, grid
         )
         march = FixedShapeGridMarch(
-            n_rays=n_rays + 2, n_steps=n_steps, block=4, slots=points_per_round(n_rays),
-            device=origins.device, dtype=origins.dtype, latent_size=3,
+            n_rays=n_rays + 2,
+            n_steps=n_steps,
+            block=4,
+            slots=points_per_round(n_rays),
+            device=origins.device,
+            dtype=origins.dtype,
+            latent_size=3,
         )
         # the march's own copy of the codes, looked up by its slot ids (what a graph does)
         inner = FieldQuery(field=query.field, latent=march.latent)
         march.fill(
-            origins=origins, directions=directions, near=near, spacing=spacing,
-            ray_ids=torch.arange(n_rays), latent=query.latent,
+            origins=origins,
+            directions=directions,
+            near=near,
+            spacing=spacing,
+            ray_ids=torch.arange(n_rays),
+            latent=query.latent,
         )
         march.run(inner, grid, check_finite=True)
     assert torch.equal(march.index[:n_rays], expected.index)
@@ -123,12 +123,19 @@ def test_non_finite_field_values_are_reported():
 
     n_steps = 32
     march = FixedShapeGridMarch(
-        n_rays=origins.shape[0], n_steps=n_steps, block=4, slots=64,
-        device=origins.device, dtype=origins.dtype,
+        n_rays=origins.shape[0],
+        n_steps=n_steps,
+        block=4,
+        slots=64,
+        device=origins.device,
+        dtype=origins.dtype,
     )
     spacing = (far - near) / (n_steps - 1)
     march.fill(
-        origins=origins, directions=directions, near=near, spacing=spacing,
+        origins=origins,
+        directions=directions,
+        near=near,
+        spacing=spacing,
         ray_ids=torch.arange(origins.shape[0]),
     )
     with torch.no_grad(), pytest.raises(ValueError, match="non-finite"):
@@ -150,7 +157,11 @@ def test_round_sizes():
 def test_bad_sizes_and_cpu_support():
     with pytest.raises(ValueError, match="positive"):
         FixedShapeGridMarch(
-            n_rays=0, n_steps=8, block=2, slots=4, device=torch.device("cpu"),
+            n_rays=0,
+            n_steps=8,
+            block=2,
+            slots=4,
+            device=torch.device("cpu"),
             dtype=torch.float32,
         )
     with pytest.raises(ValueError, match="min_bucket"):
@@ -177,20 +188,19 @@ def test_recorded_march_matches_eager_on_cuda(latent_size):
 
     def renderer(graphs):
         sampler = SecantRaysampler(
-            image_width=48, image_height=48, n_steps=64, occupancy_grid=grid,
-            cuda_graphs=graphs, march_precision="float32",
+            image_width=48,
+            image_height=48,
+            n_steps=64,
+            occupancy_grid=grid,
+            cuda_graphs=graphs,
+            march_precision="float32",
         )
         return DVRRenderer(field=field, raysampler=sampler)
 
     eager, graphed = renderer(False), renderer(True)
     optimizer = torch.optim.SGD(field.parameters(), lr=1e-3)
     for _ in range(3):
-        with torch.no_grad():
-            want = eager(cameras, latent=latent)
-            got = graphed(cameras, latent=latent)
-        assert int(want.hit.sum()) > 100
-        assert torch.equal(want.hit, got.hit)
-        assert float((want.depths - got.depths)[want.hit].abs().max()) < 1e-5
+        assert_same_surfaces(eager, graphed, cameras, latent)
         # gradients through the graphed route match the eager ones
         grads = []
         for model in (eager, graphed):

@@ -20,7 +20,7 @@ from dvr_plugin.fields.shapes import SphereField
 from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
 
-from .core_factories import SphereMLPField, same_hits
+from .core_factories import PointCounter, SphereMLPField, same_hits, saved_bytes
 
 CENTRE = (0.05, -0.04, 0.03)
 RADIUS = 0.3
@@ -183,41 +183,13 @@ def test_grazing_rays_give_finite_depths_and_gradients():
     assert torch.allclose(depth[0][hits], expected[hits], atol=2e-3)
 
 
-class _Recorder(torch.nn.Module):
-    """Wraps a field and records the largest number of points per call."""
-
-    def __init__(self, field):
-        super().__init__()
-        self.field = field
-        self.largest = 0
-
-    def forward(self, points, latent=None):
-        self.largest = max(self.largest, points.shape[0] * points.shape[1])
-        return self.field(points, latent)
-
-
 @pytest.mark.parametrize("n_steps", [16, 512])
 def test_marching_memory_is_bounded_by_chunk_size(n_steps):
-    field = _Recorder(SphereField(radius=0.3))
+    field = PointCounter(SphereField(radius=0.3))
     sampler = SecantRaysampler(image_width=40, image_height=40, n_steps=n_steps, chunk_size=4096)
     with torch.no_grad():
         sampler(cameras=_single_camera((0.0, 0.3, 1.5)), field=field)
     assert 0 < field.largest <= 4096
-
-
-def _saved_bytes(renderer, cameras, xys, n_steps) -> int:
-    total = 0
-
-    def pack(tensor):
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = renderer(cameras, xys=xys, n_steps=n_steps)
-        loss = (out.depths - 1.4).abs().mean() + out.images.mean()
-    loss.backward()
-    return total
 
 
 def test_saved_for_backward_does_not_depend_on_steps():
@@ -228,8 +200,8 @@ def test_saved_for_backward_does_not_depend_on_steps():
     xys = 2 * torch.rand(1, 256, 2) - 1
     # the same rays hit at both step counts (memory follows the hit rays, not the steps)
     xys = same_hits(renderer, cameras, xys, (16, 512))
-    at_16 = _saved_bytes(renderer, cameras, xys, 16)
-    at_512 = _saved_bytes(renderer, cameras, xys, 512)
+    at_16 = saved_bytes(renderer, cameras, xys, 16)
+    at_512 = saved_bytes(renderer, cameras, xys, 512)
     assert at_16 == at_512 > 0
 
 
@@ -294,8 +266,16 @@ def test_broken_brackets_fall_back_to_bisection():
     s_out = torch.tensor([-0.5, 0.2, 1.0])
     s_in = torch.tensor([0.5, 0.4, 1.0])
     depth = refine_brackets(
-        query, torch.arange(n), torch.zeros(n, 3), torch.ones(n, 3), d_out, s_out, d_in, s_in,
-        8, True,
+        query,
+        torch.arange(n),
+        torch.zeros(n, 3),
+        torch.ones(n, 3),
+        d_out,
+        s_out,
+        d_in,
+        s_in,
+        8,
+        True,
     )
     assert bool(torch.isfinite(depth).all())
     assert float(depth[0]) == pytest.approx(1.0, abs=1e-6)

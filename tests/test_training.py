@@ -96,23 +96,22 @@ def test_parse_override():
             parse_override(bad)
 
 
-def test_bad_keys_and_types():
-    with pytest.raises(ValueError, match="Unknown config key 'train.iteration'"):
-        load_config(None, ["train.iteration=3"])
-    with pytest.raises(ValueError, match="Unknown config key 'nosuch.key'"):
-        load_config(None, ["nosuch.key=3"])
-    with pytest.raises(ValueError, match="train.iterations must be an integer"):
-        load_config(None, ["train.iterations=many"])
-    with pytest.raises(ValueError, match="model.hidden_size must be an integer"):
-        load_config(None, ["model.hidden_size=1.5"])
-    with pytest.raises(ValueError, match="train.sampling"):
-        load_config(None, ["train.sampling=everywhere"])
-    with pytest.raises(ValueError, match="data.path is required"):
-        load_config(None, ["data.format=dtu"])
-    with pytest.raises(ValueError, match="Step counts must not decrease"):
-        load_config(None, ["train.step_milestones={0: 32, 10: 16}"])
-    with pytest.raises(ValueError, match="value, not a section"):
-        load_config(None, ["train.iterations.x=3"])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.iteration=3", "Unknown config key 'train.iteration'"),
+        ("nosuch.key=3", "Unknown config key 'nosuch.key'"),
+        ("train.iterations=many", "train.iterations must be an integer"),
+        ("model.hidden_size=1.5", "model.hidden_size must be an integer"),
+        ("train.sampling=everywhere", "train.sampling"),
+        ("data.format=dtu", "data.path is required"),
+        ("train.step_milestones={0: 32, 10: 16}", "Step counts must not decrease"),
+        ("train.iterations.x=3", "value, not a section"),
+    ],
+)
+def test_bad_keys_and_types(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
 
 
 def test_failing_write_keeps_previous_file():
@@ -247,8 +246,11 @@ def test_occupancy_grid_is_refreshed_and_resumes_exactly(make_trainer):
         assert torch.equal(resumed.grid.occupied, straight.grid.occupied)
         for key, value in straight.field.state_dict().items():
             assert torch.equal(value, resumed.field.state_dict()[key]), key
-    for key, value in (("occupancy_grid", -1), ("grid_refresh_every", 0),
-                       ("grid_refresh_fraction", 0.0)):
+    for key, value in (
+        ("occupancy_grid", -1),
+        ("grid_refresh_every", 0),
+        ("grid_refresh_fraction", 0.0),
+    ):
         with pytest.raises(ValueError, match=f"train.{key}"):
             TrainingFactory.config(**{f"train.{key}": value})
 
@@ -434,4 +436,3 @@ def test_bad_input_is_one_line_and_exit_code_2():
         args = parser.parse_args(["fit", "--out", folder, "--resume"])
         with contextlib.redirect_stderr(io.StringIO()):
             assert args.run(args) == 2
-

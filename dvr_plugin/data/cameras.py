@@ -43,6 +43,7 @@ from pytorch3d.utils import (
     opencv_from_cameras_projection,
 )
 
+from .._optional import importable
 from ..renderer.rays import ndc_to_pixels
 
 TensorLike = Union[torch.Tensor, np.ndarray, Sequence[Any], float]
@@ -304,9 +305,7 @@ def opencv_from_cameras(
         )
         R, tvec, K = opencv_from_cameras_projection(proxy, sizes)
     else:
-        to_ndc = cameras.get_full_projection_transform().compose(
-            cameras.get_ndc_camera_transform()
-        )
+        to_ndc = cameras.get_full_projection_transform().compose(cameras.get_ndc_camera_transform())
         M = to_ndc.get_matrix().to(torch.float64).transpose(1, 2)  # column-vector convention
         if bool((M[:, 3, :3].abs().amax(dim=-1) < 1e-9).any()):
             raise ValueError("Only perspective cameras can be converted to OpenCV.")
@@ -314,9 +313,11 @@ def opencv_from_cameras(
         scale = torch.minimum(height, width)
         rows_x, rows_y, rows_w = M[:, 0], M[:, 1], M[:, 3]
         P = torch.stack(
-            [0.5 * width * rows_w - 0.5 * scale * rows_x,
-             0.5 * height * rows_w - 0.5 * scale * rows_y,
-             rows_w],
+            [
+                0.5 * width * rows_w - 0.5 * scale * rows_x,
+                0.5 * height * rows_w - 0.5 * scale * rows_y,
+                rows_w,
+            ],
             dim=1,
         )
         K, R, tvec, _ = decompose_projection_matrix(P)
@@ -553,11 +554,14 @@ def cameras_from_dtu(
     ``integer_pixel_centers=True`` by default. Arguments as in :func:`opencv_from_dtu` and
     :func:`cameras_from_opencv`.
     """
-    K, R, t = opencv_from_dtu(
-        world_mat, scale_mat, object_radius=object_radius, max_skew=max_skew
-    )
+    K, R, t = opencv_from_dtu(world_mat, scale_mat, object_radius=object_radius, max_skew=max_skew)
     return cameras_from_opencv(
-        R, t, K, image_size, integer_pixel_centers=integer_pixel_centers, dtype=dtype,
+        R,
+        t,
+        K,
+        image_size,
+        integer_pixel_centers=integer_pixel_centers,
+        dtype=dtype,
         device=device,
     )
 
@@ -835,13 +839,7 @@ class KaolinPinholeParameters:
 
 def kaolin_available() -> bool:
     """Whether ``kaolin.render.camera`` can be imported."""
-    import importlib
-
-    try:
-        importlib.import_module("kaolin.render.camera")
-    except Exception:  # any import failure means "not available"
-        return False
-    return True
+    return importable("kaolin.render.camera")
 
 
 def kaolin_from_opencv(
@@ -935,9 +933,7 @@ def opencv_from_kaolin(
     return R, t, K, (int(params.height), int(params.width))
 
 
-def project_kaolin(
-    camera: Any, points: TensorLike
-) -> tuple[torch.Tensor, torch.Tensor]:
+def project_kaolin(camera: Any, points: TensorLike) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Kaolin's pinhole projection, written out (float64): view matrix, then Kaolin's perspective
     matrix ``[[fx, 0, -x0, 0], [0, fy, -y0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]`` and its default NDC

@@ -91,7 +91,7 @@ def _camera_matrices(
         warnings.warn(
             f"{path.name} lacks scale_mat_i; using the identity (world units unchanged up to "
             "object_radius).",
-            stacklevel=3,
+            stacklevel=4,
         )
         scale = np.eye(4)
     return world, scale
@@ -113,29 +113,64 @@ def _read_masks(
     return torch.from_numpy(stacked > threshold)
 
 
+def _read_views(
+    indexed: dict[int, Path], views: Optional[Sequence[int]], camera_path: Path
+) -> tuple[list[int], np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """
+    The views to load, with their cameras and images.
+
+    Returns:
+        ``(ids, world, scale, names, images)``: the view numbers, the ``world_mat`` of each view
+        (`(N, 3, 4)` or `(N, 4, 4)`), the `(4, 4)` ``scale_mat``, the image names and the
+        `(N, H, W, 3)` images.
+    """
+    ids = _select(indexed, views, "image")
+    world, scale = _camera_matrices(_load_npz(camera_path), ids, camera_path)
+    names = [indexed[i].stem for i in ids]
+    images = stack_views([read_rgb(indexed[i])[0] for i in ids], names, "images")
+    return ids, world, scale, names, images
+
+
 def _assemble(
     *,
     images: np.ndarray,
     masks: torch.Tensor,
-    K: torch.Tensor,
-    R: torch.Tensor,
-    t: torch.Tensor,
-    to_world: torch.Tensor,
+    world: np.ndarray,
+    scale: np.ndarray,
+    object_radius: float,
+    max_skew: float,
+    crop_from: Optional[tuple[int, int]],
     names: list[str],
-    integer_pixel_centers: bool,
     empty_masks: str,
     info: dict,
 ) -> MultiViewData:
-    check_empty_masks(masks, names, empty_masks)
+    """
+    The scan in the normalised frame; ``info`` gains ``object_radius`` and the frame's name.
+
+    ``crop_from``: ``None`` when the images are the full-resolution ones (pixel centres at
+    integer coordinates); else the ``(H, W)`` of the originals that the images are centre crops
+    of: the intrinsics then move to pixel corners (``+0.5``) and through
+    :func:`monosdf_crop_matrix`.
+    """
     size = images.shape[1:3]
-    cameras = cameras_from_opencv(R, t, K, size, integer_pixel_centers=integer_pixel_centers)
+    K, R, t = opencv_from_dtu(world, scale, object_radius=object_radius, max_skew=max_skew)
+    if crop_from is not None:
+        K = K.clone()
+        K[:, :2, 2] = K[:, :2, 2] + 0.5
+        K = monosdf_crop_matrix(crop_from, size) @ K
+    check_empty_masks(masks, names, empty_masks)
+    cameras = cameras_from_opencv(R, t, K, size, integer_pixel_centers=crop_from is None)
     return MultiViewData(
         images=torch.from_numpy(images),
         masks=masks,
         cameras=cameras,
         names=names,
-        to_world=to_world,
-        info=info,
+        to_world=dtu_to_world(scale, object_radius=object_radius),
+        info={
+            **info,
+            "object_radius": object_radius,
+            "normalised_frame": f"scale_mat unit sphere -> sphere of radius {object_radius}",
+        },
     )
 
 
@@ -178,50 +213,40 @@ def load_dtu(
     root = require_dir(root, "DTU scan")
     camera_path = _find_camera_file(root, cameras_file)
     image_folder = (
-        require_dir(root / image_dir, "image") if image_dir else first_existing_dir(
-            root, IMAGE_DIRS, "image"
-        )
+        require_dir(root / image_dir, "image")
+        if image_dir
+        else first_existing_dir(root, IMAGE_DIRS, "image")
     )
     mask_folder: Optional[Path] = None
     if use_masks:
         mask_folder = (
-            require_dir(root / mask_dir, "mask") if mask_dir else first_existing_dir(
-                root, MASK_DIRS, "mask"
-            )
+            require_dir(root / mask_dir, "mask")
+            if mask_dir
+            else first_existing_dir(root, MASK_DIRS, "mask")
         )
     indexed = index_files(list_files(image_folder, IMAGE_EXTENSIONS), "image")
-    ids = _select(indexed, views, "image")
-    cams = _load_npz(camera_path)
-    world, scale = _camera_matrices(cams, ids, camera_path)
-    rgb = [read_rgb(indexed[i])[0] for i in ids]
-    names = [indexed[i].stem for i in ids]
-    images = stack_views(rgb, names, "images")
+    ids, world, scale, names, images = _read_views(indexed, views, camera_path)
     masks = _read_masks(mask_folder, ids, images.shape[1:3], mask_threshold)
-    K, R, t = opencv_from_dtu(world, scale, object_radius=object_radius, max_skew=max_skew)
     return _assemble(
         images=images,
         masks=masks,
-        K=K,
-        R=R,
-        t=t,
-        to_world=dtu_to_world(scale, object_radius=object_radius),
+        world=world,
+        scale=scale,
+        object_radius=object_radius,
+        max_skew=max_skew,
+        crop_from=None,
         names=names,
-        integer_pixel_centers=True,
         empty_masks=empty_masks,
         info={
             "format": "dtu",
             "root": str(root),
             "cameras_file": camera_path.name,
             "views": ids,
-            "object_radius": object_radius,
-            "normalised_frame": f"scale_mat unit sphere -> sphere of radius {object_radius}",
         },
     )
 
 
-def monosdf_crop_matrix(
-    source_size: tuple[int, int], image_size: tuple[int, int]
-) -> torch.Tensor:
+def monosdf_crop_matrix(source_size: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:
     """
     The `(3, 3)` pixel map of a centred square crop of ``source_size`` resized to
     ``image_size`` (pixel-corner coordinates): ``u' = (u - x0) / s``, ``v' = (v - y0) / s``.
@@ -268,35 +293,23 @@ def load_dtu_monosdf(
     if not camera_path.is_file():
         raise FileNotFoundError(f"Camera file not found: {camera_path}")
     indexed = index_files(list_files(root, IMAGE_EXTENSIONS, suffix="_rgb"), "image")
-    ids = _select(indexed, views, "image")
-    cams = _load_npz(camera_path)
-    world, scale = _camera_matrices(cams, ids, camera_path)
-    rgb = [read_rgb(indexed[i])[0] for i in ids]
-    names = [indexed[i].stem for i in ids]
-    images = stack_views(rgb, names, "images")
-    size = images.shape[1:3]
+    ids, world, scale, names, images = _read_views(indexed, views, camera_path)
     mask_folder = None if mask_dir is None else require_dir(root / mask_dir, "mask")
-    masks = _read_masks(mask_folder, ids, size, mask_threshold)
-    K, R, t = opencv_from_dtu(world, scale, object_radius=object_radius, max_skew=max_skew)
-    K = K.clone()
-    K[:, :2, 2] = K[:, :2, 2] + 0.5
-    K = monosdf_crop_matrix(source_size, size) @ K
+    masks = _read_masks(mask_folder, ids, images.shape[1:3], mask_threshold)
     return _assemble(
         images=images,
         masks=masks,
-        K=K,
-        R=R,
-        t=t,
-        to_world=dtu_to_world(scale, object_radius=object_radius),
+        world=world,
+        scale=scale,
+        object_radius=object_radius,
+        max_skew=max_skew,
+        crop_from=source_size,
         names=names,
-        integer_pixel_centers=False,
         empty_masks=empty_masks,
         info={
             "format": "dtu_monosdf",
             "root": str(root),
             "views": ids,
             "source_size": tuple(source_size),
-            "object_radius": object_radius,
-            "normalised_frame": f"scale_mat unit sphere -> sphere of radius {object_radius}",
         },
     )

@@ -42,7 +42,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..fields.field import FIELD_TYPES, evaluate_field, field_type_of
+from ..fields.field import check_field_type, evaluate_field, field_type_of
 from .sampling import (
     PATCH_BOTTOM_LEFT,
     PATCH_TOP_LEFT,
@@ -105,6 +105,21 @@ def _same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> N
         )
 
 
+def _check_prediction(
+    reduction: str,
+    name: str,
+    pred: torch.Tensor,
+    target_name: str,
+    target: torch.Tensor,
+    n_dims: int,
+) -> torch.Size:
+    """Check the reduction and a `(B, R)` / `(B, R, C)` prediction and its target; `(B, R)`."""
+    _check_reduction(reduction)
+    _check_batch_rays(name, pred, n_dims)
+    _same_shape(name, pred, target_name, target)
+    return pred.shape[:2]
+
+
 def _keep(select: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``value`` where selected, 0 elsewhere (no NaN / inf of unselected entries leaks through)."""
     while select.dim() < value.dim():
@@ -149,11 +164,9 @@ def rgb_loss(
     Returns:
         A scalar tensor.
     """
-    _check_reduction(reduction)
-    _check_batch_rays("pred_rgb", pred_rgb, 3)
-    _same_shape("pred_rgb", pred_rgb, "gt_rgb", gt_rgb)
-    _check_mask("pred_hit", pred_hit, pred_rgb.shape[:2])
-    _check_mask("gt_mask", gt_mask, pred_rgb.shape[:2])
+    batch_rays = _check_prediction(reduction, "pred_rgb", pred_rgb, "gt_rgb", gt_rgb, 3)
+    _check_mask("pred_hit", pred_hit, batch_rays)
+    _check_mask("gt_mask", gt_mask, batch_rays)
     select = pred_hit & gt_mask
     per_ray = _keep(select, pred_rgb - gt_rgb).abs().sum(dim=-1)
     return _reduce(per_ray, select, reduction)
@@ -183,11 +196,9 @@ def depth_loss(
     Returns:
         A scalar tensor.
     """
-    _check_reduction(reduction)
-    _check_batch_rays("pred_depth", pred_depth, 2)
-    _same_shape("pred_depth", pred_depth, "gt_depth", gt_depth)
-    _check_mask("valid", valid, pred_depth.shape)
-    _check_mask("pred_hit", pred_hit, pred_depth.shape)
+    batch_rays = _check_prediction(reduction, "pred_depth", pred_depth, "gt_depth", gt_depth, 2)
+    _check_mask("valid", valid, batch_rays)
+    _check_mask("pred_hit", pred_hit, batch_rays)
     select = valid & pred_hit & torch.isfinite(gt_depth)
     per_ray = _keep(select, pred_depth - gt_depth).abs()
     return _reduce(per_ray, select, reduction)
@@ -219,13 +230,11 @@ def world_point_loss(
     Returns:
         A scalar tensor.
     """
-    _check_reduction(reduction)
-    _check_batch_rays("pred_points", pred_points, 3)
-    _same_shape("pred_points", pred_points, "gt_points", gt_points)
-    _check_mask("valid", valid, pred_points.shape[:2])
+    batch_rays = _check_prediction(reduction, "pred_points", pred_points, "gt_points", gt_points, 3)
+    _check_mask("valid", valid, batch_rays)
     select = valid
     if pred_hit is not None:
-        _check_mask("pred_hit", pred_hit, pred_points.shape[:2])
+        _check_mask("pred_hit", pred_hit, batch_rays)
         select = select & pred_hit
     per_ray = torch.linalg.vector_norm(_keep(select, pred_points - gt_points), dim=-1)
     return _reduce(per_ray, select, reduction)
@@ -236,8 +245,7 @@ def world_point_loss(
 
 
 def _check_field_type(field_type: str, sdf_beta: float) -> None:
-    if field_type not in FIELD_TYPES:
-        raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
+    check_field_type(field_type)
     if not (sdf_beta > 0 and math.isfinite(sdf_beta)):
         raise ValueError(f"sdf_beta must be a positive finite number, got {sdf_beta}.")
 
@@ -572,10 +580,7 @@ def image_gradient_loss(
     Returns:
         A scalar tensor.
     """
-    _check_reduction(reduction)
-    _check_batch_rays("pred", pred, 3)
-    _same_shape("pred", pred, "gt", gt)
-    _check_mask("valid", valid, pred.shape[:2])
+    _check_mask("valid", valid, _check_prediction(reduction, "pred", pred, "gt", gt, 3))
     batch, n_rays, channels = pred.shape
     if n_rays % RAYS_PER_PATCH != 0:
         raise ValueError(
@@ -675,9 +680,7 @@ class RayMinimum(NamedTuple):
 
 def outside_sign(field_type: str) -> float:
     """+1 for signed distances (positive outside), -1 for occupancy logits (positive inside)."""
-    if field_type not in FIELD_TYPES:
-        raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
-    return 1.0 if field_type == "sdf" else -1.0
+    return 1.0 if check_field_type(field_type) == "sdf" else -1.0
 
 
 def min_outside_along_rays(

@@ -131,6 +131,26 @@ def _make_sample(
     return PixelSample(rows, cols, pixels_to_ndc(pixels, image_size))
 
 
+def _flat_sample(
+    flat: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    continuous: bool,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> PixelSample:
+    """:func:`_make_sample` of `(B, R)` flat pixel indices ``row * W + col``."""
+    width = image_size[1]
+    return _make_sample(
+        flat // width,
+        flat % width,
+        image_size,
+        continuous=continuous,
+        generator=generator,
+        dtype=dtype,
+    )
+
+
 def sample_uniform(
     batch_size: int,
     image_size: ImageSize,
@@ -171,13 +191,8 @@ def sample_uniform(
         device=device,
         what="pixels",
     )
-    return _make_sample(
-        flat // width,
-        flat % width,
-        (height, width),
-        continuous=continuous,
-        generator=generator,
-        dtype=dtype,
+    return _flat_sample(
+        flat, (height, width), continuous=continuous, generator=generator, dtype=dtype
     )
 
 
@@ -320,13 +335,8 @@ def sample_foreground_balanced(
     flat = torch.where(
         ray < n_fg[:, None], fg_order.gather(1, fg_index), bg_order.gather(1, bg_index)
     )
-    return _make_sample(
-        flat // width,
-        flat % width,
-        (height, width),
-        continuous=continuous,
-        generator=generator,
-        dtype=dtype,
+    return _flat_sample(
+        flat, (height, width), continuous=continuous, generator=generator, dtype=dtype
     )
 
 

@@ -53,12 +53,16 @@ class FieldOutput(NamedTuple):
     rgb: torch.Tensor | None
 
 
-def field_type_of(field) -> str:
-    """The ``field_type`` of a field (``"occupancy"`` when the attribute is absent)."""
-    field_type = getattr(field, "field_type", "occupancy")
+def check_field_type(field_type: str) -> str:
+    """``field_type`` itself when it is one of :data:`FIELD_TYPES`, else a ValueError."""
     if field_type not in FIELD_TYPES:
         raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
     return field_type
+
+
+def field_type_of(field) -> str:
+    """The ``field_type`` of a field (``"occupancy"`` when the attribute is absent)."""
+    return check_field_type(getattr(field, "field_type", "occupancy"))
 
 
 def evaluate_field(field, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
@@ -136,6 +140,23 @@ def fourier_band_weights(alpha: torch.Tensor, n_frequencies: int) -> torch.Tenso
     return 0.5 * (1.0 - torch.cos(torch.pi * (alpha - bands).clamp(0.0, 1.0)))
 
 
+def write_annealing_progress(module: nn.Module, progress: float, *, what: str) -> None:
+    """
+    Write ``progress`` in [0, 1] into the 0-d ``progress`` buffer of an encoding built with
+    ``anneal=True``, in place (recorded CUDA graphs that read the buffer see the new value).
+
+    Raises:
+        ValueError: for a module built without ``anneal`` (named ``what`` in the message), or a
+            progress outside [0, 1].
+    """
+    if not module.anneal:
+        raise ValueError(f"This {what} was built without annealing (anneal=False).")
+    progress = float(progress)
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"The annealing progress must lie in [0, 1], got {progress}.")
+    module.progress.fill_(progress)
+
+
 class FourierFeatures(nn.Module):
     """
     ``[p, w_k sin(2^k pi p), w_k cos(2^k pi p)]`` for k < n_frequencies (an optional extension;
@@ -174,12 +195,7 @@ class FourierFeatures(nn.Module):
         Raises:
             ValueError: for an encoding built without ``anneal``, or a progress outside [0, 1].
         """
-        if not self.anneal:
-            raise ValueError("This Fourier encoding was built without annealing (anneal=False).")
-        progress = float(progress)
-        if not 0.0 <= progress <= 1.0:
-            raise ValueError(f"The annealing progress must lie in [0, 1], got {progress}.")
-        self.progress.fill_(progress)
+        write_annealing_progress(self, progress, what="Fourier encoding")
 
     def band_weights(self, dtype: torch.dtype) -> torch.Tensor | None:
         """`(3 F,)` weights of the ``sin`` (and ``cos``) features in their order, or ``None``
@@ -232,7 +248,45 @@ class FourierFeatures(nn.Module):
 SDF_INIT_RADIUS = 0.3
 
 
-class OccupancyTextureField(nn.Module):
+class SphereTermMixin:
+    """
+    The analytic sphere term of a field's geometric initialisation (see
+    :class:`OccupancyTextureField`'s ``geometric_init_radius``): ``|p| - r`` added to signed
+    distances, ``sharpness * (r - |p|)`` to occupancy logits. The field sets ``field_type`` and
+    calls :meth:`_set_sphere_term` in its constructor.
+    """
+
+    field_type: str
+    sphere_radius: float | None
+    sphere_sharpness: float
+
+    def _set_sphere_term(self, field_type: str, radius: float | None, sharpness: float) -> None:
+        """Check and store the sphere term's radius (``None``: none) and sharpness."""
+        if radius is not None and not (math.isfinite(radius) and radius > 0):
+            raise ValueError(f"geometric_init_radius must be a positive number, got {radius}.")
+        if not (math.isfinite(sharpness) and sharpness > 0):
+            raise ValueError(f"geometric_init_sharpness must be positive, got {sharpness}.")
+        if field_type == "sdf" and radius is None:
+            radius = SDF_INIT_RADIUS
+        self.sphere_radius = radius
+        self.sphere_sharpness = float(sharpness)
+
+    def _add_sphere_term(self, values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """`(...)` network values plus the analytic sphere term at `(..., 3)` points (if any)."""
+        if self.sphere_radius is None:
+            return values
+        norm = points.norm(dim=-1)
+        if self.field_type == "sdf":
+            return values + norm - self.sphere_radius
+        return values + self.sphere_sharpness * (self.sphere_radius - norm)
+
+    def _sphere_term_tangent(self, points: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
+        """`(...)` the sphere term's derivative along `(..., 3)` tangents (``p . t / |p|``)."""
+        radial = (points * tangents).sum(-1) / points.norm(dim=-1).clamp(min=1e-12)
+        return radial if self.field_type == "sdf" else -self.sphere_sharpness * radial
+
+
+class OccupancyTextureField(SphereTermMixin, nn.Module):
     """
     DVR's decoder: one network with an occupancy head and a texture head.
 
@@ -274,8 +328,7 @@ class OccupancyTextureField(nn.Module):
         geometric_init_sharpness: float = 10.0,
     ) -> None:
         super().__init__()
-        if field_type not in FIELD_TYPES:
-            raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
+        check_field_type(field_type)
         if hidden_size < 1 or n_blocks < 0 or latent_size < 0 or n_frequencies < 0:
             raise ValueError(
                 "hidden_size must be >= 1 and n_blocks, latent_size, n_frequencies >= 0; got "
@@ -285,11 +338,7 @@ class OccupancyTextureField(nn.Module):
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.has_rgb = rgb
-        self._set_sphere_term(
-            field_type=field_type,
-            radius=geometric_init_radius,
-            sharpness=geometric_init_sharpness,
-        )
+        self._set_sphere_term(field_type, geometric_init_radius, geometric_init_sharpness)
         self.encoding = FourierFeatures(n_frequencies=n_frequencies, anneal=fourier_anneal)
         self.fc_in = nn.Linear(self.encoding.out_size, hidden_size)
         self.blocks = nn.ModuleList([ResnetBlockFC(size=hidden_size) for _ in range(n_blocks)])
@@ -305,37 +354,6 @@ class OccupancyTextureField(nn.Module):
             with torch.no_grad():  # the value row only: the colours keep the default init
                 self.fc_out.weight[:1].normal_(std=1e-4)
                 self.fc_out.bias[:1].zero_()
-
-    def _set_sphere_term(
-        self,
-        *,
-        field_type: str,
-        radius: float | None,
-        sharpness: float,
-    ) -> None:
-        """Check and store the sphere term's radius (``None``: none) and sharpness."""
-        if radius is not None and not (math.isfinite(radius) and radius > 0):
-            raise ValueError(f"geometric_init_radius must be a positive number, got {radius}.")
-        if not (math.isfinite(sharpness) and sharpness > 0):
-            raise ValueError(f"geometric_init_sharpness must be positive, got {sharpness}.")
-        if field_type == "sdf" and radius is None:
-            radius = SDF_INIT_RADIUS
-        self.sphere_radius = radius
-        self.sphere_sharpness = float(sharpness)
-
-    def _add_sphere_term(self, values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """`(...)` network values plus the analytic sphere term at `(..., 3)` points (if any)."""
-        if self.sphere_radius is None:
-            return values
-        norm = points.norm(dim=-1)
-        if self.field_type == "sdf":
-            return values + norm - self.sphere_radius
-        return values + self.sphere_sharpness * (self.sphere_radius - norm)
-
-    def _sphere_term_tangent(self, points: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
-        """`(...)` the sphere term's derivative along `(..., 3)` tangents (``p . t / |p|``)."""
-        radial = (points * tangents).sum(-1) / points.norm(dim=-1).clamp(min=1e-12)
-        return radial if self.field_type == "sdf" else -self.sphere_sharpness * radial
 
     def set_encoding_progress(self, progress: float) -> None:
         """The coarse-to-fine progress in [0, 1] of the Fourier features

@@ -39,11 +39,12 @@ import torch
 from torch import nn
 
 from .field import (
-    FIELD_TYPES,
-    SDF_INIT_RADIUS,
     UNIT_CUBE_BOUNDS,
     FieldOutput,
+    SphereTermMixin,
+    check_field_type,
     fourier_band_weights,
+    write_annealing_progress,
 )
 
 # The primes of Instant-NGP's spatial hash, one per axis (the first is 1, for coherence along x).
@@ -210,12 +211,7 @@ class HashGridEncoding(nn.Module):
         Raises:
             ValueError: for an encoding built without ``anneal``, or a progress outside [0, 1].
         """
-        if not self.anneal:
-            raise ValueError("This hash-grid encoding was built without annealing (anneal=False).")
-        progress = float(progress)
-        if not 0.0 <= progress <= 1.0:
-            raise ValueError(f"The annealing progress must lie in [0, 1], got {progress}.")
-        self.progress.fill_(progress)
+        write_annealing_progress(self, progress, what="hash-grid encoding")
 
     def level_weights(self, dtype: torch.dtype) -> torch.Tensor | None:
         """`(L,)` weights of the levels in [0, 1], or ``None`` without annealing."""
@@ -313,7 +309,7 @@ def _mlp(in_size: int, hidden_size: int, n_layers: int, out_size: int) -> nn.Seq
     return nn.Sequential(*layers)
 
 
-class HashGridField(nn.Module):
+class HashGridField(SphereTermMixin, nn.Module):
     """
     A field on a hash-grid encoding with DVR's two outputs (the field protocol of
     :mod:`dvr_plugin.fields.field`): an occupancy logit (or signed distance) and a colour.
@@ -368,8 +364,7 @@ class HashGridField(nn.Module):
         geometric_init_sharpness: float = 10.0,
     ) -> None:
         super().__init__()
-        if field_type not in FIELD_TYPES:
-            raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
+        check_field_type(field_type)
         if hidden_size < 1 or n_layers < 1 or rgb_hidden_size < 1:
             raise ValueError(
                 "hidden_size, n_layers and rgb_hidden_size must be >= 1; got "
@@ -379,20 +374,12 @@ class HashGridField(nn.Module):
             raise ValueError(
                 f"rgb_n_layers and latent_size must be >= 0; got {rgb_n_layers}, {latent_size}."
             )
-        radius = geometric_init_radius
-        if radius is not None and not (math.isfinite(radius) and radius > 0):
-            raise ValueError(f"geometric_init_radius must be a positive number, got {radius}.")
-        if not (math.isfinite(geometric_init_sharpness) and geometric_init_sharpness > 0):
-            raise ValueError(
-                f"geometric_init_sharpness must be positive, got {geometric_init_sharpness}."
-            )
+        self._set_sphere_term(field_type, geometric_init_radius, geometric_init_sharpness)
         self.field_type = field_type
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.include_points = include_points
         self.has_rgb = rgb
-        self.sphere_radius = SDF_INIT_RADIUS if field_type == "sdf" and radius is None else radius
-        self.sphere_sharpness = float(geometric_init_sharpness)
         self.encoding = HashGridEncoding(
             n_levels=n_levels,
             features_per_level=features_per_level,
@@ -462,15 +449,6 @@ class HashGridField(nn.Module):
         values = self._add_sphere_term(self.value_head(net)[..., 0], points)
         rgb = torch.sigmoid(self.texture_head(net)) if self.texture_head is not None else None
         return FieldOutput(values, rgb), net
-
-    def _add_sphere_term(self, values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """`(...)` network values plus the analytic sphere term at `(..., 3)` points (if any)."""
-        if self.sphere_radius is None:
-            return values
-        norm = points.norm(dim=-1)
-        if self.field_type == "sdf":
-            return values + norm - self.sphere_radius
-        return values + self.sphere_sharpness * (self.sphere_radius - norm)
 
     def _check_latent(self, points: torch.Tensor, latent: torch.Tensor | None) -> None:
         if self.latent_size == 0:  # an unconditioned field ignores a code, as DVR's decoder

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .field import FIELD_TYPES, FieldOutput
+from .field import FieldOutput, check_field_type
 
 
 def _position_colour(points: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
@@ -20,7 +20,23 @@ def _position_colour(points: torch.Tensor, centre: torch.Tensor) -> torch.Tensor
     return torch.sigmoid(3.0 * (points - centre))
 
 
-class SphereField(nn.Module):
+def _values(sdf: torch.Tensor, field_type: str, sharpness: float) -> torch.Tensor:
+    """Field values `(...)` from signed distances `(...)`: themselves, or occupancy logits."""
+    return sdf if field_type == "sdf" else -sharpness * sdf
+
+
+class _Shape(nn.Module):
+    """What the shapes share: ``field_type``, ``sharpness`` and a learnable `(3,)` ``centre``."""
+
+    def __init__(self, *, centre: Sequence[float], field_type: str, sharpness: float) -> None:
+        super().__init__()
+        check_field_type(field_type)
+        self.field_type = field_type
+        self.sharpness = sharpness
+        self.centre = nn.Parameter(torch.tensor(centre, dtype=torch.float32))
+
+
+class SphereField(_Shape):
     """
     A sphere with learnable centre and radius.
 
@@ -44,12 +60,7 @@ class SphereField(nn.Module):
         sharpness: float = 20.0,
         colour: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
-        if field_type not in FIELD_TYPES:
-            raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
-        self.field_type = field_type
-        self.sharpness = sharpness
-        self.centre = nn.Parameter(torch.tensor(centre, dtype=torch.float32))
+        super().__init__(centre=centre, field_type=field_type, sharpness=sharpness)
         self.radius = nn.Parameter(torch.tensor(float(radius)))
         self.colour = None if colour is None else torch.tensor(colour, dtype=torch.float32)
 
@@ -59,7 +70,7 @@ class SphereField(nn.Module):
 
     def forward(self, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
         sdf = self.signed_distance(points)
-        values = sdf if self.field_type == "sdf" else -self.sharpness * sdf
+        values = _values(sdf, self.field_type, self.sharpness)
         if self.colour is not None:
             rgb = self.colour.to(points).expand(*points.shape[:-1], 3)
         else:
@@ -67,7 +78,7 @@ class SphereField(nn.Module):
         return FieldOutput(values, rgb)
 
 
-class BoxField(nn.Module):
+class BoxField(_Shape):
     """
     An axis-aligned box (exact signed distance), occupancy ``-sharpness * sdf``.
 
@@ -85,12 +96,7 @@ class BoxField(nn.Module):
         field_type: str = "occupancy",
         sharpness: float = 20.0,
     ) -> None:
-        super().__init__()
-        if field_type not in FIELD_TYPES:
-            raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
-        self.field_type = field_type
-        self.sharpness = sharpness
-        self.centre = nn.Parameter(torch.tensor(centre, dtype=torch.float32))
+        super().__init__(centre=centre, field_type=field_type, sharpness=sharpness)
         self.half_size = nn.Parameter(torch.tensor(half_size, dtype=torch.float32))
         self.register_buffer("colour", torch.tensor(colour, dtype=torch.float32), persistent=False)
 
@@ -102,7 +108,7 @@ class BoxField(nn.Module):
 
     def forward(self, points: torch.Tensor, latent: torch.Tensor | None = None) -> FieldOutput:
         sdf = self.signed_distance(points)
-        values = sdf if self.field_type == "sdf" else -self.sharpness * sdf
+        values = _values(sdf, self.field_type, self.sharpness)
         shade = 0.75 + 0.25 * torch.cos(12.0 * points.sum(dim=-1, keepdim=True))
         rgb = (self.colour.to(points) * shade).clamp(0, 1)
         return FieldOutput(values, rgb)
@@ -133,7 +139,7 @@ class UnionField(nn.Module):
         rgbs = torch.stack([part(points).rgb for part in self.parts], dim=-2)
         sdf, index = sdfs.min(dim=-1)
         rgb = torch.gather(rgbs, -2, index[..., None, None].expand(*index.shape, 1, 3))[..., 0, :]
-        values = sdf if self.field_type == "sdf" else -self.sharpness * sdf
+        values = _values(sdf, self.field_type, self.sharpness)
         return FieldOutput(values, rgb)
 
 

@@ -36,6 +36,7 @@ from types import ModuleType
 
 import torch
 
+from .._optional import importable
 from ._geometry import (
     DEFAULT_DISTANCE_MAX_PAIRS,
     DEFAULT_MAX_PAIRS,
@@ -54,11 +55,7 @@ KAOLIN_MISSING_REASON = (
 
 def kaolin_available() -> bool:
     """Whether ``import kaolin`` succeeds (tried once per call, never at module import)."""
-    try:
-        importlib.import_module("kaolin")
-    except Exception:  # Missing or broken (e.g. built for another torch): unavailable.
-        return False
-    return True
+    return importable("kaolin")
 
 
 def _kaolin(module: str) -> ModuleType:

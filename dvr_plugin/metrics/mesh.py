@@ -30,9 +30,7 @@ from .pointcloud import (
     EMPTY_VALUES,
     NORMALIZE_MODES,
     ThresholdsLike,
-    as_thresholds,
     check_same_device,
-    dvr_thresholds,
     pointcloud_scores,
     unit_cube_transform,
 )
@@ -342,9 +340,7 @@ def sample_surface(meshes: Meshes, n_points: int) -> tuple[torch.Tensor, torch.T
         zeros = torch.zeros(len(meshes), n_points, 3, device=meshes.device)
         return zeros, zeros.clone()
     if meshes.verts_packed().dtype != torch.float32:  # PyTorch3D's sampler is float32-only
-        meshes = Meshes(
-            verts=[v.float() for v in meshes.verts_list()], faces=meshes.faces_list()
-        )
+        meshes = Meshes(verts=[v.float() for v in meshes.verts_list()], faces=meshes.faces_list())
     points, normals = sample_points_from_meshes(meshes, n_points, return_normals=True)
     return points, normals
 
@@ -406,7 +402,6 @@ def evaluate_meshes(
             )
     pred_lengths = torch.where(_counts(pred, "faces") > 0, n_points, 0).to(torch.int64)
     gt_lengths = torch.full((len(gt),), n_points, dtype=torch.int64, device=device)
-    dtype = pred_points.dtype
     out = pointcloud_scores(
         pred_points,
         gt_points,
@@ -414,8 +409,8 @@ def evaluate_meshes(
         gt_lengths=gt_lengths,
         pred_normals=pred_normals,
         gt_normals=gt_normals,
-        thresholds=as_thresholds(thresholds, device=device, dtype=dtype),
-        sweep_thresholds=dvr_thresholds(device=device, dtype=dtype) if threshold_sweep else None,
+        thresholds=thresholds,
+        threshold_sweep=threshold_sweep,
     )
     if iou_points is not None:
         gt_occ = points_inside_meshes(gt, iou_points, check_watertight=False, max_pairs=max_pairs)

@@ -294,15 +294,19 @@ def pointcloud_scores(
     gt_lengths: torch.Tensor,
     pred_normals: torch.Tensor | None = None,
     gt_normals: torch.Tensor | None = None,
-    thresholds: torch.Tensor,
-    sweep_thresholds: torch.Tensor | None = None,
+    thresholds: ThresholdsLike,
+    threshold_sweep: bool = False,
 ) -> dict[str, torch.Tensor]:
     """
     The protocol's scores for clouds already in the evaluation frame, empty predictions
     replaced by :data:`EMPTY_VALUES`. Building block of :func:`evaluate_pointclouds` and
     :func:`dvr_plugin.metrics.mesh.evaluate_meshes`; see :func:`evaluate_pointclouds` for the
-    arguments and the returned keys.
+    arguments and the returned keys. The thresholds take the device and dtype of ``pred``.
     """
+    thresholds = as_thresholds(thresholds, device=pred.device, dtype=pred.dtype)
+    sweep_thresholds = None
+    if threshold_sweep:
+        sweep_thresholds = dvr_thresholds(device=pred.device, dtype=pred.dtype)
     empty = pred_lengths == 0
     # Empty predictions are scored against a dummy point and overwritten below.
     safe_lengths = torch.where(empty, torch.ones_like(pred_lengths), pred_lengths)
@@ -421,7 +425,6 @@ def evaluate_pointclouds(
             pred_centre, pred_scale = unit_cube_transform(pred_points, pred_lengths)
         gt_points = apply_transform(gt_points, gt_centre, gt_scale)
         pred_points = apply_transform(pred_points, pred_centre, pred_scale)
-    device = pred_points.device
     return pointcloud_scores(
         pred_points,
         gt_points,
@@ -429,8 +432,8 @@ def evaluate_pointclouds(
         gt_lengths=gt_lengths,
         pred_normals=pred_normals,
         gt_normals=gt_normals,
-        thresholds=as_thresholds(thresholds, device=device, dtype=dtype),
-        sweep_thresholds=dvr_thresholds(device=device, dtype=dtype) if threshold_sweep else None,
+        thresholds=thresholds,
+        threshold_sweep=threshold_sweep,
     )
 
 

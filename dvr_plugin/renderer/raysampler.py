@@ -22,7 +22,7 @@ from torch import nn
 from ..accel.march_graphs import MarchGraphs
 from ..accel.occupancy_grid import OccupancyGrid
 from ..accel.refine_graphs import RefinementGraphs
-from ..fields.field import FIELD_TYPES, UNIT_CUBE_BOUNDS
+from ..fields.field import UNIT_CUBE_BOUNDS, check_field_type
 from ..surface.precision import REFINE_PRECISIONS, check_precision
 from ..surface.query import FieldQuery, VolumetricFunctionQuery
 from ..surface.root_finding import find_surface
@@ -165,8 +165,8 @@ class SecantRaysampler(nn.Module):
         if n_rays_per_image is not None:
             n_rays_per_image = _ray_count(n_rays_per_image)
         _check_steps(n_steps, n_secant_steps)
-        if field_type is not None and field_type not in FIELD_TYPES:
-            raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
+        if field_type is not None:
+            check_field_type(field_type)
         if chunk_size is not None and chunk_size != "auto":
             if not isinstance(chunk_size, int) or chunk_size < 1:
                 raise ValueError(

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._optional import importable
+
 logger = logging.getLogger("dvr_plugin.single_view")
 
 TRUNK_FEATURES = 512
@@ -107,13 +109,7 @@ class ResNet18Trunk(nn.Module):
 
 def torchvision_available() -> bool:
     """Whether ``torchvision.models.resnet18`` imports."""
-    import importlib
-
-    try:
-        importlib.import_module("torchvision.models")
-    except Exception:  # any import failure means "not available"
-        return False
-    return True
+    return importable("torchvision.models")
 
 
 def build_resnet18_trunk(backbone: str = "auto") -> tuple[nn.Module, str]:

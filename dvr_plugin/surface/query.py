@@ -24,7 +24,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from pytorch3d.renderer.implicit.utils import RayBundle
 
-from ..fields.field import FIELD_TYPES, evaluate_field, field_type_of
+from ..fields.field import check_field_type, evaluate_field, field_type_of
 
 # query(ray_ids (r,), origins (r, 3), directions (r, 3), lengths (r, k)) -> inside values (r, k)
 InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,9 +32,7 @@ InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
 
 def inside_sign(field_type: str) -> float:
     """+1 for occupancy (inside above the level), -1 for signed distances (inside below)."""
-    if field_type not in FIELD_TYPES:
-        raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
-    return 1.0 if field_type == "occupancy" else -1.0
+    return 1.0 if check_field_type(field_type) == "occupancy" else -1.0
 
 
 def inside_values(values: torch.Tensor, *, field_type: str, level: float) -> torch.Tensor:
@@ -95,7 +93,6 @@ class FieldQuery:
         latent = None if self.latent is None else self.latent[ray_ids]
         out = evaluate_field(self.field, points, latent)
         return out.values, out.rgb
-
 
     def evaluate_with_tangent(
         self, ray_ids: torch.Tensor, points: torch.Tensor, tangents: torch.Tensor

@@ -44,7 +44,6 @@ and ``.png`` (PSNR and F@1% against training seconds), rewritten after every che
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -70,7 +69,13 @@ from dvr_plugin.training import (
     packaged_config,
     resolve_config,
 )
-from integration.compare.harness import volume_baseline_config
+from integration.benchmarks.common import (
+    peak_memory,
+    release_memory,
+    reset_peak_memory,
+    synchronize,
+)
+from integration.compare.harness import MESH_SCORE_KEYS, volume_baseline_config
 from integration.compare.nerf_baseline import VolumeBaselineTrainer, rendered_surface_level
 from integration.compare.ngp_baseline import (
     NerfaccStatus,
@@ -92,15 +97,6 @@ CHECKPOINTS = (5.0, 10.0, 20.0, 30.0, 60.0, 90.0)
 QUICK_CHECKPOINTS = (2.0, 4.0, 6.0)
 TARGET_F_SCORE = 0.97
 TARGET_PSNR = 33.0
-MESH_KEYS = (
-    "chamfer_l1",
-    "accuracy",
-    "completeness",
-    "normal_consistency",
-    "f_score",
-    "precision",
-    "recall",
-)
 OBSERVED_KEYS = (
     "observed_chamfer_l1",
     "observed_normal_consistency",
@@ -297,10 +293,10 @@ def score_geometry(field_module, scene: Scene, *, level: Optional[float] = None)
     mesh = extraction.mesh.to(gt.device)
     n_points = config.eval.mesh_points
     if extraction.is_empty:
-        scores.update({key: EMPTY_VALUES[key] for key in MESH_KEYS})
+        scores.update({key: EMPTY_VALUES[key] for key in MESH_SCORE_KEYS})
     else:
         values = evaluate_meshes(mesh, gt, n_points=n_points, n_iou_points=0, seed=config.seed)
-        scores.update({key: float(values[key].reshape(-1)[0]) for key in MESH_KEYS})
+        scores.update({key: float(values[key].reshape(-1)[0]) for key in MESH_SCORE_KEYS})
     if scene.observed:
         train = scene.data.train
         observed = evaluate_observed(
@@ -320,7 +316,21 @@ def _held_out_scores(rendered, scene: Scene) -> dict[str, Any]:
     return image_metrics(rendered, val.images, val.masks)
 
 
-class DVRMethod:
+class _TrainerMethod:
+    """A method whose ``trainer`` counts its steps (``trainer.step``) and takes one with
+    ``trainer.train_step()``; subclasses build the trainer and score it (``evaluate``)."""
+
+    trainer: Any
+
+    @property
+    def steps(self) -> int:
+        return int(self.trainer.step)
+
+    def step(self) -> dict[str, float]:
+        return self.trainer.train_step()
+
+
+class DVRMethod(_TrainerMethod):
     """``dvr`` / ``dvr-dense``: :class:`Trainer` stepped by hand, scored with its validation."""
 
     def __init__(self, scene: Scene, *, dense: bool) -> None:
@@ -350,13 +360,6 @@ class DVRMethod:
             else:
                 self.settings["march_precision"] = "auto (could not be set: no renderer found)"
 
-    @property
-    def steps(self) -> int:
-        return int(self.trainer.step)
-
-    def step(self) -> dict[str, float]:
-        return self.trainer.train_step()
-
     def evaluate(self, scene: Scene) -> dict[str, Any]:
         scores = dict(self.trainer.validate(save_grid=False) or {})
         for key in ("step", "seconds"):
@@ -370,7 +373,7 @@ class DVRMethod:
         return scores
 
 
-class VolumeMethod:
+class VolumeMethod(_TrainerMethod):
     """``pytorch3d-volume``: :class:`VolumeBaselineTrainer` (occupancy as alpha)."""
 
     def __init__(self, scene: Scene, *, samples: int, chunk: int) -> None:
@@ -384,13 +387,6 @@ class VolumeMethod:
             "network": f"hidden {self.config.model.hidden_size} x {self.config.model.n_blocks} "
             f"blocks, {self.config.model.n_frequencies} frequencies (occupancy field)",
         }
-
-    @property
-    def steps(self) -> int:
-        return int(self.trainer.step)
-
-    def step(self) -> dict[str, float]:
-        return self.trainer.train_step()
 
     def evaluate(self, scene: Scene) -> dict[str, Any]:
         val = scene.data.val
@@ -413,7 +409,7 @@ class VolumeMethod:
         return scores
 
 
-class NGPMethod:
+class NGPMethod(_TrainerMethod):
     """``nerfacc``: :class:`NGPBaselineTrainer` on nerfacc, or on its PyTorch stand-in."""
 
     def __init__(
@@ -441,13 +437,6 @@ class NGPMethod:
             **vars(settings),
         }
 
-    @property
-    def steps(self) -> int:
-        return int(self.trainer.step)
-
-    def step(self) -> dict[str, float]:
-        return self.trainer.train_step()
-
     def evaluate(self, scene: Scene) -> dict[str, Any]:
         val = scene.data.val
         rendered = self.trainer.render_views(val.cameras, val.image_size, chunk_size=self.chunk)
@@ -465,17 +454,6 @@ class NGPMethod:
 
 # ---------------------------------------------------------------------------------------------
 # The clock
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _finite(value: Any) -> bool:
@@ -501,14 +479,14 @@ def run_method(
     from tqdm.auto import tqdm
 
     device = scene.device
-    _release(device)
+    release_memory(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # every method starts from the default
-        torch.cuda.reset_peak_memory_stats(device)
-    _synchronize(device)
+    reset_peak_memory(device)
+    synchronize(device)
     start = time.perf_counter()
     method = build()
-    _synchronize(device)
+    synchronize(device)
     entry["construct_seconds"] = time.perf_counter() - start
     entry["settings"] = method.settings
     entry["checkpoints"] = []
@@ -529,7 +507,7 @@ def run_method(
         while pending:
             step_start = time.perf_counter()
             last = method.step()
-            _synchronize(device)
+            synchronize(device)
             seconds = time.perf_counter() - step_start
             clock += seconds
             bar.update(min(seconds, total - bar.n))
@@ -537,15 +515,15 @@ def run_method(
                 continue
             passed = [c for c in pending if clock >= c]
             if device.type == "cuda":  # training and evaluation peaks apart
-                peaks["train"] = max(peaks["train"], torch.cuda.max_memory_allocated(device))
-                torch.cuda.reset_peak_memory_stats(device)
+                peaks["train"] = max(peaks["train"], peak_memory(device))
+                reset_peak_memory(device)
             eval_start = time.perf_counter()
             scores = method.evaluate(scene)
-            _synchronize(device)
+            synchronize(device)
             eval_seconds = time.perf_counter() - eval_start
             if device.type == "cuda":
-                peaks["eval"] = max(peaks["eval"], torch.cuda.max_memory_allocated(device))
-                torch.cuda.reset_peak_memory_stats(device)
+                peaks["eval"] = max(peaks["eval"], peak_memory(device))
+                reset_peak_memory(device)
             for checkpoint in passed:
                 entry["checkpoints"].append(
                     {
@@ -582,7 +560,7 @@ def run_method(
         bar.close()
         entry["last_step"] = last
         del method
-        _release(device)
+        release_memory(device)
 
 
 def _warm_up(
@@ -606,8 +584,8 @@ def _warm_up(
             del method
         except Exception:  # the timed run reports it
             pass
-        _release(device)
-    _synchronize(device)
+        release_memory(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -704,6 +682,19 @@ def run_benchmark(
             scene, settings=ngp_settings, backend="torch", status=status, chunk=chunk
         )
         report["settings"]["warmup_seconds"] = _warm_up(warm, methods, scene.device)
+
+        def timed(name: str, build: Callable[[], Any], entry: dict[str, Any]) -> None:
+            run_method(
+                name,
+                build,
+                scene,
+                checkpoints=checkpoints,
+                progress=progress,
+                deadline=deadline,
+                on_checkpoint=lambda: write(report, draw=False),
+                entry=entry,
+            )
+
         for name in methods:
             entry: dict[str, Any] = {"label": METHOD_LABELS[name], "error": None}
             report["methods"][name] = entry
@@ -714,16 +705,7 @@ def run_benchmark(
                 write(report)
                 continue
             try:
-                run_method(
-                    name,
-                    builders[name],
-                    scene,
-                    checkpoints=checkpoints,
-                    progress=progress,
-                    deadline=deadline,
-                    on_checkpoint=lambda: write(report, draw=False),
-                    entry=entry,
-                )
+                timed(name, builders[name], entry)
             except Exception as error:  # one failing method must not stop the others
                 entry["error"] = _error_tail(error)
                 print(f"{name} failed: {entry['error']}", flush=True)
@@ -739,7 +721,7 @@ def run_benchmark(
                     }
                     report["methods"][name] = entry
                     try:
-                        run_method(
+                        timed(
                             name,
                             lambda failed=status: NGPMethod(
                                 scene,
@@ -748,12 +730,7 @@ def run_benchmark(
                                 status=failed,
                                 chunk=chunk,
                             ),
-                            scene,
-                            checkpoints=checkpoints,
-                            progress=progress,
-                            deadline=deadline,
-                            on_checkpoint=lambda: write(report, draw=False),
-                            entry=entry,
+                            entry,
                         )
                     except Exception as second:
                         entry["error"] = _error_tail(second)

@@ -32,7 +32,13 @@ import torch
 from dvr_plugin.fields.field import OccupancyTextureField
 from dvr_plugin.fields.shapes import demo_scene
 from dvr_plugin.meshing import extract_mesh
-from integration.benchmarks.common import device_name, fmt_bytes
+from integration.benchmarks.common import (
+    device_name,
+    fit_to_demo_scene,
+    fmt_bytes,
+    reset_peak_memory,
+    synchronize,
+)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FULL = {
@@ -94,25 +100,10 @@ def fit_scene_network(
     occupancy (BCE on logits) and colour (L1), on uniform and near-surface points; seeded.
     """
     torch.manual_seed(0)
-    target = demo_scene().to(device)
     network = OccupancyTextureField(hidden_size=hidden_size).to(device)
-    if steps == 0:
-        return network.eval()
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-    for _ in range(steps):
-        points = _scene_batch(batch, device)
-        with torch.no_grad():
-            truth = target(points)
-        out = network(points)
-        loss = (
-            torch.nn.functional.binary_cross_entropy_with_logits(
-                out.values, (truth.values > 0).float()
-            )
-            + (out.rgb - truth.rgb).abs().mean()
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    fit_to_demo_scene(
+        network, steps=steps, lr=lr, points=lambda: _scene_batch(batch, device), device=device
+    )
     return network.eval()
 
 
@@ -155,8 +146,7 @@ def measure_case(
     peak_note = None
     times = []
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory(device)
         base = torch.cuda.memory_allocated()
     else:
         base = _read_status_kib("VmRSS")
@@ -172,8 +162,7 @@ def measure_case(
             chunk_size=chunk_size,
             device=device,
         )
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
         if times[-1] > 10.0:  # slow cases are timed once

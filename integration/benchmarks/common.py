@@ -6,6 +6,7 @@ measured matmul ceilings).
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +33,37 @@ def decoder_flops_per_point(*, hidden_size: int = 512, n_blocks: int = 5, n_out:
     return 2 * (3 * h + n_blocks * 2 * h * h + h * n_out)
 
 
+def fit_to_demo_scene(
+    field: torch.nn.Module,
+    *,
+    steps: int,
+    lr: float,
+    points: Callable[[], torch.Tensor],
+    device: str,
+) -> None:
+    """
+    Fit ``field`` in place with 3D supervision by the demo scene: per step, the binary
+    cross-entropy of its logits against the scene's occupancy plus the L1 error of its colours
+    at ``points()`` `(1, N, 3)` (normalised object frame), with Adam at ``lr``.
+    """
+    target = demo_scene().to(device)
+    optimizer = torch.optim.Adam(field.parameters(), lr=lr)
+    for _ in range(steps):
+        batch = points()
+        with torch.no_grad():
+            truth = target(batch)
+        out = field(batch)
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                out.values, (truth.values > 0).float()
+            )
+            + (out.rgb - truth.rgb).abs().mean()
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
 def fitted_reference_field(
     *, hidden_size: int = 512, steps: int = 400, batch: int = 32768, device: str = "cpu"
 ) -> OccupancyTextureField:
@@ -40,20 +72,14 @@ def fitted_reference_field(
     scene's occupancy and colour, so renders cover a realistic part of the image.
     """
     torch.manual_seed(0)
-    target = demo_scene().to(device)
     field = OccupancyTextureField(hidden_size=hidden_size).to(device)
-    optimizer = torch.optim.Adam(field.parameters(), lr=3e-4)
-    for _ in range(steps):
-        points = torch.rand(1, batch, 3, device=device) * 1.1 - 0.55
-        with torch.no_grad():
-            truth = target(points)
-        out = field(points)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            out.values, (truth.values > 0).float()
-        ) + (out.rgb - truth.rgb).abs().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    fit_to_demo_scene(
+        field,
+        steps=steps,
+        lr=3e-4,
+        points=lambda: torch.rand(1, batch, 3, device=device) * 1.1 - 0.55,
+        device=device,
+    )
     field.eval()
     for parameter in field.parameters():
         parameter.requires_grad_(True)
@@ -72,9 +98,37 @@ def cameras(n: int, device: str):
     return orbit_cameras(n, distance=1.5, device=device)
 
 
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def _is_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device`` (a no-op off CUDA), so that a clock can stop."""
+    if _is_cuda(device):
+        torch.cuda.synchronize(device)
+
+
+def release_memory(device: torch.device | str) -> None:
+    """Collect garbage and, on CUDA, hand the allocator's cached blocks back to the driver."""
+    gc.collect()
+    if _is_cuda(device):
+        torch.cuda.empty_cache()
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak-memory window on CUDA, after the queued work (a no-op elsewhere)."""
+    if _is_cuda(device):
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device | str) -> int | None:
+    """Peak allocated GPU memory (bytes) since the last reset, after the queued work; ``None``
+    off CUDA (not measured)."""
+    if _is_cuda(device):
+        synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
 
 
 def measure(
@@ -100,9 +154,8 @@ def measure(
             counted = counter.by_precision()
         else:
             fn()
-    _synchronize(device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    synchronize(device)
+    reset_peak_memory(device)
     times: list[float] = []
     output = None
     spent = 0.0
@@ -110,12 +163,14 @@ def measure(
         output = None
         start = time.perf_counter()
         output = fn()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
         spent += times[-1]
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    peak = peak_memory(device)
     result = {
-        "seconds": statistics.median(times), "min_seconds": min(times), "runs": len(times),
+        "seconds": statistics.median(times),
+        "min_seconds": min(times),
+        "runs": len(times),
         "peak_bytes": peak,
     }
     if counted is not None:
@@ -142,9 +197,13 @@ class MatmulFlops(TorchDispatchMode):
         kwargs = kwargs or {}
         name = func.__name__.split(".")[0]
         if name in _MATMULS:
-            a, b = (args[1], args[2]) if name in ("addmm", "baddbmm", "_addmm_activation") else (
-                args[0],
-                args[1],
+            a, b = (
+                (args[1], args[2])
+                if name in ("addmm", "baddbmm", "_addmm_activation")
+                else (
+                    args[0],
+                    args[1],
+                )
             )
             batch = a.shape[0] if a.dim() == 3 else 1
             m, k = a.shape[-2], a.shape[-1]

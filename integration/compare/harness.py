@@ -25,7 +25,6 @@ some held-out views).
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -51,6 +50,12 @@ from dvr_plugin.training import (
     load_fit_data,
     packaged_config,
     resolve_config,
+)
+from integration.benchmarks.common import (
+    peak_memory,
+    release_memory,
+    reset_peak_memory,
+    synchronize,
 )
 
 from .figure import comparison_figure
@@ -200,10 +205,10 @@ def run_comparison(
     steps_bar.update(1)
     methods["dvr_mesh"], renders["dvr_mesh"] = _run_dvr_mesh(scene, methods["dvr"], dvr_mesh)
     del dvr_mesh
-    _empty_cache(device)
+    release_memory(device)
     methods["volume"], renders["volume"] = _run_volume(scene)
     steps_bar.update(1)
-    _empty_cache(device)
+    release_memory(device)
     ref_depths = scene.ref_depths
     mesh_resolution = scene.mesh_resolution
     mesh_points = config.eval.mesh_points
@@ -239,9 +244,9 @@ def run_comparison(
             "volume_render_chunk": chunk,
             "mesh_resolution": mesh_resolution,
             "mesh_points": mesh_points,
-            "ground_truth_images": "as loaded" if rendered_scene else (
-                "composited over the background with the true mask"
-            ),
+            "ground_truth_images": "as loaded"
+            if rendered_scene
+            else ("composited over the background with the true mask"),
             "depth_reference": "rasteriser z-depth of the ground-truth mesh"
             if ref_depths is not None
             else None,
@@ -443,14 +448,18 @@ def _run_volume(scene: _Scene) -> tuple[dict[str, Any], RenderedViews]:
     entry.update(available=True, **train, render_seconds_per_view=seconds, render_peak_bytes=peak)
     entry["parameters"] = sum(p.numel() for p in volume.field.parameters())
     level = rendered_surface_level(volume.field, val.cameras, views.depths, views.masks)
-    geometry, mesh, extraction = _geometry(
-        volume.field,
-        scene.data.mesh,
-        resolution=scene.mesh_resolution,
-        n_points=config.eval.mesh_points,
-        seed=config.seed,
-        level=level,
-    )
+
+    def geometry_at(level: Optional[float]) -> tuple[dict[str, Any], Any, float]:
+        return _geometry(
+            volume.field,
+            scene.data.mesh,
+            resolution=scene.mesh_resolution,
+            n_points=config.eval.mesh_points,
+            seed=config.seed,
+            level=level,
+        )
+
+    geometry, mesh, extraction = geometry_at(level)
     entry.update(geometry)
     entry["extraction_seconds"] = extraction
     entry["mesh_level_logit"] = level
@@ -460,13 +469,7 @@ def _run_volume(scene: _Scene) -> tuple[dict[str, Any], RenderedViews]:
         "at its rendered depth (occupancy used as alpha need not reach 0.5 at the surface)"
     )
     if level is not None and scene.data.mesh is not None:
-        at_half, _, _ = _geometry(
-            volume.field,
-            scene.data.mesh,
-            resolution=scene.mesh_resolution,
-            n_points=config.eval.mesh_points,
-            seed=config.seed,
-        )
+        at_half, _, _ = geometry_at(None)
         entry["geometry_at_level_0.5"] = at_half
         if at_half["mesh_faces"] == 0:
             entry["note"] += "; its 0.5 level set (DVR's level) is empty"
@@ -498,31 +501,6 @@ def _reference_images(
     return images, masks
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _empty_cache(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        _synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak(device: torch.device) -> Optional[int]:
-    """Peak allocated GPU memory since the last reset; ``None`` on the CPU (not measured)."""
-    if device.type == "cuda":
-        _synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
-    return None
-
-
 def _timed_views(
     render_one: Callable[[int], RenderedViews], n_views: int, device: torch.device
 ) -> tuple[RenderedViews, float, Optional[int]]:
@@ -534,15 +512,15 @@ def _timed_views(
         peak GPU memory of the timed renders.
     """
     render_one(0)
-    _reset_peak(device)
+    reset_peak_memory(device)
     parts, times = [], []
     for i in range(n_views):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         parts.append(render_one(i))
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
-    peak = _peak(device)
+    peak = peak_memory(device)
     views = RenderedViews(
         images=torch.cat([p.images for p in parts]),
         masks=torch.cat([p.masks for p in parts]),
@@ -578,7 +556,7 @@ def _train_loop(
     )
     last: dict[str, float] = {}
     stopped = False
-    _reset_peak(device)
+    reset_peak_memory(device)
     try:
         while trainer.step < total:
             if budget is not None and trainer.train_seconds >= budget:
@@ -586,7 +564,7 @@ def _train_loop(
                 break
             start = time.perf_counter()
             last = trainer.train_step()
-            _synchronize(device)
+            synchronize(device)
             trainer.train_seconds += time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(loss=f"{last['loss']:.4g}", refresh=False)
@@ -596,7 +574,7 @@ def _train_loop(
         "iterations": trainer.step,
         "train_seconds": trainer.train_seconds,
         "seconds_per_iteration": trainer.train_seconds / max(trainer.step, 1),
-        "train_peak_bytes": _peak(device),
+        "train_peak_bytes": peak_memory(device),
         "stopped_early": stopped,
         "last": last,
     }
