@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dvr-installed
 OUT ?= outputs/demo
 
-.PHONY: demo test lint bench docs env clean
+.PHONY: demo test lint bench docs env clean gpu-deps
 
 env: $(STAMP)
 
@@ -30,6 +30,14 @@ bench: $(STAMP)
 # The documentation site (docs/, the tutorials, the API reference) in site/; fails on any warning.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# Pure-Python dependencies the GPU machine's image lacks (omegaconf and its parser runtime),
+# unpacked into .gpudeps/site for carrying there beside .gpubundle; the scripts of
+# integration/gpu_runs/ put it on PYTHONPATH when present.
+gpu-deps: $(STAMP)
+	rm -rf .gpudeps && mkdir -p .gpudeps/wheels .gpudeps/site
+	$(PY) -m pip download -q --no-deps -d .gpudeps/wheels omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+	$(PY) -m pip install -q --no-deps --no-index --target .gpudeps/site .gpudeps/wheels/*
 
 clean:
 	rm -rf $(VENV) outputs site

@@ -5,6 +5,7 @@
 # and for the NeRF-style model (64 samples per ray), each capped at 150 s of training; meshes
 # at 256^3. Each run takes about 5-6 minutes. Copies 6 files to $OUT.
 [[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 export PYTHONPATH=$PWD:$PYTHONPATH
 DATA=${DVR_DATA_DIR:-../shared/data}
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"

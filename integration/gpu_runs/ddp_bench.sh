@@ -4,6 +4,7 @@
 # 8 and 16 images x 2048 rays, 32 marching steps. Runs from the repository root in about 2 minutes
 # and copies 3 files into $OUT: bench_distributed.md, bench_distributed.json, ddp_bench_log.txt.
 [[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 export PYTHONPATH=$PWD:$PYTHONPATH
 DATA=${DVR_DATA_DIR:-../shared/data}
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"

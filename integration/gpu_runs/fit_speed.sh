@@ -27,6 +27,7 @@
 set -u
 # a packed PyTorch3D, where the machine has none
 [[ ${SMOKE:-0} != 1 && -f .gpubundle/activate ]] && source .gpubundle/activate
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-15}
 OUT=${OUT:-outputs/gpu_runs/fit_speed}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fit the cow (GPU 0) and DTU scan 24 (GPU 1) in parallel on the GPU configs; keep 8 files.
 [[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 DATA=${DVR_DATA_DIR:-../shared/data}
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1

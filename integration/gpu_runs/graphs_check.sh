@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU 1: CUDA-graph tests, memory with/without a recorded graph, demo fit with/without graphs.
 [[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 DATA=${DVR_DATA_DIR:-../shared/data}
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=1

@@ -3,6 +3,7 @@
 # training (train.occupancy_grid=64), side by side; metrics into $OUT.
 # Usage: grid_fits.sh cow|dtu, or grid_fits.sh both (the cow and DTU with the grid, one GPU each)
 [[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 DATA=${DVR_DATA_DIR:-../shared/data}
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1

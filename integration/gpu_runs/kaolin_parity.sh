@@ -28,6 +28,7 @@ set -euo pipefail
 CPU=${CPU:-0}
 # a packed PyTorch3D for the GPU machine, where none is installed
 [[ $CPU != 1 && -f .gpubundle/activate ]] && source .gpubundle/activate
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 OUT=${OUT:-outputs/gpu_runs}
 SRC=${KAOLIN_SRC:-$PWD/.kaolin_src}
 PKG=${KAOLIN_PKG:-/tmp/kaolin_subset}

@@ -2,6 +2,7 @@
 # One GPU: the CUDA tests of the fast paths, then the 4096-ray / 128-step training step of the
 # performance target, each mode in a fresh process (time, peak memory, stage profile).
 [[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 timeout 180 python -m pytest -q -rs --tb=short tests/test_march_graphs.py tests/test_refine_graphs.py tests/test_rays.py 2>&1 | grep -v "^  " | tail -25

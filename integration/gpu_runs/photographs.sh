@@ -13,6 +13,7 @@
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
 [[ ${SMOKE:-0}${CPU:-0} == 00 && -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 set -u
 STAGE=${1:-ablation}
 DATA=${DVR_DATA_DIR:-../shared/data}

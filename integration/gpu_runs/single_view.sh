@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 [[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+[[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 export PYTHONPATH=$PWD:$PYTHONPATH
 DATA=${DVR_DATA_DIR:-../shared/data}
 # Single-view reconstruction on one GPU (H100 / H200), from the repository root, in about 7 min:
