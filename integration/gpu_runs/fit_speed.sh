@@ -8,7 +8,7 @@
 # region scores) when the time left allows it.
 #
 #   source .gpubundle/activate && DVR_DATA_DIR=$PWD/.gpudata bash integration/gpu_runs/fit_speed.sh
-#   (device call: carry [".gpubundle", ".gpudata", ".whl"]; .whl holds the nerfacc wheel:
+#   (device call: carry [".gpubundle", ".gpudeps", ".gpudata", ".whl"]; .whl holds the nerfacc wheel:
 #    pip download --no-deps nerfacc==0.5.3 -d .whl)
 #
 # Time (one H100): the nerfacc CUDA extension is compiled just in time on first use (4 .cu files

@@ -19,7 +19,7 @@
 #      skips them), then `python -m integration.kaolin_parity`.
 #
 #   source .gpubundle/activate && DVR_DATA_DIR=$PWD/.gpudata bash integration/gpu_runs/kaolin_parity.sh
-#   (device call: carry [".gpubundle", ".gpudata", ".kaolin_src"])
+#   (device call: carry [".gpubundle", ".gpudeps", ".gpudata", ".kaolin_src"])
 #
 # CPU=1 builds without CUDA (Kaolin's CUDA entry points then raise) and compares on the CPU: a
 # check of this glue where no GPU is present. BUILD_ONLY=1 stops after the import check; PYTHON
