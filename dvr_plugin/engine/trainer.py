@@ -170,10 +170,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _no_checkpoint_error(path: str) -> FileNotFoundError:
+    return FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
+
+
+def _checkpoint_present_error(out_dir: str) -> ValueError:
+    return ValueError(
+        f"{out_dir} already holds a checkpoint; resume from it (--resume) or choose "
+        "another output folder. Nothing was overwritten."
+    )
+
+
+def check_output_folder(out_dir: str, *, resume: bool) -> None:
+    """
+    Before any work: a resume needs ``out_dir/checkpoint.pt``; a new run must not find one
+    (the same errors as :class:`BaseTrainer`, raised before the data is loaded).
+
+    Raises:
+        FileNotFoundError: ``resume`` without a checkpoint.
+        ValueError: not ``resume`` and ``out_dir`` already holds a checkpoint.
+    """
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    exists = checkpoint_exists(path)
+    if resume and not exists:
+        raise _no_checkpoint_error(path)
+    if not resume and exists:
+        raise _checkpoint_present_error(out_dir)
+
+
 def read_for_resume(path: str, *, map_location: Any) -> dict[str, Any]:
     """The checkpoint to resume from, with a clear error when there is none."""
     if not checkpoint_exists(path):
-        raise FileNotFoundError(f"Cannot resume: no checkpoint at {path}.")
+        raise _no_checkpoint_error(path)
     return load_checkpoint(path, map_location=map_location)
 
 
@@ -280,10 +308,7 @@ class BaseTrainer(abc.ABC):
             and self.out_dir is not None
             and self._on_main(checkpoint_exists, self._path(CHECKPOINT_NAME))
         ):
-            raise ValueError(
-                f"{self.out_dir} already holds a checkpoint; resume from it (--resume) or choose "
-                "another output folder. Nothing was overwritten."
-            )
+            raise _checkpoint_present_error(self.out_dir)
         self.step = 0
         self.train_seconds = 0.0
         self.stopped_early = False

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..engine.checkpoint import checkpoint_exists, load_checkpoint
+from ..engine.checkpoint import load_checkpoint
 from ..engine.evaluation import RenderedViews, image_metrics, orbit_settings, render_views
 from ..engine.losses import (
     depth_loss,
@@ -41,10 +41,10 @@ from ..engine.losses import (
     rgb_loss,
     total_loss,
 )
-from ..engine.run_outputs import CHECKPOINT_NAME, VAL_DIR_NAME, write_json
+from ..engine.run_outputs import VAL_DIR_NAME, write_json
 from ..engine.sampling import gather, sample_pixels
 from ..engine.schedule import StepSchedule
-from ..engine.trainer import BaseTrainer, build_optimizer
+from ..engine.trainer import BaseTrainer, build_optimizer, check_output_folder
 from ..fields.field import evaluate_field
 from ..io import make_dirs, open_path, path_manager
 from ..renderer.raysampler import SecantRaysampler
@@ -498,14 +498,7 @@ def fit_single_view(
     """
     wall = time.perf_counter()
     config, device = resolve_single_view_config(config)
-    checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
-    if resume and not checkpoint_exists(checkpoint):
-        raise FileNotFoundError(f"Cannot resume: no checkpoint at {checkpoint}.")
-    if not resume and checkpoint_exists(checkpoint):
-        raise ValueError(
-            f"{out_dir} already holds a checkpoint; resume from it (--resume) or choose another "
-            "output folder. Nothing was overwritten."
-        )
+    check_output_folder(out_dir, resume=resume)
     start = time.perf_counter()
     train, val = load_training_data(config, device)
     data_seconds = time.perf_counter() - start
