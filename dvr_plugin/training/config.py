@@ -288,6 +288,10 @@ class TrainConfig(BaseTrainConfig):
             step, also after a resume, refreshes every cell).
         grid_refresh_fraction: the share of cells each refresh re-evaluates (chosen at
             random), in (0, 1].
+        refine_cameras: learn a rigid correction of each training camera with the field
+            (:class:`dvr_plugin.training.camera_refinement.CameraRefinement`), through the
+            renderer's camera gradients.
+        camera_lr: the learning rate of those corrections (radians and fitting-frame units).
     """
 
     images_per_batch: int = 4
@@ -296,9 +300,13 @@ class TrainConfig(BaseTrainConfig):
     occupancy_grid: int = 0
     grid_refresh_every: int = 16
     grid_refresh_fraction: float = 0.25
+    refine_cameras: bool = False
+    camera_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not (self.camera_lr > 0 and math.isfinite(self.camera_lr)):
+            raise ValueError(f"train.camera_lr must be a positive number, got {self.camera_lr}.")
         if self.occupancy_grid < 0:
             raise ValueError(
                 f"train.occupancy_grid must be >= 0 (0 = no grid), got {self.occupancy_grid}."

@@ -68,6 +68,7 @@ from ..renderer.rays import intersect_box
 from ..renderer.raysampler import SecantRaysampler
 from ..renderer.renderer import DVRRenderer
 from ..visualize import save_png
+from .camera_refinement import CameraRefinement
 from .config import FitConfig, TrainConfig
 from .data import check_training_views
 from .distributed import BatchShard, StepForward, current_context, parameters_anchor
@@ -307,6 +308,15 @@ class Trainer(BaseTrainer):
         self.amp = bool(config.mixed_precision) and self.device.type == "cuda"
 
         self.field = build_field(config).to(self.device)
+        # per-view rigid corrections of the training cameras, learnt with the field
+        self.camera_refinement: Optional[CameraRefinement] = None
+        if config.train.refine_cameras:
+            if self.dist is not None:
+                raise ValueError(
+                    "train.refine_cameras does not run on several ranks yet (the corrections "
+                    "are not synchronised by DistributedDataParallel); train on one device."
+                )
+            self.camera_refinement = CameraRefinement(n_views=len(train_data)).to(self.device)
         # The network as the renderer and the losses call it (under autocast with AMP).
         self.network: nn.Module = self.field
         if self.amp:
@@ -331,9 +341,16 @@ class Trainer(BaseTrainer):
             check_finite=False,
         )
         self.schedule = StepSchedule(config.train.step_milestones)
-        self.optimizer, self.scheduler = build_optimizer(
-            config.optim, parameter_groups(self.field, config.optim)
-        )
+        groups = parameter_groups(self.field, config.optim)
+        if self.camera_refinement is not None:
+            groups.append(
+                {
+                    "params": [self.camera_refinement.deltas],
+                    "lr": config.train.camera_lr,
+                    "weight_decay": 0.0,
+                }
+            )
+        self.optimizer, self.scheduler = build_optimizer(config.optim, groups)
 
         # Which PSNR leads reports: inside the mask when the images show a real background.
         self.background_modelled = background_is_modelled(
@@ -593,6 +610,8 @@ class Trainer(BaseTrainer):
         gt_mask = gather(masks, sample)
         gt_depth = gather(data.depths[index_device], sample) if self.has_depth else None
         cameras = index_cameras(data.cameras, index)
+        if self.camera_refinement is not None:
+            cameras = self.camera_refinement(cameras, index_device)
         n_steps = self.schedule.n_steps(self.step)
         self._refresh_grid()
 
@@ -709,6 +728,11 @@ class Trainer(BaseTrainer):
                 "val": None if self.val_data is None else data_fingerprint(self.val_data),
             },
             **({"occupancy_grid": self.grid.state_dict()} if self.grid is not None else {}),
+            **(
+                {"camera_refinement": self.camera_refinement.state_dict()}
+                if self.camera_refinement is not None
+                else {}
+            ),
         }
 
     def _check_state(self, state: Mapping[str, Any], where: str) -> None:
@@ -744,7 +768,12 @@ class Trainer(BaseTrainer):
             )
 
     def _load_task_state(self, state: Mapping[str, Any]) -> None:
-        """The occupancy grid (a checkpoint without one gets it refreshed on the next step)."""
+        """
+        The occupancy grid (a checkpoint without one gets it refreshed on the next step) and
+        the camera corrections (a checkpoint without them starts them at zero).
+        """
+        if self.camera_refinement is not None and "camera_refinement" in state:
+            self.camera_refinement.load_state_dict(state["camera_refinement"])
         saved_grid = state.get("occupancy_grid")
         self._grid_fresh = False
         if self.grid is not None and saved_grid is not None:
@@ -762,7 +791,13 @@ class Trainer(BaseTrainer):
 
     def _summary(self, last: Mapping[str, float]) -> dict[str, Any]:
         """The engine's summary and ``collapse`` (the reason, or ``None``)."""
-        return {**super()._summary(last), "collapse": self.collapse}
+        summary = {**super()._summary(last), "collapse": self.collapse}
+        if self.camera_refinement is not None:
+            frame = WorldFrame.from_views(self.train_data, self.config.data.format)
+            summary["camera_refinement"] = self.camera_refinement.summary(
+                world_scale=frame.scale
+            )
+        return summary
 
     def _after_step(self, last: Mapping[str, float], bar: Any) -> None:
         """Warn once no sampled ray has hit a surface for :data:`ZERO_HIT_STEPS` steps."""
