@@ -5,7 +5,8 @@
 #
 # Kaolin is not installed: its C++/CUDA sources for these four functions and the Python modules
 # that call them are read from .kaolin_src (a subset of one Kaolin commit, named in
-# .kaolin_src/KAOLIN_COMMIT, left unmodified). This script
+# .kaolin_src/KAOLIN_COMMIT, left unmodified; a full clone of
+# https://github.com/NVIDIAGameWorks/kaolin works too, as .kaolin_src or KAOLIN_SRC). This script
 #   1. assembles a minimal `kaolin` package in $KAOLIN_PKG (default /tmp/kaolin_subset): Kaolin's
 #      metrics/pointcloud.py, metrics/trianglemesh.py, ops/mesh/mesh.py, ops/mesh/check_sign.py,
 #      with __init__.py files of its own that import nothing else (Kaolin's would pull in the
@@ -42,8 +43,16 @@ fi
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/kaolin_parity"
 OUT=$(cd "$OUT" && pwd)
-[[ -f $SRC/KAOLIN_COMMIT ]] || { echo "no Kaolin sources at $SRC (KAOLIN_COMMIT missing)" >&2; exit 1; }
-COMMIT=$(head -n1 "$SRC/KAOLIN_COMMIT")
+# .kaolin_src (the subset, with KAOLIN_COMMIT) or a full Kaolin checkout (KAOLIN_SRC=path)
+if [[ -f $SRC/KAOLIN_COMMIT ]]; then
+  COMMIT=$(head -n1 "$SRC/KAOLIN_COMMIT")
+elif git -C "$SRC" rev-parse HEAD >/dev/null 2>&1; then
+  COMMIT=$(git -C "$SRC" rev-parse HEAD)
+else
+  echo "no Kaolin sources at $SRC: clone https://github.com/NVIDIAGameWorks/kaolin there" \
+    "(or set KAOLIN_SRC to a checkout)" >&2
+  exit 1
+fi
 stamp() { printf '[%5ds] %s\n' "$SECONDS" "$*"; }
 
 stamp "Kaolin sources: $SRC at $COMMIT"
