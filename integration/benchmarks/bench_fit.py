@@ -84,9 +84,10 @@ from integration.compare.ngp_baseline import (
     probe_nerfacc,
 )
 
-METHODS = ("dvr", "dvr-dense", "pytorch3d-volume", "nerfacc")
+METHODS = ("dvr", "dvr-hash", "dvr-dense", "pytorch3d-volume", "nerfacc")
 METHOD_LABELS = {
     "dvr": "dvr (ours: grid + CUDA graphs + TF32 on CUDA)",
+    "dvr-hash": "dvr-hash (ours with the hash-grid field, model.encoding: hash_grid)",
     "dvr-dense": "dvr-dense (reference-style dense march)",
     "pytorch3d-volume": "pytorch3d-volume (ImplicitRenderer, same network)",
     "nerfacc": "nerfacc (Instant-NGP-style hash grid + OccGridEstimator)",
@@ -105,6 +106,9 @@ OBSERVED_KEYS = (
     "gt_observed_fraction",
 )
 IMAGE_KEYS = ("psnr", "psnr_masked", "ssim", "mask_iou")
+# ``dvr-hash``: the packaged config with the hash-grid field in place of the Fourier decoder, its
+# tables at Instant-NGP's learning rate (everything else, the rays per step included, unchanged)
+HASH_GRID_OVERRIDES = ("model.encoding=hash_grid", "optim.encoding_lr=1e-2")
 
 # Toy sizes for a CPU run of every path (not a measurement).
 QUICK_OVERRIDES = (
@@ -117,6 +121,10 @@ QUICK_OVERRIDES = (
     "eval.n_steps=32",
     "eval.mesh_resolution=32",
     "eval.mesh_points=2000",
+    # read by dvr-hash only
+    "model.hash_grid.n_levels=4",
+    "model.hash_grid.log2_table_size=12",
+    "model.hash_grid.max_resolution=64",
 )
 QUICK_SCENE_OVERRIDES = {
     "cow": ("data.image_size=32", "data.n_views=8", "data.held_out_every=4"),
@@ -171,9 +179,11 @@ class Scene:
 
     def method_config(self, method: str) -> FitConfig:
         """The resolved configuration a method trains with."""
-        extra = []
+        extra: list[str] = []
         if method == "dvr-dense":
             extra = ["train.occupancy_grid=0", "train.cuda_graphs=false"]
+        elif method == "dvr-hash":
+            extra = list(HASH_GRID_OVERRIDES)
         config = load_config(packaged_config(SCENE_CONFIGS[self.name]), [*self.overrides, *extra])
         config, _ = resolve_config(config)
         if method == "pytorch3d-volume":
@@ -330,11 +340,30 @@ class _TrainerMethod:
         return self.trainer.train_step()
 
 
-class DVRMethod(_TrainerMethod):
-    """``dvr`` / ``dvr-dense``: :class:`Trainer` stepped by hand, scored with its validation."""
+def _network_label(config: FitConfig) -> str:
+    model = config.model
+    if model.encoding == "hash_grid":
+        grid = model.hash_grid
+        return (
+            f"hash grid {grid.n_levels} levels x {grid.features_per_level} features, table "
+            f"2^{grid.log2_table_size}, resolution {grid.base_resolution}-{grid.max_resolution}; "
+            f"decoder hidden {grid.hidden_size} x {grid.n_layers} layers"
+        )
+    blocks = f"hidden {model.hidden_size} x {model.n_blocks} blocks"
+    return f"{blocks}, {model.n_frequencies} frequencies"
 
-    def __init__(self, scene: Scene, *, dense: bool) -> None:
-        self.config = scene.method_config("dvr-dense" if dense else "dvr")
+
+class DVRMethod(_TrainerMethod):
+    """
+    ``dvr`` / ``dvr-hash`` / ``dvr-dense``: :class:`Trainer` stepped by hand, scored with its
+    validation.
+    """
+
+    def __init__(self, scene: Scene, *, method: str) -> None:
+        if method not in ("dvr", "dvr-hash", "dvr-dense"):
+            raise ValueError(f"DVRMethod runs dvr, dvr-hash or dvr-dense, got {method!r}.")
+        dense = method == "dvr-dense"
+        self.config = scene.method_config(method)
         self.trainer = Trainer(
             config=self.config,
             train_data=scene.data.train,
@@ -347,9 +376,9 @@ class DVRMethod(_TrainerMethod):
             "occupancy_grid": train.occupancy_grid,
             "cuda_graphs": train.cuda_graphs,
             "march_precision": "auto (TF32 on CUDA)",
-            "network": f"hidden {self.config.model.hidden_size} x {self.config.model.n_blocks} "
-            f"blocks, {self.config.model.n_frequencies} frequencies",
+            "network": _network_label(self.config),
             "field_type": self.config.model.field_type,
+            "encoding": self.config.model.encoding,
             "step_milestones": {str(k): v for k, v in train.step_milestones.items()},
         }
         if dense:  # the march in float32 (the default lets it use TF32 on CUDA)
@@ -668,8 +697,9 @@ def run_benchmark(
         chunk = 16384 if cuda else 4096
         ngp_settings = NGPSettings.quick() if quick else NGPSettings()
         builders: dict[str, Callable[[], Any]] = {
-            "dvr": lambda: DVRMethod(scene, dense=False),
-            "dvr-dense": lambda: DVRMethod(scene, dense=True),
+            "dvr": lambda: DVRMethod(scene, method="dvr"),
+            "dvr-hash": lambda: DVRMethod(scene, method="dvr-hash"),
+            "dvr-dense": lambda: DVRMethod(scene, method="dvr-dense"),
             "pytorch3d-volume": lambda: VolumeMethod(scene, samples=samples, chunk=chunk),
             "nerfacc": lambda: NGPMethod(
                 scene, settings=ngp_settings, backend=ngp_backend, status=status, chunk=chunk

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Time to quality on ONE GPU (integration/benchmarks/bench_fit.py): DVR with the packaged
-# config's CUDA settings, its dense reference-style mode, PyTorch3D's volume renderer on the same
+# config's CUDA settings, the same with the hash-grid field (dvr-hash), its dense reference-style mode, PyTorch3D's volume renderer on the same
 # network and an Instant-NGP-style model on nerfacc 0.5.3, trained ONE AFTER ANOTHER on the cow
 # (50 views 128x128, 8192 rays per step for every method) for BUDGET seconds of training time
 # each, evaluated at fixed checkpoints with the clock stopped (held-out PSNR / mask IoU, mesh
@@ -13,15 +13,15 @@
 #
 # Time (one H100): the nerfacc CUDA extension is compiled just in time on first use (4 .cu files
 # and one .cpp in parallel: about 1.5-2.5 minutes; cached in ~/.cache/torch_extensions while the
-# machine stays up), then the cow: 4 methods x (BUDGET + 6 evaluations of 1-3 s + construction),
-# about 5.5 minutes at BUDGET=60. Under 9 minutes in all. The DTU-like scene (4 x DTU_BUDGET +
+# machine stays up), then the cow: 5 methods x (BUDGET + 6 evaluations of 1-3 s + construction),
+# about 6 minutes at BUDGET=45. Under 9 minutes in all. The DTU-like scene (5 x DTU_BUDGET +
 # the scene generation, about 4 minutes at 45 s) only runs when MAX_SECONDS leaves room for it;
 # else run it in a second call: SCENES=dtu-like bash integration/gpu_runs/fit_speed.sh
 #
-# Env: BUDGET (default 60 s) for the cow, CHECKPOINTS (default: those of 5 10 20 30 45 60 90 ...
+# Env: BUDGET (default 45 s) for the cow, CHECKPOINTS (default: those of 5 10 20 30 45 60 90 ...
 # below BUDGET, then BUDGET), DTU_BUDGET (45) / DTU_CHECKPOINTS, SCENES ("cow dtu-like"),
 # MAX_SECONDS (530: the wall-clock budget of the whole script; a method that would pass it is
-# skipped), BUILD_TIMEOUT (300 s for the nerfacc build), METHODS (default: all four), SMOKE=1
+# skipped), BUILD_TIMEOUT (300 s for the nerfacc build), METHODS (default: all five), SMOKE=1
 # (this script on the CPU at toy sizes). Outputs in $OUT (default outputs/gpu_runs/fit_speed):
 # bench_fit_<scene>.md / .json / .png, nerfacc_build.log, nerfacc_status.json, <scene>.log.
 set -u
@@ -35,10 +35,10 @@ MAX_SECONDS=${MAX_SECONDS:-530}
 # the checkpoints: 5 10 20 30 45 60 90 120 ... below the budget, then the budget
 checkpoints_below() { local out=""; for c in 5 10 20 30 45 60 90 120 180 240; do
   (( c < $1 )) && out+="$c "; done; echo "$out$1"; }
-BUDGET=${BUDGET:-60}; CHECKPOINTS=${CHECKPOINTS:-$(checkpoints_below "$BUDGET")}
+BUDGET=${BUDGET:-45}; CHECKPOINTS=${CHECKPOINTS:-$(checkpoints_below "$BUDGET")}
 DTU_BUDGET=${DTU_BUDGET:-45}; DTU_CHECKPOINTS=${DTU_CHECKPOINTS:-$(checkpoints_below "$DTU_BUDGET")}
 SCENES=${SCENES:-"cow dtu-like"}
-METHODS=${METHODS:-"dvr dvr-dense pytorch3d-volume nerfacc"}
+METHODS=${METHODS:-"dvr dvr-hash dvr-dense pytorch3d-volume nerfacc"}
 DEVICE=cuda; EXTRA=()
 if [[ ${SMOKE:-0} == 1 ]]; then  # a check of this script on the CPU at toy sizes
   DEVICE=cpu; EXTRA=(--quick); CHECKPOINTS=${SMOKE_CHECKPOINTS:-"1 2"}; DTU_CHECKPOINTS=$CHECKPOINTS
@@ -109,8 +109,9 @@ run_scene() {  # $1 scene, $2 checkpoints (the last one is the budget)
   budget=${checkpoints##* }
   budget=${budget%.*}
   # the first scene runs when one method fits (bench_fit skips the methods that would pass
-  # the limit); a later one only when all four do: training + ~6 evaluations + construction
-  need=$(( 4 * (budget + 20) + 30 ))
+  # the limit); a later one only when all of them do: training + ~6 evaluations + construction
+  local n_methods; n_methods=$(wc -w <<< "$METHODS")
+  need=$(( n_methods * (budget + 20) + 30 ))
   [[ $scene == dtu-like ]] && need=$((need + 60))  # scene generation, observed-region scores
   (( FIRST )) && need=$(( budget + 60 ))
   FIRST=0
