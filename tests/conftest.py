@@ -21,3 +21,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def refuse_calls(monkeypatch):
+    """
+    ``refuse_calls(message, (module, name), ...)`` replaces each named function of a module,
+    for the rest of the test, by one that fails the test with ``message`` when called (e.g. a
+    loader that must not run before the arguments are checked).
+    """
+
+    def refuse(message: str, *targets: tuple[object, str]) -> None:
+        def fail(*args, **kwargs):
+            raise AssertionError(message)
+
+        for module, name in targets:
+            monkeypatch.setattr(module, name, fail)
+
+    return refuse

@@ -17,7 +17,7 @@ from dvr_plugin.engine.run_outputs import CHECKPOINT_NAME
 from dvr_plugin.fields.shapes import demo_scene
 from dvr_plugin.renderer import DVRRenderer, SecantRaysampler
 from dvr_plugin.training.camera_refinement import CameraRefinement
-from dvr_plugin.training.trainer import Trainer
+from dvr_plugin.training.trainer import Trainer, build_field, parameter_groups
 from tests.core_factories import finite_difference
 from tests.training_factories import TrainingFactory
 
@@ -112,8 +112,11 @@ def test_a_perturbed_pose_is_recovered():
         moved.deltas.copy_(error)
     start = moved(cameras, torch.tensor([0]))
     start = type(start)(
-        R=start.R.detach(), T=start.T.detach(), focal_length=cameras.focal_length,
-        principal_point=cameras.principal_point, image_size=cameras.image_size,
+        R=start.R.detach(),
+        T=start.T.detach(),
+        focal_length=cameras.focal_length,
+        principal_point=cameras.principal_point,
+        image_size=cameras.image_size,
     )
     refine = CameraRefinement(n_views=1)
     optimiser = torch.optim.Adam(refine.parameters(), lr=2e-3)
@@ -158,6 +161,39 @@ def test_fit_saves_and_resumes_the_corrections(tmp_path):
     )
     torch.testing.assert_close(resumed.camera_refinement.deltas.detach(), corrections)
     assert resumed.optimizer.param_groups[-1]["lr"] == pytest.approx(1e-3)
+
+
+def test_the_corrections_are_the_last_parameter_group():
+    """``parameter_groups`` builds the camera group: its own learning rate, no weight decay,
+    after the field's groups (the hash-grid tables' group included), which it leaves as they
+    are; the trainer's optimiser has exactly these groups."""
+    config = TrainingFactory.config(
+        **{"model.encoding": "hash_grid", "model.hash_grid.n_levels": 2, "optim.encoding_lr": 1e-2}
+    )
+    field = build_field(config)
+    refinement = CameraRefinement(n_views=3)
+    without = parameter_groups(field, config.optim)
+    groups = parameter_groups(field, config.optim, camera_refinement=refinement, camera_lr=1e-3)
+    assert len(without) == 2 and len(groups) == 3
+    for plain, grouped in zip(without, groups, strict=False):
+        assert plain.keys() == grouped.keys()
+        assert [id(q) for q in plain["params"]] == [id(q) for q in grouped["params"]]
+    camera = groups[-1]
+    assert camera["params"] == [refinement.deltas]
+    assert camera["lr"] == 1e-3 and camera["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="camera_lr"):
+        parameter_groups(field, config.optim, camera_refinement=refinement)
+
+    views = TrainingFactory.sphere_views(n_views=3, image_size=16)
+    trainer = Trainer(
+        config=TrainingFactory.config(**{"train.refine_cameras": True, "train.camera_lr": 1e-3}),
+        train_data=views,
+        progress=False,
+    )
+    assert len(trainer.optimizer.param_groups) == 2
+    last = trainer.optimizer.param_groups[-1]
+    assert last["params"] == [trainer.camera_refinement.deltas]
+    assert last["lr"] == pytest.approx(1e-3) and last["weight_decay"] == 0.0
 
 
 def test_bad_camera_lr_is_refused():

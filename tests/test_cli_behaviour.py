@@ -7,8 +7,10 @@ and ``dvr demo``; ``dvr render`` shows its progress on stderr and keeps stdout f
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
+import inspect
 import io
 import json
 import os
@@ -17,7 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dvr_plugin.cli.main import main
+from dvr_plugin.cli.fit_commands import RENDER_SETTING_FLAGS
+from dvr_plugin.cli.main import build_parser, main
 from dvr_plugin.engine.checkpoint import save_checkpoint
 from dvr_plugin.training.config import load_config
 from dvr_plugin.training.trainer import build_field
@@ -52,8 +55,13 @@ def checkpoint(tmp_path_factory) -> str:
     """A checkpoint of a tiny untrained SDF field (a sphere of radius 0.3) on the demo data."""
     torch.manual_seed(0)
     config = load_config(
-        None, ["model.hidden_size=8", "model.n_blocks=1", "model.n_frequencies=0",
-               "model.field_type=sdf"],
+        None,
+        [
+            "model.hidden_size=8",
+            "model.n_blocks=1",
+            "model.n_frequencies=0",
+            "model.field_type=sdf",
+        ],
     )
     path = str(tmp_path_factory.mktemp("render") / "checkpoint.pt")
     save_checkpoint(
@@ -70,14 +78,13 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def no_loading(monkeypatch):
+def no_loading(refuse_calls):
     """Fail the test if anything loads a checkpoint or starts reconstructing."""
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the checkpoint was loaded before the arguments were checked")
-
-    monkeypatch.setattr(fit_module, "load_checkpoint", forbidden)
-    monkeypatch.setattr(reconstruct_module, "reconstruct_image", forbidden)
+    refuse_calls(
+        "the checkpoint was loaded before the arguments were checked",
+        (fit_module, "load_checkpoint"),
+        (reconstruct_module, "reconstruct_image"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,8 +141,18 @@ def test_render_api_checks_the_same_settings(checkpoint, tmp_path, no_loading):
 
 
 def test_render_writes_json_to_stdout_and_progress_to_stderr(checkpoint, tmp_path):
-    argv = ["render", checkpoint, "--frames", "2", "--image-size", "8", "--steps", "8",
-            "--device", "cpu"]
+    argv = [
+        "render",
+        checkpoint,
+        "--frames",
+        "2",
+        "--image-size",
+        "8",
+        "--steps",
+        "8",
+        "--device",
+        "cpu",
+    ]
     code, out, err = run_cli([*argv, "--out", str(tmp_path / "shown")])
     assert code == 0, err
     summary = json.loads(out)  # nothing else on stdout
@@ -161,8 +178,15 @@ def reconstruct_inputs(tmp_path) -> dict:
 
 def reconstruct_argv(inputs: dict, *extra: str, out: str | None = None) -> list[str]:
     out = out if out is not None else str(inputs["tmp"] / "recon")
-    return ["reconstruct", inputs["image"], "--checkpoint", inputs["checkpoint"], "--out", out,
-            *extra]
+    return [
+        "reconstruct",
+        inputs["image"],
+        "--checkpoint",
+        inputs["checkpoint"],
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -226,8 +250,9 @@ def test_reconstruct_keeps_earlier_outputs_without_force(reconstruct_inputs, mon
     empty = reconstruct_inputs["tmp"] / "empty"
     empty.mkdir()
     for target in (empty, reconstruct_inputs["tmp"] / "new"):
-        code, _, err = run_cli(reconstruct_argv(reconstruct_inputs, "--device", "cpu",
-                                                out=str(target)))
+        code, _, err = run_cli(
+            reconstruct_argv(reconstruct_inputs, "--device", "cpu", out=str(target))
+        )
         assert code == 0, err
 
 
@@ -249,8 +274,18 @@ def test_fit_overrides_may_stand_anywhere(monkeypatch, tmp_path):
 
     monkeypatch.setattr(fit_module, "fit", capture)
     out = str(tmp_path / "fit")
-    argv = ["fit", "--out", out, "train.iterations=5", "--config", "cow",
-            "model.hidden_size=32", "--quiet", "optim.lr=0.002", "train.iterations=7"]
+    argv = [
+        "fit",
+        "--out",
+        out,
+        "train.iterations=5",
+        "--config",
+        "cow",
+        "model.hidden_size=32",
+        "--quiet",
+        "optim.lr=0.002",
+        "train.iterations=7",
+    ]
     with pytest.raises(Captured) as captured:
         main(argv)
     config = captured.value.value
@@ -269,8 +304,15 @@ def test_demo_overrides_may_stand_anywhere(monkeypatch, tmp_path):
         raise Captured(list(overrides))
 
     monkeypatch.setattr(fit_module, "run_fit_demo", capture)
-    argv = ["demo", "train.iterations=3", "--out", str(tmp_path), "model.hidden_size=16",
-            "--quiet", "seed=4"]
+    argv = [
+        "demo",
+        "train.iterations=3",
+        "--out",
+        str(tmp_path),
+        "model.hidden_size=16",
+        "--quiet",
+        "seed=4",
+    ]
     with pytest.raises(Captured) as captured:
         main(argv)
     assert captured.value.value == ["train.iterations=3", "model.hidden_size=16", "seed=4"]
@@ -287,3 +329,68 @@ def test_unknown_options_still_get_argparse_errors(checkpoint, tmp_path):
     # a subcommand without overrides refuses KEY=VALUE tokens
     code, _, err = run_cli(["render", checkpoint, "--out", str(tmp_path), "train.iterations=5"])
     assert code == 2 and "unrecognized arguments: train.iterations=5" in err
+
+
+def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name`` of ``parser``."""
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices[name]
+
+
+def option_actions(parser: argparse.ArgumentParser) -> dict:
+    """The parser's arguments by destination: (flags, default, required, nargs, help)."""
+    return {
+        action.dest: (
+            action.option_strings,
+            action.default,
+            action.required,
+            action.nargs,
+            action.help,
+        )
+        for action in parser._actions
+    }
+
+
+def test_render_passes_each_option_to_its_setting(monkeypatch, tmp_path):
+    def capture(checkpoint, out_dir, **settings):
+        raise Captured(settings)
+
+    keywords = inspect.signature(fit_module.render_checkpoint).parameters
+    assert set(RENDER_SETTING_FLAGS) <= set(keywords)
+    monkeypatch.setattr(fit_module, "render_checkpoint", capture)
+    argv = ["render", "c.pt", "--out", str(tmp_path), "--cameras", "all", "--frames", "3"]
+    argv += ["--image-size", "9", "--distance", "2.5", "--fov", "40", "--elevation", "10"]
+    argv += ["--steps", "7", "--fps", "5", "--device", "cpu", "--quiet"]
+    with pytest.raises(Captured) as captured:
+        main(argv)
+    assert captured.value.value == {
+        "cameras": "all",
+        "n_frames": 3,
+        "image_size": 9,
+        "distance": 2.5,
+        "fov": 40.0,
+        "elevation": 10.0,
+        "n_steps": 7,
+        "fps": 5,
+        "device": "cpu",
+        "progress": False,
+    }
+
+
+def test_shared_options_read_the_same_wherever_they_stand():
+    from integration.compare.__main__ import build_parser as build_compare_parser
+
+    dvr = build_parser()
+    fit = option_actions(subcommand_parser(dvr, "fit"))
+    compare = option_actions(build_compare_parser())
+    for dest in ("overrides", "out", "device"):
+        assert compare[dest] == fit[dest], dest
+    demo = option_actions(subcommand_parser(dvr, "demo"))
+    assert demo["overrides"] == fit["overrides"]
+    assert demo["out"][1:3] == ("outputs/demo", False)  # a default, so not required
+    assert fit["out"][1:3] == (None, True)
+    for name in ("make-category", "reconstruct", "eval-category"):
+        assert option_actions(subcommand_parser(dvr, name))["device"] == demo["device"], name
+    quiet = fit["quiet"]
+    for name in ("render", "demo", "make-category", "eval-category", "make-scene"):
+        assert option_actions(subcommand_parser(dvr, name))["quiet"] == quiet, name

@@ -41,14 +41,13 @@ def mesh_case(tmp_path_factory):
 
 
 @pytest.fixture
-def no_loading(monkeypatch):
+def no_loading(refuse_calls):
     """Fail when a checkpoint is read: the arguments must be checked before."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the checkpoint was read before the arguments were checked")
-
-    monkeypatch.setattr(export, "load_fitted_checkpoint", refuse)
-    monkeypatch.setattr(mesh_evaluation, "load_fitted_checkpoint", refuse)
+    refuse_calls(
+        "the checkpoint was read before the arguments were checked",
+        (export, "load_fitted_checkpoint"),
+        (mesh_evaluation, "load_fitted_checkpoint"),
+    )
 
 
 def one_line_error(capsys, command: str) -> str:

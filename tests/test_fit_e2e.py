@@ -8,6 +8,7 @@ import tempfile
 
 import pytest
 
+from dvr_plugin.training.fit import DEMO_OUTPUTS
 from tests.training_factories import dvr
 
 
@@ -49,19 +50,7 @@ def test_fit_and_render():
             ]
         )
         assert code == 0
-        for name in (
-            "checkpoint.pt",
-            "config.yaml",
-            "train_log.csv",
-            "val_log.csv",
-            "curves.png",
-            "comparison.png",
-            "turntable.gif",
-            "mesh.ply",
-            "metrics.json",
-            "val/step_000000.png",
-            "val/step_000300.png",
-        ):
+        for name in (*DEMO_OUTPUTS, "val/step_000000.png", "val/step_000300.png"):
             assert os.path.exists(os.path.join(out, name)), name
         with open(os.path.join(out, "metrics.json")) as handle:
             report = json.load(handle)

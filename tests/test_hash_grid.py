@@ -17,11 +17,16 @@ from torch.func import functional_call
 
 from dvr_plugin.fields import HashGridEncoding, HashGridField
 from dvr_plugin.fields.appearance import RenderingNetwork, ViewDependentField
-from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, evaluate_field
+from dvr_plugin.fields.field import (
+    UNIT_CUBE_BOUNDS,
+    CoarseToFine,
+    OccupancyTextureField,
+    evaluate_field,
+    set_annealing_progress,
+)
 from dvr_plugin.fields.hash_grid import level_resolutions, spatial_hash
 from tests.core_factories import check_parameter_gradients, finite_difference
 
-STEP = 1e-6
 LOWER = torch.tensor(UNIT_CUBE_BOUNDS[0], dtype=torch.float64)
 EXTENT = torch.tensor(UNIT_CUBE_BOUNDS[1], dtype=torch.float64) - LOWER
 PIXEL_WEIGHTS = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)
@@ -32,17 +37,15 @@ def _one_thread(one_thread):
     """Small tensors: one intra-op thread is as fast, and far faster on busy cores."""
 
 
+# Levels of 4, 8, 16 cells: two dense (125 and 729 vertices), one hashed into T = 1024.
+SMALL_GRID = dict(
+    n_levels=3, features_per_level=2, log2_table_size=10, base_resolution=4, max_resolution=16
+)
+
+
 def small_encoding(**kwargs) -> HashGridEncoding:
-    """Levels of 4, 8, 16 cells: two dense (125 and 729 vertices), one hashed into T = 1024."""
-    settings = dict(
-        n_levels=3,
-        features_per_level=2,
-        log2_table_size=10,
-        base_resolution=4,
-        max_resolution=16,
-    )
-    settings.update(kwargs)
-    encoding = HashGridEncoding(**settings).double()
+    """A float64 :data:`SMALL_GRID` encoding (``kwargs`` override) with random N(0, 1) rows."""
+    encoding = HashGridEncoding(**{**SMALL_GRID, **kwargs}).double()
     with torch.no_grad():
         generator = torch.Generator().manual_seed(0)
         encoding.embeddings.copy_(torch.randn(encoding.embeddings.shape, generator=generator))
@@ -150,6 +153,13 @@ def test_hashed_levels_index_into_the_table():
         assert ours == expected
 
 
+def small_field(**kwargs) -> HashGridField:
+    """A float64 field on :data:`SMALL_GRID` with hidden layers of width 8 (``kwargs``
+    override any of the field's or the encoding's arguments)."""
+    settings = dict(hidden_size=8, rgb_hidden_size=8)
+    return HashGridField(**{**SMALL_GRID, **settings, **kwargs}).double()
+
+
 def _inside_points(n: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     unit = 0.05 + 0.9 * torch.rand(n, 3, generator=generator, dtype=torch.float64)
@@ -172,15 +182,9 @@ def test_gradients_of_table_and_points_against_finite_differences():
 def test_the_normals_second_derivatives_against_finite_differences():
     """``d/d(table, x) |grad_x f|^2`` of a small field (what a normal loss back-propagates)."""
     torch.manual_seed(5)
-    field = HashGridField(
-        n_levels=2,
-        log2_table_size=6,
-        base_resolution=2,
-        max_resolution=4,
-        hidden_size=8,
-        n_layers=1,
-        rgb=False,
-    ).double()
+    field = small_field(
+        n_levels=2, log2_table_size=6, base_resolution=2, max_resolution=4, n_layers=1, rgb=False
+    )
     with torch.no_grad():
         field.encoding.embeddings.normal_(std=0.5)
     points = _inside_points(3, seed=6)[None].requires_grad_(True)
@@ -196,25 +200,13 @@ def test_the_normals_second_derivatives_against_finite_differences():
     table = field.encoding.embeddings
     touched = torch.nonzero(table.grad.abs().sum(-1) > 1e-8)[:6, 0].tolist()
     assert len(touched) == 6
-    with torch.no_grad():
-        for row in touched:
-            original = table[row, 0].item()
-            values = []
-            for sign in (1, -1):
-                table[row, 0] = original + sign * STEP
-                values.append(normal_energy(points.detach()).item())
-            table[row, 0] = original
-            numeric = (values[0] - values[1]) / (2 * STEP)
-            assert table.grad[row, 0].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
-        for index in [(0, 0, 0), (0, 1, 2), (0, 2, 1)]:
-            original = points[index].item()
-            values = []
-            for sign in (1, -1):
-                moved = points.detach().clone()
-                moved[index] = original + sign * STEP
-                values.append(normal_energy(moved).item())
-            numeric = (values[0] - values[1]) / (2 * STEP)
-            assert points.grad[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    for row in touched:
+        numeric = finite_difference(lambda: normal_energy(points.detach()), table.data, (row, 0))
+        assert table.grad[row, 0].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    moved = points.detach().clone()
+    for index in [(0, 0, 0), (0, 1, 2), (0, 2, 1)]:
+        numeric = finite_difference(lambda: normal_energy(moved), moved, index)
+        assert points.grad[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
 
 def test_float32_and_float64_and_forward_mode_derivative():
@@ -300,11 +292,61 @@ def test_coarse_to_fine_levels():
         encoding.set_progress(1.5)
 
 
+def test_annealing_progress_reaches_every_annealed_encoding_through_the_protocol():
+    """``set_annealing_progress`` (what the trainer calls) finds the annealed encodings of any
+    module: a hash-grid geometry inside a view-dependent field, a Fourier field, a module type
+    of its own that follows ``CoarseToFine``; encodings built without annealing are left alone."""
+
+    class Levels(torch.nn.Module):
+        """A module unknown to the library that anneals: only the protocol is needed."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.anneal = True
+            self.seen: list[float] = []
+
+        def set_progress(self, progress: float) -> None:
+            self.seen.append(progress)
+
+    geometry = HashGridField(n_levels=2, log2_table_size=8, max_resolution=32, anneal=True)
+    head = RenderingNetwork(feature_size=geometry.hidden_size, n_view_frequencies=2)
+    fourier = OccupancyTextureField(hidden_size=8, n_blocks=1, n_frequencies=2, fourier_anneal=True)
+    custom = Levels()
+    model = torch.nn.ModuleList(
+        [ViewDependentField(geometry=geometry, appearance=head), fourier, custom]
+    )
+    assert isinstance(custom, CoarseToFine) and isinstance(geometry.encoding, CoarseToFine)
+    assert not isinstance(torch.nn.Linear(2, 2), CoarseToFine)
+    set_annealing_progress(model, 0.25)
+    assert float(geometry.encoding.progress) == 0.25
+    assert float(fourier.encoding.progress) == 0.25
+    assert custom.seen == [0.25]
+    assert not head.view_encoding.anneal and "progress" not in head.state_dict()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        set_annealing_progress(model, 1.5)
+    set_annealing_progress(HashGridField(n_levels=2, log2_table_size=8), 0.5)  # nothing annealed
+
+
+def test_field_passes_its_encoding_options_on():
+    field = HashGridField(
+        **SMALL_GRID, bounds=((0, 0, 0), (1, 2, 3)), init_scale=0.0, anneal=True, hidden_size=8
+    )
+    encoding = field.encoding
+    assert encoding.resolutions == (4, 8, 16) and encoding.table_size == 1024
+    assert encoding.bounds == ((0.0, 0.0, 0.0), (1.0, 2.0, 3.0)) and encoding.anneal
+    assert float(encoding.embeddings.detach().abs().max()) == 0.0
+    default = HashGridField().encoding
+    assert default.resolutions[-1] == 2048 and default.table_size == 2**19 and not default.anneal
+    with pytest.raises(TypeError, match="n_level"):
+        HashGridField(n_level=4)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(n_levels=0), "n_levels must be a positive integer"),
-        (dict(features_per_level=1.5), "features_per_level must be a positive integer"),
+        (dict(n_levels=0), "n_levels must be an integer >= 1, got 0"),
+        (dict(features_per_level=1.5), "features_per_level must be an integer >= 1"),
+        (dict(base_resolution=True), "base_resolution must be an integer"),
         (dict(log2_table_size=31), "log2_table_size must be at most 30"),
         (dict(base_resolution=64, max_resolution=32), "max_resolution"),
         (dict(bounds=((0, 0, 0), (1, 1))), "bounds must be"),
@@ -325,8 +367,10 @@ def test_bad_inputs_and_field_arguments():
         encoding(torch.zeros(4, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="field_type"):
         HashGridField(field_type="density")
-    with pytest.raises(ValueError, match="hidden_size"):
+    with pytest.raises(ValueError, match="n_layers must be an integer >= 1, got 0"):
         HashGridField(n_layers=0)
+    with pytest.raises(ValueError, match="latent_size must be an integer >= 0, got -1"):
+        HashGridField(latent_size=-1)
     with pytest.raises(ValueError, match="geometric_init_radius"):
         HashGridField(geometric_init_radius=-0.1)
 
@@ -347,21 +391,15 @@ def render_field(field_type: str, *, rgb: bool = True, seed: int = 0) -> HashGri
     """A float64 hash-grid field with a surface near the sphere of radius 0.3, every
     parameter random enough to move the pixels."""
     torch.manual_seed(seed)
-    field = HashGridField(
-        n_levels=3,
-        features_per_level=2,
+    field = small_field(
         log2_table_size=9,
-        base_resolution=4,
-        max_resolution=16,
-        hidden_size=8,
         n_layers=2,
-        rgb_hidden_size=8,
         rgb_n_layers=1,
         rgb=rgb,
         field_type=field_type,
         geometric_init_radius=0.3,
         geometric_init_sharpness=20.0,
-    ).double()
+    )
     with torch.no_grad():
         field.encoding.embeddings.uniform_(-0.5, 0.5)
         scale = 0.05 if field_type == "occupancy" else 0.003

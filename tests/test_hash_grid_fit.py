@@ -56,6 +56,28 @@ def test_tables_get_their_own_learning_rate():
     assert len(parameter_groups(field, TrainingFactory.config(**SMALL_GRID).optim)) == 1
 
 
+@pytest.mark.parametrize("encoding", ["fourier", "hash_grid"])
+def test_annealing_follows_the_step(encoding):
+    """Every step starts by setting the progress of the field's annealed encoding (inside the
+    view-dependent field's geometry too) to ``step / fourier_anneal_steps``, capped at 1."""
+    config = TrainingFactory.config(
+        **(SMALL_GRID if encoding == "hash_grid" else {}),
+        **{"model.fourier_anneal_steps": 4, "model.colour": "view_dependent"},
+    )
+    views = TrainingFactory.sphere_views(n_views=4, image_size=16)
+    trainer = Trainer(config=config, train_data=views, progress=False)
+    grid = trainer.field.geometry.encoding
+    assert grid.anneal and float(grid.progress) == 0.0
+    seen = []
+    for _ in range(6):
+        stats = trainer.train_step()
+        seen.append(float(grid.progress))
+        assert stats["fourier_progress"] == seen[-1]
+    assert seen == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    # the colour head's view encoding is not annealed
+    assert not trainer.field.appearance.view_encoding.anneal
+
+
 def test_hash_grid_fit_learns_and_reloads(tmp_path):
     views = TrainingFactory.sphere_views(n_views=8, image_size=24)
     config = TrainingFactory.config(

@@ -18,6 +18,7 @@ from PIL import Image
 
 from dvr_plugin.cli.main import build_parser, main
 from dvr_plugin.cli.single_view import wants_single_view
+from dvr_plugin.engine.run_outputs import RUN_OUTPUTS
 from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.single_view.category import CategorySettings, make_category
@@ -330,15 +331,7 @@ def test_fit_outputs_and_loss_decreases(fitted):
     state = fitted
     out = Path(state["out"])
     assert "random initialisation" in state["stderr"]
-    for name in (
-        "checkpoint.pt",
-        "config.yaml",
-        "train_log.csv",
-        "val_log.csv",
-        "curves.png",
-        "comparison.png",
-        "summary.json",
-    ):
+    for name in (*RUN_OUTPUTS, "summary.json"):
         assert (out / name).is_file(), name
     from dvr_plugin.engine.logs import read_csv
 

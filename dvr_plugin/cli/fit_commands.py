@@ -3,7 +3,7 @@ The ``dvr fit``, ``dvr render`` and (fitting) ``dvr demo`` subcommands.
 
 ``dvr_plugin.cli`` wires them in::
 
-    from .training.cli_commands import add_demo_parser, add_fit_parser, add_render_parser
+    from .fit_commands import add_demo_parser, add_fit_parser, add_render_parser
 
     commands = parser.add_subparsers(dest="command", required=True)
     add_fit_parser(commands)
@@ -18,6 +18,17 @@ import json
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
+
+from .arguments import (
+    add_config_device_option,
+    add_device_option,
+    add_marching_steps_option,
+    add_orbit_frames_option,
+    add_output_folder_option,
+    add_overrides_argument,
+    add_quiet_option,
+    option_value,
+)
 
 FORMAT_CHOICES = ("mesh", "dtu", "monosdf", "nerf-synthetic", "dvr", "demo")
 
@@ -59,7 +70,7 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=FIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    add_overrides_argument(parser)
     parser.add_argument("--config", default=None, help="YAML config (a path or a packaged name)")
     parser.add_argument(
         "--data", default=None, help="data folder, or mesh file for --format mesh (data.path)"
@@ -71,15 +82,15 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="data format (data.format): a mesh rendered with PyTorch3D, DTU (IDR/NeuS layout), "
         "the MonoSDF DTU crop, NeRF-synthetic, the reference DVR layout, or the built-in demo",
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    add_output_folder_option(parser)
     parser.add_argument(
         "--resume",
         action="store_true",
         help="continue from OUT/checkpoint.pt (optimiser, step and random state restored); "
         "without --config the configuration stored in the checkpoint is used",
     )
-    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_device_option(parser)
+    add_quiet_option(parser)
     parser.set_defaults(run=run_fit_command)
     return parser
 
@@ -97,17 +108,17 @@ def add_render_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("checkpoint", help="checkpoint.pt of a fit")
-    parser.add_argument("--out", required=True, help="output folder")
+    add_output_folder_option(parser)
     parser.add_argument("--cameras", choices=("orbit", "held-out", "all"), default="orbit")
-    parser.add_argument("--frames", type=int, default=36, help="orbit frames")
+    add_orbit_frames_option(parser, default=36)
     parser.add_argument("--image-size", type=int, default=None, help="orbit pixels per side")
     parser.add_argument("--distance", type=float, default=None, help="orbit camera distance")
     parser.add_argument("--fov", type=float, default=None, help="orbit field of view (degrees)")
     parser.add_argument("--elevation", type=float, default=None, help="orbit elevation (deg)")
-    parser.add_argument("--steps", type=int, default=128, help="marching steps per ray")
+    add_marching_steps_option(parser)
     parser.add_argument("--fps", type=int, default=12, help="GIF frame rate")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda ...")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_option(parser)
     parser.set_defaults(run=run_render_command)
     return parser
 
@@ -126,10 +137,10 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
             "5-8 minutes on a 2-core CPU; larger settings on a GPU."
         ),
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--out", default="outputs/demo", help="output folder")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overrides_argument(parser)
+    add_output_folder_option(parser, default="outputs/demo")
+    add_device_option(parser)
+    add_quiet_option(parser)
     parser.set_defaults(run=run_demo_command)
     return parser
 
@@ -212,8 +223,7 @@ def interrupt_message(stop: BaseException, out_dir: str) -> str:
     path = os.path.join(str(out_dir), CHECKPOINT_NAME)
     if checkpoint_exists(path):
         return (
-            f"interrupted; {path} holds the last saved step. Resume with: "
-            f"{resume_command(out_dir)}"
+            f"interrupted; {path} holds the last saved step. Resume with: {resume_command(out_dir)}"
         )
     return "interrupted before the first checkpoint; nothing to resume."
 
@@ -362,6 +372,19 @@ def resolve_config_argument(value: str) -> str:
     return packaged_config(value)
 
 
+# The render settings of `dvr render` (keyword arguments of render_checkpoint) and their flags.
+RENDER_SETTING_FLAGS = {
+    "cameras": "--cameras",
+    "n_frames": "--frames",
+    "image_size": "--image-size",
+    "distance": "--distance",
+    "fov": "--fov",
+    "elevation": "--elevation",
+    "n_steps": "--steps",
+    "fps": "--fps",
+}
+
+
 @clean_errors
 def run_render_command(args: argparse.Namespace) -> int:
     """
@@ -370,27 +393,8 @@ def run_render_command(args: argparse.Namespace) -> int:
     """
     from ..training.fit import check_render_settings, render_checkpoint
 
-    settings = dict(
-        cameras=args.cameras,
-        n_frames=args.frames,
-        image_size=args.image_size,
-        distance=args.distance,
-        fov=args.fov,
-        elevation=args.elevation,
-        n_steps=args.steps,
-        fps=args.fps,
-    )
-    flags = {
-        "cameras": "--cameras",
-        "n_frames": "--frames",
-        "image_size": "--image-size",
-        "distance": "--distance",
-        "fov": "--fov",
-        "elevation": "--elevation",
-        "n_steps": "--steps",
-        "fps": "--fps",
-    }
-    check_render_settings(**settings, names=flags)
+    settings = {name: option_value(args, flag) for name, flag in RENDER_SETTING_FLAGS.items()}
+    check_render_settings(**settings, names=RENDER_SETTING_FLAGS)
     result = render_checkpoint(
         args.checkpoint, args.out, **settings, device=args.device, progress=not args.quiet
     )
@@ -403,9 +407,7 @@ def run_render_command(args: argparse.Namespace) -> int:
 @clean_errors
 def run_demo_command(args: argparse.Namespace) -> int:
     """``dvr demo``."""
-    report = run_fit_demo(
-        args.out, args.device, overrides=args.overrides, progress=not args.quiet
-    )
+    report = run_fit_demo(args.out, args.device, overrides=args.overrides, progress=not args.quiet)
     if report.get("rank", 0) == 0:
         _print_summary(report, args.out)
     return 0

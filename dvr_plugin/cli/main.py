@@ -6,6 +6,13 @@ import argparse
 import json
 import sys
 
+from .arguments import (
+    add_device_if_present_option,
+    add_image_size_option,
+    add_marching_steps_option,
+    add_output_folder_option,
+)
+
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import render_demo
@@ -45,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "render-scene",
         help="render the built-in analytic scene (image, depth and normal grid) to PNG",
     )
-    demo.add_argument("--out", default="outputs/scene", help="output folder")
-    demo.add_argument("--image-size", type=int, default=128, help="pixels per side")
+    add_output_folder_option(demo, default="outputs/scene")
+    add_image_size_option(demo, default=128)
     demo.add_argument("--views", type=int, default=4, help="number of cameras on an orbit")
-    demo.add_argument("--steps", type=int, default=128, help="marching steps per ray")
-    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_marching_steps_option(demo)
+    add_device_if_present_option(demo)
     demo.set_defaults(run=_demo)
 
     from .mesh_eval import add_eval_parser, add_mesh_parser

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
+from .arguments import add_new_folder_option, add_quiet_option, add_supersample_option
 from .fit_commands import clean_errors
 
 EPILOG = """\
@@ -75,10 +76,14 @@ def add_make_scene_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("mesh", help="a closed mesh (.obj with its .mtl texture, or .ply)")
-    parser.add_argument("--out", required=True, help="a new or empty folder")
+    add_new_folder_option(parser)
     parser.add_argument("--lighting", choices=("dtu", "studio"), default="dtu")
     parser.add_argument(
-        "--image-size", type=int, nargs=2, default=(300, 400), metavar=("H", "W"),
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=(300, 400),
+        metavar=("H", "W"),
         help="output image size (the cameras' aspect ratio; default 300 400)",
     )
     parser.add_argument("--shininess", type=float, default=32.0, help="highlight exponent")
@@ -86,56 +91,74 @@ def add_make_scene_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--ambient", type=float, default=None, help="k_a (default 0.2 / 0.5)")
     parser.add_argument("--diffuse", type=float, default=None, help="k_d (default 0.8 / 0.5)")
     parser.add_argument(
-        "--specular-model", choices=("blinn", "phong"), default="blinn",
+        "--specular-model",
+        choices=("blinn", "phong"),
+        default="blinn",
         help="(n.h)^s (blinn, default) or (r.v)^s (phong)",
     )
     parser.add_argument(
         "--falloff", action="store_true", help="inverse-square falloff of the camera lights"
     )
     parser.add_argument(
-        "--background", default=None,
+        "--background",
+        default=None,
         help="dtu (DTU scan 24 photographs; default for --lighting dtu), white (default for "
         "studio), black, grey, #rrggbb, r,g,b, an image or a folder of images",
     )
     parser.add_argument(
-        "--cameras", default=None, help="a DTU cameras file (world_mat_i, scale_mat_i); "
+        "--cameras",
+        default=None,
+        help="a DTU cameras file (world_mat_i, scale_mat_i); "
         "default: DTU scan 24 in the shared data",
     )
     parser.add_argument(
-        "--camera-image-size", type=int, nargs=2, default=(1200, 1600), metavar=("H", "W"),
+        "--camera-image-size",
+        type=int,
+        nargs=2,
+        default=(1200, 1600),
+        metavar=("H", "W"),
         help="the image size the cameras file's world_mat_i project into (default 1200 1600)",
     )
     parser.add_argument(
-        "--views", nargs="+", default=None, metavar="V",
+        "--views",
+        nargs="+",
+        default=None,
+        metavar="V",
         help="camera numbers: 0 4 8, 0,4,8, 0-48 or 0-48:4 (default: all)",
     )
     parser.add_argument(
-        "--radius-fraction", type=float, default=None,
+        "--radius-fraction",
+        type=float,
+        default=None,
         help="bounding-sphere radius / scale_mat radius (default: as large as fits every "
         "image, at most 0.8)",
     )
     parser.add_argument(
-        "--up-axis", default="+y", help="the mesh's up axis: +x, -x, +y, -y, +z, -z (default +y; "
+        "--up-axis",
+        default="+y",
+        help="the mesh's up axis: +x, -x, +y, -y, +z, -z (default +y; "
         "write a negative one as --up-axis=-z)",
     )
     parser.add_argument(
-        "--front-axis", default="+z",
+        "--front-axis",
+        default="+z",
         help="the mesh's front axis, turned to the cameras (default +z; the cow: --front-axis=-z)",
     )
     parser.add_argument("--yaw", type=float, default=0.0, help="turn about up (degrees)")
     parser.add_argument(
-        "--procedural-texture", action="store_true",
+        "--procedural-texture",
+        action="store_true",
         help="use the seeded procedural texture even when the mesh has one",
     )
     parser.add_argument(
         "--soft-masks", action="store_true", help="anti-aliased masks (coverage) not 0/255"
     )
     parser.add_argument("--noise", type=float, default=0.0, help="Gaussian image noise (std)")
-    parser.add_argument("--supersample", type=int, default=2, help="anti-aliasing factor")
+    add_supersample_option(parser)
     parser.add_argument("--seed", type=int, default=0, help="texture and noise seed")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--force", action="store_true", help="write into a non-empty folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_option(parser)
     parser.set_defaults(run=run_make_scene)
     return parser
 

@@ -22,6 +22,7 @@ import argparse
 import os
 from typing import Any
 
+from .arguments import add_device_if_present_option, add_report_folder_option
 from .fit_commands import clean_errors
 
 # The mesh files `dvr mesh` writes and `dvr eval` reads.
@@ -240,7 +241,7 @@ def add_mesh_parser(subparsers: Any) -> argparse.ArgumentParser:
         "object in the unit cube)",
     )
     mesh.add_argument("--force", action="store_true", help="overwrite an existing --out file")
-    mesh.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_device_if_present_option(mesh)
     mesh.set_defaults(run=_mesh)
     return mesh
 
@@ -274,7 +275,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="also score only the observed region: accuracy over predicted samples and "
         "completeness over true samples that a training camera sees (needs a checkpoint)",
     )
-    evaluate.add_argument("--out", required=True, help="report folder")
+    add_report_folder_option(evaluate)
     evaluate.add_argument("--points", type=int, default=100_000, help="samples per surface")
     evaluate.add_argument(
         "--no-iou", action="store_true", help="skip the IoU (for non-watertight ground truth)"

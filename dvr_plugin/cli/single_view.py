@@ -19,6 +19,17 @@ import os
 import sys
 from typing import Any, Optional
 
+from .arguments import (
+    add_device_option,
+    add_image_size_option,
+    add_marching_steps_option,
+    add_new_folder_option,
+    add_orbit_frames_option,
+    add_output_folder_option,
+    add_quiet_option,
+    add_report_folder_option,
+    add_supersample_option,
+)
 from .fit_commands import clean_errors
 
 TASKS = ("multi-view", "single-view")
@@ -143,20 +154,20 @@ def add_single_view_parsers(subparsers: Any) -> None:
         "OUT/<class>/<object>/{image,mask,depth,cameras.npz,mesh.ply} with train/val/test "
         "split lists, for `dvr fit --task single-view`.",
     )
-    make.add_argument("--out", required=True, help="a new or empty folder")
+    add_new_folder_option(make)
     make.add_argument("--classes", default="chair,table,lamp", help="comma-separated classes")
     make.add_argument("--train", type=int, default=100, help="training objects per class")
     make.add_argument("--val", type=int, default=5, help="validation objects per class")
     make.add_argument("--test", type=int, default=17, help="test objects per class")
     make.add_argument("--views", type=int, default=24, help="views per object")
-    make.add_argument("--image-size", type=int, default=64, help="pixels per side")
-    make.add_argument("--supersample", type=int, default=2, help="anti-aliasing factor")
+    add_image_size_option(make, default=64)
+    add_supersample_option(make)
     make.add_argument("--distance", type=float, default=2.0, help="camera distance")
     make.add_argument("--fov", type=float, default=40.0, help="field of view (degrees)")
     make.add_argument("--seed", type=int, default=0, help="seed of the objects and cameras")
     make.add_argument("--workers", type=int, default=4, help="threads writing files")
-    make.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    make.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_option(make)
+    add_quiet_option(make)
     make.set_defaults(run=run_make_category)
 
     recon = subparsers.add_parser(
@@ -169,13 +180,13 @@ def add_single_view_parsers(subparsers: Any) -> None:
     )
     recon.add_argument("image", help="input image (PNG / JPG)")
     recon.add_argument("--checkpoint", required=True, help="a single-view checkpoint")
-    recon.add_argument("--out", required=True, help="output folder")
+    add_output_folder_option(recon)
     recon.add_argument("--resolution", type=int, default=128, help="MISE resolution")
-    recon.add_argument("--frames", type=int, default=24, help="orbit frames")
+    add_orbit_frames_option(recon, default=24)
     recon.add_argument("--size", type=int, default=128, help="render size (pixels per side)")
-    recon.add_argument("--steps", type=int, default=128, help="marching steps per ray")
+    add_marching_steps_option(recon)
     recon.add_argument("--resize", action="store_true", help="resize an image of another size")
-    recon.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_device_option(recon)
     recon.add_argument(
         "--force", action="store_true", help="overwrite the outputs of an earlier reconstruction"
     )
@@ -190,7 +201,7 @@ def add_single_view_parsers(subparsers: Any) -> None:
         "results.json, figure.png.",
     )
     evaluate.add_argument("checkpoint", help="a single-view checkpoint")
-    evaluate.add_argument("--out", required=True, help="report folder")
+    add_report_folder_option(evaluate)
     evaluate.add_argument("--data", default=None, help="category root (default: the config's)")
     evaluate.add_argument("--split", default=None, help="split (default: data.test_split)")
     evaluate.add_argument("--resolution", type=int, default=None, help="MISE resolution")
@@ -198,8 +209,8 @@ def add_single_view_parsers(subparsers: Any) -> None:
     evaluate.add_argument("--max-objects", type=int, default=None, help="objects per class")
     evaluate.add_argument("--no-oracle", action="store_true", help="skip the oracle retrieval")
     evaluate.add_argument("--save-meshes", action="store_true", help="keep the meshes")
-    evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_option(evaluate)
+    add_quiet_option(evaluate)
     evaluate.set_defaults(run=run_eval_category)
 
 
@@ -290,9 +301,9 @@ def check_reconstruct_arguments(args: argparse.Namespace) -> str:
         if value < least:
             bound = "a positive integer" if least == 1 else f"an integer >= {least}"
             raise ValueError(f"{flag} must be {bound}, got {value}.")
-    if args.resolution > 32 and (args.resolution % 32 or (args.resolution // 32) & (
-        args.resolution // 32 - 1
-    )):
+    if args.resolution > 32 and (
+        args.resolution % 32 or (args.resolution // 32) & (args.resolution // 32 - 1)
+    ):
         raise ValueError(
             "--resolution must be below 32 or 32 times a power of two (64, 128, 256, ...), got "
             f"{args.resolution}."

@@ -131,28 +131,32 @@ def _read_views(
     return ids, world, scale, names, images
 
 
-def _assemble(
+def _load_scan(
     *,
-    images: np.ndarray,
-    masks: torch.Tensor,
-    world: np.ndarray,
-    scale: np.ndarray,
+    indexed: dict[int, Path],
+    views: Optional[Sequence[int]],
+    camera_path: Path,
+    mask_folder: Optional[Path],
+    mask_threshold: float,
     object_radius: float,
     max_skew: float,
     crop_from: Optional[tuple[int, int]],
-    names: list[str],
     empty_masks: str,
     info: dict,
 ) -> MultiViewData:
     """
-    The scan in the normalised frame; ``info`` gains ``object_radius`` and the frame's name.
+    The views of a scan (:func:`_read_views`, masks from ``mask_folder`` or all object when it is
+    ``None``) in the normalised frame; ``info`` gains the view numbers, ``object_radius`` and
+    the frame's name.
 
     ``crop_from``: ``None`` when the images are the full-resolution ones (pixel centres at
     integer coordinates); else the ``(H, W)`` of the originals that the images are centre crops
     of: the intrinsics then move to pixel corners (``+0.5``) and through
     :func:`monosdf_crop_matrix`.
     """
+    ids, world, scale, names, images = _read_views(indexed, views, camera_path)
     size = images.shape[1:3]
+    masks = _read_masks(mask_folder, ids, size, mask_threshold)
     K, R, t = opencv_from_dtu(world, scale, object_radius=object_radius, max_skew=max_skew)
     if crop_from is not None:
         K = K.clone()
@@ -168,6 +172,7 @@ def _assemble(
         to_world=dtu_to_world(scale, object_radius=object_radius),
         info={
             **info,
+            "views": ids,
             "object_radius": object_radius,
             "normalised_frame": f"scale_mat unit sphere -> sphere of radius {object_radius}",
         },
@@ -224,25 +229,17 @@ def load_dtu(
             if mask_dir
             else first_existing_dir(root, MASK_DIRS, "mask")
         )
-    indexed = index_files(list_files(image_folder, IMAGE_EXTENSIONS), "image")
-    ids, world, scale, names, images = _read_views(indexed, views, camera_path)
-    masks = _read_masks(mask_folder, ids, images.shape[1:3], mask_threshold)
-    return _assemble(
-        images=images,
-        masks=masks,
-        world=world,
-        scale=scale,
+    return _load_scan(
+        indexed=index_files(list_files(image_folder, IMAGE_EXTENSIONS), "image"),
+        views=views,
+        camera_path=camera_path,
+        mask_folder=mask_folder,
+        mask_threshold=mask_threshold,
         object_radius=object_radius,
         max_skew=max_skew,
         crop_from=None,
-        names=names,
         empty_masks=empty_masks,
-        info={
-            "format": "dtu",
-            "root": str(root),
-            "cameras_file": camera_path.name,
-            "views": ids,
-        },
+        info={"format": "dtu", "root": str(root), "cameras_file": camera_path.name},
     )
 
 
@@ -293,23 +290,15 @@ def load_dtu_monosdf(
     if not camera_path.is_file():
         raise FileNotFoundError(f"Camera file not found: {camera_path}")
     indexed = index_files(list_files(root, IMAGE_EXTENSIONS, suffix="_rgb"), "image")
-    ids, world, scale, names, images = _read_views(indexed, views, camera_path)
-    mask_folder = None if mask_dir is None else require_dir(root / mask_dir, "mask")
-    masks = _read_masks(mask_folder, ids, images.shape[1:3], mask_threshold)
-    return _assemble(
-        images=images,
-        masks=masks,
-        world=world,
-        scale=scale,
+    return _load_scan(
+        indexed=indexed,
+        views=views,
+        camera_path=camera_path,
+        mask_folder=None if mask_dir is None else require_dir(root / mask_dir, "mask"),
+        mask_threshold=mask_threshold,
         object_radius=object_radius,
         max_skew=max_skew,
         crop_from=source_size,
-        names=names,
         empty_masks=empty_masks,
-        info={
-            "format": "dtu_monosdf",
-            "root": str(root),
-            "views": ids,
-            "source_size": tuple(source_size),
-        },
+        info={"format": "dtu_monosdf", "root": str(root), "source_size": tuple(source_size)},
     )

@@ -8,6 +8,7 @@ The output folder of a training run, the same for every task::
       val_log.csv         the metrics of every validation
       val/step_*.png      validation grids
       curves.png          the curves of both logs
+      comparison.png      the last validation grid
 
 and the helpers that write it: the logs, the progress bar of the loop, the curves plot and
 JSON reports.
@@ -32,6 +33,18 @@ TRAIN_LOG_NAME = "train_log.csv"
 VAL_LOG_NAME = "val_log.csv"
 CURVES_NAME = "curves.png"
 VAL_DIR_NAME = "val"
+CONFIG_NAME = "config.yaml"
+COMPARISON_NAME = "comparison.png"
+# The files that a finished training run of either task leaves in its output folder (the
+# comparison grid where it has validation views).
+RUN_OUTPUTS = (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    TRAIN_LOG_NAME,
+    VAL_LOG_NAME,
+    CURVES_NAME,
+    COMPARISON_NAME,
+)
 
 
 def open_run_outputs(
@@ -81,7 +94,7 @@ def open_run_outputs(
     board = TensorBoardLog(log_dir=os.path.join(out_dir, "tensorboard"), enabled=tensorboard)
     import yaml
 
-    with atomic_write(os.path.join(out_dir, "config.yaml"), "w") as handle:
+    with atomic_write(os.path.join(out_dir, CONFIG_NAME), "w") as handle:
         yaml.safe_dump(dict(config), handle, sort_keys=False)
     return train_log, val_log, board
 

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .field import FieldOutput, FourierFeatures, field_type_of
+from .field import FieldOutput, FourierFeatures, check_integers, field_type_of, relu_mlp
 
 COLOUR_MODELS = ("texture", "view_dependent")
 
@@ -67,26 +67,18 @@ class RenderingNetwork(nn.Module):
         n_point_frequencies: int = 0,
     ) -> None:
         super().__init__()
-        if feature_size < 0 or hidden_size < 1 or n_layers < 1:
-            raise ValueError(
-                "feature_size must be >= 0, hidden_size and n_layers >= 1; got "
-                f"{feature_size}, {hidden_size}, {n_layers}."
-            )
-        if n_view_frequencies < 0 or n_point_frequencies < 0:
-            raise ValueError(
-                "n_view_frequencies and n_point_frequencies must be >= 0; got "
-                f"{n_view_frequencies}, {n_point_frequencies}."
-            )
+        check_integers(1, hidden_size=hidden_size, n_layers=n_layers)
+        check_integers(
+            0,
+            feature_size=feature_size,
+            n_view_frequencies=n_view_frequencies,
+            n_point_frequencies=n_point_frequencies,
+        )
         self.feature_size = feature_size
         self.point_encoding = FourierFeatures(n_frequencies=n_point_frequencies)
         self.view_encoding = FourierFeatures(n_frequencies=n_view_frequencies)
         in_size = self.point_encoding.out_size + 3 + self.view_encoding.out_size + feature_size
-        layers: list[nn.Module] = []
-        for _ in range(n_layers):
-            layers += [nn.Linear(in_size, hidden_size), nn.ReLU()]
-            in_size = hidden_size
-        layers.append(nn.Linear(in_size, 3))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = relu_mlp(in_size=in_size, hidden_size=hidden_size, n_layers=n_layers, out_size=3)
 
     def forward(
         self,
@@ -233,7 +225,10 @@ class ViewDependentField(nn.Module):
             if values.dim() == 3:
                 values = values[..., 0]
             (gradient,) = torch.autograd.grad(
-                values.sum(), at, create_graph=grad_mode, allow_unused=True,
+                values.sum(),
+                at,
+                create_graph=grad_mode,
+                allow_unused=True,
                 materialize_grads=True,
             )
         if not grad_mode:

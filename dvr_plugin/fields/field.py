@@ -27,7 +27,7 @@ implicit depth gradient and for normals) and in whatever parameters should be le
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -58,6 +58,20 @@ def check_field_type(field_type: str) -> str:
     if field_type not in FIELD_TYPES:
         raise ValueError(f"field_type must be one of {FIELD_TYPES}, got {field_type!r}.")
     return field_type
+
+
+def check_integers(minimum: int, **values: int) -> None:
+    """
+    Check constructor sizes: every one of ``values`` must be an integer (not a bool) that is at
+    least ``minimum``.
+
+    Raises:
+        ValueError: naming the first value that is not, e.g. ``n_layers must be an integer
+            >= 1, got 0.``
+    """
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def field_type_of(field) -> str:
@@ -122,6 +136,20 @@ class ResnetBlockFC(nn.Module):
         return x + self.fc1(torch.relu(self.fc0(torch.relu(x))))
 
 
+def relu_mlp(*, in_size: int, hidden_size: int, n_layers: int, out_size: int) -> nn.Sequential:
+    """
+    ``n_layers`` of ``Linear + ReLU`` of width ``hidden_size``, then ``Linear(-> out_size)``:
+    `(..., in_size)` -> `(..., out_size)`. The Sequential's indices (``2 i`` for hidden layer
+    ``i``, ``2 n_layers`` for the last) name the layers in the ``state_dict``.
+    """
+    layers: list[nn.Module] = []
+    for _ in range(n_layers):
+        layers += [nn.Linear(in_size, hidden_size), nn.ReLU()]
+        in_size = hidden_size
+    layers.append(nn.Linear(in_size, out_size))
+    return nn.Sequential(*layers)
+
+
 def fourier_band_weights(alpha: torch.Tensor, n_frequencies: int) -> torch.Tensor:
     """
     The coarse-to-fine window of Nerfies / BARF: the weight of frequency band ``k`` at the
@@ -155,6 +183,37 @@ def write_annealing_progress(module: nn.Module, progress: float, *, what: str) -
     if not 0.0 <= progress <= 1.0:
         raise ValueError(f"The annealing progress must lie in [0, 1], got {progress}.")
     module.progress.fill_(progress)
+
+
+@runtime_checkable
+class CoarseToFine(Protocol):
+    """
+    What an encoding that fades its inputs in coarse to fine offers a trainer
+    (:class:`FourierFeatures` and :class:`~dvr_plugin.fields.hash_grid.HashGridEncoding` follow
+    it): ``anneal``, whether it was built to anneal, and ``set_progress(progress)``, which
+    writes the progress in [0, 1] (see :func:`write_annealing_progress`). A field needs nothing
+    more than such an encoding among its submodules: :func:`set_annealing_progress` finds it.
+    """
+
+    anneal: bool
+
+    def set_progress(self, progress: float) -> None: ...
+
+
+def set_annealing_progress(module: nn.Module, progress: float) -> None:
+    """
+    Set the coarse-to-fine progress in [0, 1] of every encoding inside ``module`` (itself
+    included) that follows :class:`CoarseToFine` and was built with ``anneal=True``: the
+    encoding of a field, of the geometry network of a
+    :class:`~dvr_plugin.fields.appearance.ViewDependentField`, of any module composed of them.
+    Encodings built without annealing are left alone.
+
+    Raises:
+        ValueError: for a progress outside [0, 1] (when an annealed encoding is found).
+    """
+    for encoding in module.modules():
+        if isinstance(encoding, CoarseToFine) and encoding.anneal:
+            encoding.set_progress(progress)
 
 
 class FourierFeatures(nn.Module):
@@ -329,11 +388,8 @@ class OccupancyTextureField(SphereTermMixin, nn.Module):
     ) -> None:
         super().__init__()
         check_field_type(field_type)
-        if hidden_size < 1 or n_blocks < 0 or latent_size < 0 or n_frequencies < 0:
-            raise ValueError(
-                "hidden_size must be >= 1 and n_blocks, latent_size, n_frequencies >= 0; got "
-                f"{hidden_size}, {n_blocks}, {latent_size}, {n_frequencies}."
-            )
+        check_integers(1, hidden_size=hidden_size)
+        check_integers(0, n_blocks=n_blocks, latent_size=latent_size, n_frequencies=n_frequencies)
         self.field_type = field_type
         self.hidden_size = hidden_size
         self.latent_size = latent_size

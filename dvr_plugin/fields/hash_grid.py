@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,9 @@ from .field import (
     FieldOutput,
     SphereTermMixin,
     check_field_type,
+    check_integers,
     fourier_band_weights,
+    relu_mlp,
     write_annealing_progress,
 )
 
@@ -140,15 +143,14 @@ class HashGridEncoding(nn.Module):
         anneal: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("n_levels", n_levels),
-            ("features_per_level", features_per_level),
-            ("log2_table_size", log2_table_size),
-            ("base_resolution", base_resolution),
-            ("max_resolution", max_resolution),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        check_integers(
+            1,
+            n_levels=n_levels,
+            features_per_level=features_per_level,
+            log2_table_size=log2_table_size,
+            base_resolution=base_resolution,
+            max_resolution=max_resolution,
+        )
         if log2_table_size > 30:
             raise ValueError(f"log2_table_size must be at most 30, got {log2_table_size}.")
         if max_resolution < base_resolution:
@@ -299,16 +301,6 @@ class HashGridEncoding(nn.Module):
         )
 
 
-def _mlp(in_size: int, hidden_size: int, n_layers: int, out_size: int) -> nn.Sequential:
-    """``n_layers`` of ``Linear + ReLU`` of width ``hidden_size``, then ``Linear(-> out_size)``."""
-    layers: list[nn.Module] = []
-    for _ in range(n_layers):
-        layers += [nn.Linear(in_size, hidden_size), nn.ReLU()]
-        in_size = hidden_size
-    layers.append(nn.Linear(in_size, out_size))
-    return nn.Sequential(*layers)
-
-
 class HashGridField(SphereTermMixin, nn.Module):
     """
     A field on a hash-grid encoding with DVR's two outputs (the field protocol of
@@ -328,9 +320,6 @@ class HashGridField(SphereTermMixin, nn.Module):
     is that sphere.
 
     Args (keyword-only):
-        n_levels, features_per_level, log2_table_size, base_resolution, max_resolution,
-            bounds: the :class:`HashGridEncoding`.
-        anneal: fade the levels in coarse to fine (:meth:`set_encoding_progress`).
         include_points: feed the raw point to the geometry network beside the encoding.
         hidden_size: H, the width of the geometry network.
         n_layers: its hidden layers (>= 1).
@@ -340,18 +329,15 @@ class HashGridField(SphereTermMixin, nn.Module):
         field_type: ``"occupancy"`` or ``"sdf"``.
         geometric_init_radius: the radius of the initial sphere (scene units), or ``None``.
         geometric_init_sharpness: the logit slope per scene unit of the occupancy sphere.
+        **encoding_options: the keyword arguments of the :class:`HashGridEncoding`
+            (``n_levels``, ``features_per_level``, ``log2_table_size``, ``base_resolution``,
+            ``max_resolution``, ``bounds``, ``init_scale``; ``anneal`` fades the levels in
+            coarse to fine, :meth:`set_encoding_progress`), with its defaults.
     """
 
     def __init__(
         self,
         *,
-        n_levels: int = 16,
-        features_per_level: int = 2,
-        log2_table_size: int = 19,
-        base_resolution: int = 16,
-        max_resolution: int = 2048,
-        bounds: Sequence[Sequence[float]] = UNIT_CUBE_BOUNDS,
-        anneal: bool = False,
         include_points: bool = True,
         hidden_size: int = 64,
         n_layers: int = 2,
@@ -362,33 +348,21 @@ class HashGridField(SphereTermMixin, nn.Module):
         field_type: str = "occupancy",
         geometric_init_radius: float | None = None,
         geometric_init_sharpness: float = 10.0,
+        **encoding_options: Any,
     ) -> None:
         super().__init__()
         check_field_type(field_type)
-        if hidden_size < 1 or n_layers < 1 or rgb_hidden_size < 1:
-            raise ValueError(
-                "hidden_size, n_layers and rgb_hidden_size must be >= 1; got "
-                f"{hidden_size}, {n_layers}, {rgb_hidden_size}."
-            )
-        if rgb_n_layers < 0 or latent_size < 0:
-            raise ValueError(
-                f"rgb_n_layers and latent_size must be >= 0; got {rgb_n_layers}, {latent_size}."
-            )
+        check_integers(
+            1, hidden_size=hidden_size, n_layers=n_layers, rgb_hidden_size=rgb_hidden_size
+        )
+        check_integers(0, rgb_n_layers=rgb_n_layers, latent_size=latent_size)
         self._set_sphere_term(field_type, geometric_init_radius, geometric_init_sharpness)
         self.field_type = field_type
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.include_points = include_points
         self.has_rgb = rgb
-        self.encoding = HashGridEncoding(
-            n_levels=n_levels,
-            features_per_level=features_per_level,
-            log2_table_size=log2_table_size,
-            base_resolution=base_resolution,
-            max_resolution=max_resolution,
-            bounds=bounds,
-            anneal=anneal,
-        )
+        self.encoding = HashGridEncoding(**encoding_options)
         in_size = self.encoding.out_size + (3 if include_points else 0)
         sizes = [in_size] + [hidden_size] * n_layers
         self.layers = nn.ModuleList(
@@ -399,7 +373,11 @@ class HashGridField(SphereTermMixin, nn.Module):
                 nn.Linear(latent_size, hidden_size) for _ in range(n_layers)
             )
         self.value_head = nn.Linear(hidden_size, 1)
-        self.texture_head = _mlp(hidden_size, rgb_hidden_size, rgb_n_layers, 3) if rgb else None
+        self.texture_head = None
+        if rgb:
+            self.texture_head = relu_mlp(
+                in_size=hidden_size, hidden_size=rgb_hidden_size, n_layers=rgb_n_layers, out_size=3
+            )
         if self.sphere_radius is not None:
             nn.init.normal_(self.value_head.weight, std=1e-4)
             nn.init.zeros_(self.value_head.bias)

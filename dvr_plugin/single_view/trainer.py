@@ -41,7 +41,7 @@ from ..engine.losses import (
     rgb_loss,
     total_loss,
 )
-from ..engine.run_outputs import VAL_DIR_NAME, write_json
+from ..engine.run_outputs import COMPARISON_NAME, VAL_DIR_NAME, write_json
 from ..engine.sampling import gather, sample_pixels
 from ..engine.schedule import StepSchedule
 from ..engine.trainer import BaseTrainer, build_optimizer, check_output_folder
@@ -419,7 +419,7 @@ class SingleViewTrainer(BaseTrainer):
         """The last validation, also saved as ``comparison.png`` (logged unless just done)."""
         if self.out_dir is not None and self.val_data is not None:
             done = self.last_validation is not None and self.last_validation["step"] == self.step
-            self.validate(grid_path=self._path("comparison.png"), log=not done)
+            self.validate(grid_path=self._path(COMPARISON_NAME), log=not done)
 
 
 def validation_grid(

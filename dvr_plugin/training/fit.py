@@ -43,7 +43,15 @@ from ..engine.evaluation import (
     turntable_frames,
 )
 from ..engine.logs import read_csv
-from ..engine.run_outputs import CHECKPOINT_NAME, TRAIN_LOG_NAME, VAL_LOG_NAME, write_json
+from ..engine.run_outputs import (
+    CHECKPOINT_NAME,
+    COMPARISON_NAME,
+    CONFIG_NAME,
+    RUN_OUTPUTS,
+    TRAIN_LOG_NAME,
+    VAL_LOG_NAME,
+    write_json,
+)
 from ..io import make_dirs, path_manager
 from ..visualize import save_gif, save_png
 from .config import FitConfig, load_config
@@ -236,7 +244,7 @@ def finish_fit(
         grid = comparison_grid(rendered, val.images, val.masks, max_views=len(val))
         zoom = max(1, 256 // max(val.image_size))  # small images: enlarge (nearest) to see
         grid = grid.repeat_interleave(zoom, dim=0).repeat_interleave(zoom, dim=1)
-        save_png(grid, os.path.join(out_dir, "comparison.png"))
+        save_png(grid, os.path.join(out_dir, COMPARISON_NAME))
         initial = _initial_validation(os.path.join(out_dir, VAL_LOG_NAME))
         if initial is not None:
             report["untrained_held_out"] = initial
@@ -423,7 +431,7 @@ def render_checkpoint(
             path = os.path.join(out_dir, f"{name}.png")
             save_png(rendered.images[i].clamp(0, 1), path)
             written.append(path)
-        result["grid"] = os.path.join(out_dir, "comparison.png")
+        result["grid"] = os.path.join(out_dir, COMPARISON_NAME)
         save_png(
             comparison_grid(rendered, views.images, views.masks, max_views=len(views)),
             result["grid"],
@@ -559,24 +567,14 @@ def _initial_validation(val_csv: str) -> Optional[dict[str, float]]:
     return untrained_row(val_csv)
 
 
-DEMO_OUTPUTS = (
-    CHECKPOINT_NAME,
-    "config.yaml",
-    "train_log.csv",
-    "val_log.csv",
-    "curves.png",
-    "comparison.png",
-    "turntable.gif",
-    "mesh.ply",
-    "metrics.json",
-)
+DEMO_OUTPUTS = (*RUN_OUTPUTS, "turntable.gif", "mesh.ply", "metrics.json")
 
 
 def _clear_previous_demo(out_dir: str) -> None:
     """Remove the files of an earlier demo run in ``out_dir`` (and nothing else)."""
     if not os.path.isdir(out_dir):
         return
-    config_path = os.path.join(out_dir, "config.yaml")
+    config_path = os.path.join(out_dir, CONFIG_NAME)
     if os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
         try:
             previous = load_config(config_path)

@@ -62,6 +62,7 @@ from ..fields.field import (
     OccupancyTextureField,
     evaluate_field,
     field_type_of,
+    set_annealing_progress,
 )
 from ..fields.hash_grid import HashGridEncoding, HashGridField
 from ..renderer.rays import intersect_box
@@ -166,22 +167,48 @@ def build_field(config: FitConfig) -> nn.Module:
     return ViewDependentField(geometry=geometry, appearance=appearance)
 
 
-def parameter_groups(field: nn.Module, optim: Any) -> list[dict[str, Any]]:
+def parameter_groups(
+    field: nn.Module,
+    optim: Any,
+    *,
+    camera_refinement: Optional[nn.Module] = None,
+    camera_lr: Optional[float] = None,
+) -> list[dict[str, Any]]:
     """
-    The optimiser's parameter groups of ``field``: the hash-grid tables at ``optim.encoding_lr``
-    without weight decay (when set and the field has tables), everything else at ``optim.lr``.
+    Every parameter group of the optimiser, in this order:
+
+    1. the parameters of ``field`` at ``optim.lr`` (all of them, or all but the hash-grid
+       tables when the next group exists);
+    2. the hash-grid tables (``embeddings`` of every
+       :class:`~dvr_plugin.fields.hash_grid.HashGridEncoding` in ``field``) at
+       ``optim.encoding_lr`` without weight decay, when ``optim.encoding_lr`` is set and the
+       field has tables;
+    3. the parameters of ``camera_refinement`` (the per-view corrections of
+       :class:`~.camera_refinement.CameraRefinement`) at ``camera_lr`` without weight decay,
+       when given.
+
+    Raises:
+        ValueError: for ``camera_refinement`` without a ``camera_lr``.
     """
     tables = [
         module.embeddings for module in field.modules() if isinstance(module, HashGridEncoding)
     ]
     if optim.encoding_lr is None or not tables:
-        return [{"params": list(field.parameters())}]
-    table_ids = {id(t) for t in tables}
-    rest = [p for p in field.parameters() if id(p) not in table_ids]
-    return [
-        {"params": rest},
-        {"params": tables, "lr": optim.encoding_lr, "weight_decay": 0.0},
-    ]
+        groups: list[dict[str, Any]] = [{"params": list(field.parameters())}]
+    else:
+        table_ids = {id(t) for t in tables}
+        rest = [p for p in field.parameters() if id(p) not in table_ids]
+        groups = [
+            {"params": rest},
+            {"params": tables, "lr": optim.encoding_lr, "weight_decay": 0.0},
+        ]
+    if camera_refinement is not None:
+        if camera_lr is None:
+            raise ValueError("parameter_groups needs camera_lr with camera_refinement.")
+        groups.append(
+            {"params": list(camera_refinement.parameters()), "lr": camera_lr, "weight_decay": 0.0}
+        )
+    return groups
 
 
 def draw_pixel_batch(
@@ -341,15 +368,12 @@ class Trainer(BaseTrainer):
             check_finite=False,
         )
         self.schedule = StepSchedule(config.train.step_milestones)
-        groups = parameter_groups(self.field, config.optim)
-        if self.camera_refinement is not None:
-            groups.append(
-                {
-                    "params": [self.camera_refinement.deltas],
-                    "lr": config.train.camera_lr,
-                    "weight_decay": 0.0,
-                }
-            )
+        groups = parameter_groups(
+            self.field,
+            config.optim,
+            camera_refinement=self.camera_refinement,
+            camera_lr=config.train.camera_lr,
+        )
         self.optimizer, self.scheduler = build_optimizer(config.optim, groups)
 
         # Which PSNR leads reports: inside the mask when the images show a real background.
@@ -512,16 +536,14 @@ class Trainer(BaseTrainer):
         return soft_mask_loss(minimum.values, gt_mask, alpha, select=select)
 
     def _update_annealing(self) -> None:
-        """Set the Fourier features' coarse-to-fine progress to ``step / fourier_anneal_steps``
-        (capped at 1); the progress is a buffer of the field, saved with the model."""
+        """Set the coarse-to-fine progress of the field's annealed encodings (Fourier bands,
+        hash-grid levels: :func:`~dvr_plugin.fields.field.set_annealing_progress`) to
+        ``step / fourier_anneal_steps``, capped at 1; the progress is a buffer of the field,
+        saved with the model."""
         steps = self.config.model.fourier_anneal_steps
         if steps <= 0:
             return
-        progress = min(1.0, self.step / steps)
-        for module in self.field.modules():
-            annealed = isinstance(module, (OccupancyTextureField, HashGridField))
-            if annealed and module.encoding.anneal:
-                module.set_encoding_progress(progress)
+        set_annealing_progress(self.field, min(1.0, self.step / steps))
 
     def _forward_losses(
         self,
@@ -794,9 +816,7 @@ class Trainer(BaseTrainer):
         summary = {**super()._summary(last), "collapse": self.collapse}
         if self.camera_refinement is not None:
             frame = WorldFrame.from_views(self.train_data, self.config.data.format)
-            summary["camera_refinement"] = self.camera_refinement.summary(
-                world_scale=frame.scale
-            )
+            summary["camera_refinement"] = self.camera_refinement.summary(world_scale=frame.scale)
         return summary
 
     def _after_step(self, last: Mapping[str, float], bar: Any) -> None:

@@ -15,6 +15,12 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from dvr_plugin.cli.arguments import (
+    add_config_device_option,
+    add_output_folder_option,
+    add_overrides_argument,
+)
+
 EPILOG = """\
 The scene's packaged fit configuration (dvr_plugin/configs/<scene>.yaml, with its CUDA
 overrides on a GPU) sets the data, the network, the optimiser, the iterations and the rays
@@ -39,13 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    add_overrides_argument(parser)
     parser.add_argument("--scene", required=True, choices=SCENES, help="which scene")
     parser.add_argument(
         "--data", default=None, help="mesh file (cow) or scan folder (dtu); default: shared data"
     )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    add_output_folder_option(parser)
+    add_config_device_option(parser)
     parser.add_argument("--iterations", type=int, default=None, help="= train.iterations=N")
     parser.add_argument(
         "--samples", type=int, default=64, help="samples per ray of the volume baseline"
@@ -68,9 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.iterations is not None:
         overrides.append(f"train.iterations={args.iterations}")
     try:
-        config = scene_config(
-            args.scene, data=args.data, device=args.device, overrides=overrides
-        )
+        config = scene_config(args.scene, data=args.data, device=args.device, overrides=overrides)
         options = ComparisonOptions(
             n_pts_per_ray=args.samples,
             figure_views=args.figure_views,
@@ -83,8 +87,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown_table(results), end="")
-    print(f"wrote {args.out}/table.md, results.json, figure.png "
-          f"({results['timing']['wall_seconds']:.0f} s)")
+    print(
+        f"wrote {args.out}/table.md, results.json, figure.png "
+        f"({results['timing']['wall_seconds']:.0f} s)"
+    )
     return 0
 
 

@@ -57,7 +57,7 @@ from dvr_plugin.engine.config import resolve_device
 from dvr_plugin.engine.evaluation import RenderedViews
 from dvr_plugin.engine.sampling import gather
 from dvr_plugin.engine.trainer import seed_everything
-from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, FieldOutput
+from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, FieldOutput, check_integers, relu_mlp
 from dvr_plugin.fields.hash_grid import HashGridEncoding
 from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
 from dvr_plugin.training import FitConfig
@@ -130,53 +130,37 @@ class NGPField(nn.Module):
     An Instant-NGP-style radiance field over the object box (module docstring).
 
     Args (keyword-only):
-        n_levels, features_per_level, log2_table_size, base_resolution, max_resolution: the
-            hash grid.
         hidden_size: width of the density network's hidden layer and of the colour network's
             two hidden layers.
         geometry_features: outputs of the density network passed to the colour network.
         density_bias: added to the density network's first output before ``trunc_exp``.
-        bounds: the box the hash grid spans.
+        **encoding_options: the keyword arguments of the hash grid,
+            :class:`~dvr_plugin.fields.hash_grid.HashGridEncoding` (``n_levels``,
+            ``features_per_level``, ``log2_table_size``, ``base_resolution``,
+            ``max_resolution``, ``bounds``: the box it spans), with its defaults (Instant-NGP's).
     """
 
     def __init__(
         self,
         *,
-        n_levels: int = 16,
-        features_per_level: int = 2,
-        log2_table_size: int = 19,
-        base_resolution: int = 16,
-        max_resolution: int = 2048,
         hidden_size: int = 64,
         geometry_features: int = 15,
         density_bias: float = -1.0,
-        bounds: Sequence[Sequence[float]] = UNIT_CUBE_BOUNDS,
+        **encoding_options: Any,
     ) -> None:
         super().__init__()
-        if hidden_size < 1 or geometry_features < 1:
-            raise ValueError("hidden_size and geometry_features must be positive.")
-        self.encoding = HashGridEncoding(
-            n_levels=n_levels,
-            features_per_level=features_per_level,
-            log2_table_size=log2_table_size,
-            base_resolution=base_resolution,
-            max_resolution=max_resolution,
-            bounds=bounds,
-        )
+        check_integers(1, hidden_size=hidden_size, geometry_features=geometry_features)
+        self.encoding = HashGridEncoding(**encoding_options)
         # the implementation that encodes the points, named in the benchmark's report
         self.encoding_source = ENCODING_SOURCE
         size = self.encoding.out_size
         self.density_bias = float(density_bias)
         self.chunk_size = 2**19
-        self.density_net = nn.Sequential(
-            nn.Linear(size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, 1 + geometry_features)
+        self.density_net = relu_mlp(
+            in_size=size, hidden_size=hidden_size, n_layers=1, out_size=1 + geometry_features
         )
-        self.colour_net = nn.Sequential(
-            nn.Linear(geometry_features + 16, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, 3),
+        self.colour_net = relu_mlp(
+            in_size=geometry_features + 16, hidden_size=hidden_size, n_layers=2, out_size=3
         )
 
     def log_density(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

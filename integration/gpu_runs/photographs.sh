@@ -12,6 +12,8 @@
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
+# ONLY="cow_dtu scan24_monosdf" runs just those fits of a stage; MAXJOBS=1 runs the fits one
+# after another (each alone on the GPU, as the 5-minute recipe figures are meant).
 [[ ${SMOKE:-0}${CPU:-0} == 00 && -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
 [[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 set -u
@@ -57,6 +59,7 @@ scene() {  # $1 = mesh name, $2 = lighting, extra make-scene flags after
 fit() {  # $1 = run name, $2 = data folder, $3 = format, $4 = ground-truth mesh or -, then overrides
   # (CONFIG=<name> fit ... picks another packaged config than dtu)
   local name=$1 data=$2 format=$3 gt=$4; shift 4
+  [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]] && return  # ONLY="a b": just those fits
   rm -rf "$D/$name"
   $PY -m dvr_plugin.cli fit --config "${CONFIG:-dtu}" --data "$data" --format "$format" --out "$D/$name" \
     --device $DEVICE --quiet "${COMMON[@]}" "${EXTRA[@]}" "$@" > "$D/$name.log" 2>&1
@@ -121,6 +124,7 @@ recipes)
 *) echo "usage: photographs.sh ablation|key|sdf_ablation|recipes"; exit 2 ;;
 esac
 
+if [[ -n ${ONLY:-} ]]; then KEEP=""; for r in $RUNS; do [[ " $ONLY " == *" $r "* ]] && KEEP+="$r "; done; RUNS=$KEEP; fi
 $PY -m integration.gpu_runs.summarise_fits --work "$D" --runs $RUNS --out "$OUT/summary_$STAGE"
 tar -C "$D" -czf "$OUT/${STAGE}_runs.tar.gz" --exclude='*.pt' --exclude='tensorboard' --exclude='val' \
   --exclude='scenes' $(for r in $RUNS; do echo "$r" "$r.log"; done) 2>/dev/null
