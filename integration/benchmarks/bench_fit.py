@@ -37,6 +37,10 @@ Writes ``bench_fit_<scene>.json`` (every number, the card, the settings), ``.md`
 method x checkpoint with the time to F@1% >= 0.97 and to PSNR >= 33 dB, then a table per metric)
 and ``.png`` (PSNR and F@1% against training seconds), rewritten after every checkpoint.
 
+This module holds the clock (:func:`run_method`), the run (:func:`run_benchmark`) and the
+command line; the scenes and their scoring are in :mod:`.fit_scenes`, the methods in
+:mod:`.fit_methods`, the report (header, JSON/markdown/figure) in :mod:`.fit_report`.
+
     python -m integration.benchmarks.bench_fit --scene cow --device cuda --out outputs/bench_fit
     python -m integration.benchmarks.bench_fit --scene cow --quick --device cpu --out /tmp/bf
 """
@@ -45,448 +49,44 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
-from dvr_plugin.data.paths import shared_data_dir
-from dvr_plugin.engine.evaluation import image_metrics
-from dvr_plugin.meshing import extract_mesh
-from dvr_plugin.metrics import EMPTY_VALUES, evaluate_meshes, evaluate_observed
-from dvr_plugin.training import (
-    FitConfig,
-    Trainer,
-    load_config,
-    load_fit_data,
-    packaged_config,
-    resolve_config,
-)
 from integration.benchmarks.common import (
     peak_memory,
     release_memory,
     reset_peak_memory,
     synchronize,
 )
-from integration.compare.harness import MESH_SCORE_KEYS, volume_baseline_config
-from integration.compare.nerf_baseline import VolumeBaselineTrainer, rendered_surface_level
-from integration.compare.ngp_baseline import (
-    NerfaccStatus,
-    NGPBaselineTrainer,
-    NGPSettings,
-    probe_nerfacc,
+from integration.benchmarks.fit_methods import (
+    METHOD_LABELS,
+    METHODS,
+    DVRMethod,
+    NGPMethod,
+    VolumeMethod,
 )
+from integration.benchmarks.fit_report import (
+    TARGET_F_SCORE,
+    TARGET_PSNR,
+    is_finite_number,
+    markdown_report,
+    report_header,
+    report_writer,
+)
+from integration.benchmarks.fit_scenes import SCENES, Scene, prepare_scene
+from integration.compare.ngp_baseline import NerfaccStatus, NGPSettings, probe_nerfacc
 
-METHODS = ("dvr", "dvr-hash", "dvr-dense", "pytorch3d-volume", "nerfacc")
-METHOD_LABELS = {
-    "dvr": "dvr (ours: grid + CUDA graphs + TF32 on CUDA)",
-    "dvr-hash": "dvr-hash (ours with the hash-grid field, model.encoding: hash_grid)",
-    "dvr-dense": "dvr-dense (reference-style dense march)",
-    "pytorch3d-volume": "pytorch3d-volume (ImplicitRenderer, same network)",
-    "nerfacc": "nerfacc (Instant-NGP-style hash grid + OccGridEstimator)",
-}
-SCENES = ("cow", "lego", "dtu-like", "demo")
-SCENE_CONFIGS = {"cow": "cow", "lego": "nerf-synthetic", "dtu-like": "dtu", "demo": "demo"}
 CHECKPOINTS = (5.0, 10.0, 20.0, 30.0, 60.0, 90.0)
 QUICK_CHECKPOINTS = (2.0, 4.0, 6.0)
-TARGET_F_SCORE = 0.97
-TARGET_PSNR = 33.0
-OBSERVED_KEYS = (
-    "observed_chamfer_l1",
-    "observed_normal_consistency",
-    "observed_f_score",
-    "pred_observed_fraction",
-    "gt_observed_fraction",
-)
-IMAGE_KEYS = ("psnr", "psnr_masked", "ssim", "mask_iou")
-# ``dvr-hash``: the packaged config with the hash-grid field in place of the Fourier decoder, its
-# tables at Instant-NGP's learning rate (everything else, the rays per step included, unchanged)
-HASH_GRID_OVERRIDES = ("model.encoding=hash_grid", "optim.encoding_lr=1e-2")
-
-# Toy sizes for a CPU run of every path (not a measurement).
-QUICK_OVERRIDES = (
-    "model.hidden_size=32",
-    "model.n_blocks=2",
-    "model.n_frequencies=4",
-    "train.images_per_batch=2",
-    "train.rays_per_image=64",
-    "train.step_milestones={0: 16}",
-    "eval.n_steps=32",
-    "eval.mesh_resolution=32",
-    "eval.mesh_points=2000",
-    # read by dvr-hash only
-    "model.hash_grid.n_levels=4",
-    "model.hash_grid.log2_table_size=12",
-    "model.hash_grid.max_resolution=64",
-)
-QUICK_SCENE_OVERRIDES = {
-    "cow": ("data.image_size=32", "data.n_views=8", "data.held_out_every=4"),
-    "demo": ("data.image_size=32", "data.n_views=8", "data.held_out_every=4"),
-    "lego": ("data.downscale=16",),
-    "dtu-like": (
-        "model.colour_hidden_size=16",
-        "model.colour_n_layers=1",
-        "loss.eikonal_box_points=32",
-        "loss.mask_samples=8",
-    ),
-}
-# The DTU-like scene: make-scene's image size (the one photographs.sh fits at full size).
-DTU_LIKE_SIZE = (180, 240)
-DTU_LIKE_QUICK_SIZE = (24, 32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Scenes
-
-
-@dataclass
-class Scene:
-    """
-    One benchmark scene, shared by every method.
-
-    Members:
-        name: the scene's name (:data:`SCENES`).
-        overrides: ``key=value`` overrides of the packaged config, the same for every method.
-        config: the resolved configuration of ``dvr`` (device overrides applied).
-        device: the device.
-        data: the training and held-out views (:class:`dvr_plugin.training.FitData`).
-        gt_mesh: the ground truth in the fitting (normalised) frame, or ``None``.
-        headline_psnr: ``"psnr"`` or ``"psnr_masked"`` (images with a real background).
-        observed: also score the observed region (``dvr eval --observed``).
-        notes: how the scene was made.
-    """
-
-    name: str
-    overrides: list[str]
-    config: FitConfig
-    device: torch.device
-    data: Any
-    gt_mesh: Any
-    headline_psnr: str
-    observed: bool
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def geometry_key(self) -> str:
-        return "observed_f_score" if self.observed else "f_score"
-
-    def method_config(self, method: str) -> FitConfig:
-        """The resolved configuration a method trains with."""
-        extra: list[str] = []
-        if method == "dvr-dense":
-            extra = ["train.occupancy_grid=0", "train.cuda_graphs=false"]
-        elif method == "dvr-hash":
-            extra = list(HASH_GRID_OVERRIDES)
-        config = load_config(packaged_config(SCENE_CONFIGS[self.name]), [*self.overrides, *extra])
-        config, _ = resolve_config(config)
-        if method == "pytorch3d-volume":
-            config = volume_baseline_config(config)
-        return config
-
-
-def prepare_scene(
-    name: str,
-    *,
-    device: str,
-    quick: bool,
-    data: Optional[str],
-    overrides: Sequence[str],
-    workdir: str,
-    progress: bool,
-) -> Scene:
-    """Load (or, for ``dtu-like``, generate and load) a scene's views and ground truth."""
-    if name not in SCENES:
-        raise ValueError(f"scene must be one of {SCENES}, got {name!r}.")
-    items = [f"device={device}"]
-    notes: list[str] = []
-    if quick:
-        items += [*QUICK_OVERRIDES, *QUICK_SCENE_OVERRIDES[name]]
-    if name == "cow":
-        path = data or str(shared_data_dir() / "meshes" / "cow.obj")
-        items.append(f"data.path={json.dumps(path)}")
-    elif name == "lego":
-        path = data or str(shared_data_dir() / "nerf_synthetic_lego" / "lego")
-        items.append(f"data.path={json.dumps(path)}")
-    elif name == "dtu-like":
-        path = _make_dtu_like(data, device=device, quick=quick, workdir=workdir, progress=progress)
-        items += ["data.format=dtu", f"data.path={json.dumps(path)}", "data.downscale=1"]
-        notes.append(
-            f"generated by `dvr make-scene {data or 'meshes/cow.obj'} --front-axis=-z` "
-            f"({'x'.join(map(str, DTU_LIKE_QUICK_SIZE if quick else DTU_LIKE_SIZE))} images, "
-            "DTU lighting and photo backgrounds) into a temporary folder"
-        )
-    elif data is not None:
-        raise ValueError("The demo scene is built in code; it takes no --data.")
-    items += list(overrides)
-    config, resolved = resolve_config(load_config(packaged_config(SCENE_CONFIGS[name]), items))
-    fit_data = load_fit_data(config.data, background=list(config.background), device=resolved)
-    gt_mesh = fit_data.mesh
-    if name == "dtu-like":
-        from dvr_plugin.data.frame import WorldFrame
-        from dvr_plugin.meshing import load_mesh
-
-        world = load_mesh(os.path.join(config.data.path, "gt_mesh.ply"), device=str(resolved))
-        gt_mesh = WorldFrame(fit_data.train.to_world, "dtu").mesh_to_normalised(world)
-        notes.append(
-            "ground truth: gt_mesh.ply moved into the fitting frame with the data's "
-            "to_world (as `dvr eval` does with a checkpoint's data frame)"
-        )
-    elif name == "cow":
-        notes.append(
-            "ground truth: cow.obj centred and scaled into the fitting frame (longest "
-            f"side {config.data.longest_side:g}), as `dvr eval --gt-longest-side` does"
-        )
-    if gt_mesh is not None:
-        gt_mesh = gt_mesh.to(resolved)
-    return Scene(
-        name=name,
-        overrides=items,
-        config=config,
-        device=resolved,
-        data=fit_data,
-        gt_mesh=gt_mesh,
-        headline_psnr="psnr_masked" if name == "dtu-like" else "psnr",
-        observed=name == "dtu-like" and gt_mesh is not None,
-        notes=notes,
-    )
-
-
-def _make_dtu_like(
-    mesh: Optional[str], *, device: str, quick: bool, workdir: str, progress: bool
-) -> str:
-    from dvr_plugin.data.dtu_like import make_dtu_like_scene
-
-    mesh = mesh or str(shared_data_dir() / "meshes" / "cow.obj")
-    out = os.path.join(workdir, "dtu_like")
-    make_dtu_like_scene(
-        mesh,
-        out,
-        image_size=DTU_LIKE_QUICK_SIZE if quick else DTU_LIKE_SIZE,
-        front_axis="-z",
-        views=list(range(0, 49, 8)) if quick else None,
-        device=device,
-        force=True,
-        progress=progress,
-    )
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Methods
-
-
-def score_geometry(field_module, scene: Scene, *, level: Optional[float] = None) -> dict[str, Any]:
-    """
-    Extract a field's surface (MISE + marching cubes at ``eval.mesh_resolution``, at ``level``)
-    and score it against the scene's ground truth (nothing but the face count without one).
-    """
-    config = scene.config
-    resolution = config.eval.mesh_resolution or 128
-    start = time.perf_counter()
-    extraction = extract_mesh(
-        field_module, resolution=resolution, start_resolution=min(32, resolution), level=level
-    )
-    scores: dict[str, Any] = {
-        "mesh_faces": 0 if extraction.is_empty else int(extraction.mesh.num_faces_per_mesh()[0]),
-        "mesh_seconds": time.perf_counter() - start,
-    }
-    gt = scene.gt_mesh
-    if gt is None:
-        return scores
-    mesh = extraction.mesh.to(gt.device)
-    n_points = config.eval.mesh_points
-    if extraction.is_empty:
-        scores.update({key: EMPTY_VALUES[key] for key in MESH_SCORE_KEYS})
-    else:
-        values = evaluate_meshes(mesh, gt, n_points=n_points, n_iou_points=0, seed=config.seed)
-        scores.update({key: float(values[key].reshape(-1)[0]) for key in MESH_SCORE_KEYS})
-    if scene.observed:
-        train = scene.data.train
-        observed = evaluate_observed(
-            mesh,
-            gt,
-            train.cameras,
-            tuple(int(v) for v in train.image_size),
-            n_points=n_points,
-            seed=config.seed,
-        )
-        scores.update({key: float(observed[key]) for key in OBSERVED_KEYS})
-    return scores
-
-
-def _held_out_scores(rendered, scene: Scene) -> dict[str, Any]:
-    val = scene.data.val
-    return image_metrics(rendered, val.images, val.masks)
-
-
-class _TrainerMethod:
-    """A method whose ``trainer`` counts its steps (``trainer.step``) and takes one with
-    ``trainer.train_step()``; subclasses build the trainer and score it (``evaluate``)."""
-
-    trainer: Any
-
-    @property
-    def steps(self) -> int:
-        return int(self.trainer.step)
-
-    def step(self) -> dict[str, float]:
-        return self.trainer.train_step()
-
-
-def _network_label(config: FitConfig) -> str:
-    model = config.model
-    if model.encoding == "hash_grid":
-        grid = model.hash_grid
-        return (
-            f"hash grid {grid.n_levels} levels x {grid.features_per_level} features, table "
-            f"2^{grid.log2_table_size}, resolution {grid.base_resolution}-{grid.max_resolution}; "
-            f"decoder hidden {grid.hidden_size} x {grid.n_layers} layers"
-        )
-    blocks = f"hidden {model.hidden_size} x {model.n_blocks} blocks"
-    return f"{blocks}, {model.n_frequencies} frequencies"
-
-
-class DVRMethod(_TrainerMethod):
-    """
-    ``dvr`` / ``dvr-hash`` / ``dvr-dense``: :class:`Trainer` stepped by hand, scored with its
-    validation.
-    """
-
-    def __init__(self, scene: Scene, *, method: str) -> None:
-        if method not in ("dvr", "dvr-hash", "dvr-dense"):
-            raise ValueError(f"DVRMethod runs dvr, dvr-hash or dvr-dense, got {method!r}.")
-        dense = method == "dvr-dense"
-        self.config = scene.method_config(method)
-        self.trainer = Trainer(
-            config=self.config,
-            train_data=scene.data.train,
-            val_data=scene.data.val,
-            out_dir=None,
-            progress=False,
-        )
-        train = self.config.train
-        self.settings: dict[str, Any] = {
-            "occupancy_grid": train.occupancy_grid,
-            "cuda_graphs": train.cuda_graphs,
-            "march_precision": "auto (TF32 on CUDA)",
-            "network": _network_label(self.config),
-            "field_type": self.config.model.field_type,
-            "encoding": self.config.model.encoding,
-            "step_milestones": {str(k): v for k, v in train.step_milestones.items()},
-        }
-        if dense:  # the march in float32 (the default lets it use TF32 on CUDA)
-            sampler = getattr(getattr(self.trainer, "renderer", None), "raysampler", None)
-            if sampler is not None and hasattr(sampler, "march_precision"):
-                sampler.march_precision = "float32"
-                self.settings["march_precision"] = "float32"
-            else:
-                self.settings["march_precision"] = "auto (could not be set: no renderer found)"
-
-    def evaluate(self, scene: Scene) -> dict[str, Any]:
-        scores = dict(self.trainer.validate(save_grid=False) or {})
-        for key in ("step", "seconds"):
-            scores.pop(key, None)
-        field_module = self.trainer.field
-        field_module.eval()
-        try:
-            scores.update(score_geometry(field_module, scene))
-        finally:
-            field_module.train()
-        return scores
-
-
-class VolumeMethod(_TrainerMethod):
-    """``pytorch3d-volume``: :class:`VolumeBaselineTrainer` (occupancy as alpha)."""
-
-    def __init__(self, scene: Scene, *, samples: int, chunk: int) -> None:
-        self.config = scene.method_config("pytorch3d-volume")
-        self.trainer = VolumeBaselineTrainer(
-            config=self.config, train_data=scene.data.train, n_pts_per_ray=samples
-        )
-        self.chunk = chunk
-        self.settings = {
-            "samples_per_ray": samples,
-            "network": f"hidden {self.config.model.hidden_size} x {self.config.model.n_blocks} "
-            f"blocks, {self.config.model.n_frequencies} frequencies (occupancy field)",
-        }
-
-    def evaluate(self, scene: Scene) -> dict[str, Any]:
-        val = scene.data.val
-        field_module = self.trainer.field
-        field_module.eval()
-        try:
-            rendered = self.trainer.model.render_views(
-                val.cameras, val.image_size, chunk_size=self.chunk, compute_normals=False
-            )
-            scores = _held_out_scores(rendered, scene)
-            level = rendered_surface_level(
-                field_module, val.cameras, rendered.depths, rendered.masks
-            )
-            scores.update(score_geometry(field_module, scene, level=level))
-            scores["mesh_level_probability"] = (
-                None if level is None else 1.0 / (1.0 + math.exp(-level))
-            )
-        finally:
-            field_module.train()
-        return scores
-
-
-class NGPMethod(_TrainerMethod):
-    """``nerfacc``: :class:`NGPBaselineTrainer` on nerfacc, or on its PyTorch stand-in."""
-
-    def __init__(
-        self,
-        scene: Scene,
-        *,
-        settings: NGPSettings,
-        backend: str,
-        status: NerfaccStatus,
-        chunk: int,
-    ) -> None:
-        self.config = scene.config
-        self.trainer = NGPBaselineTrainer(
-            config=self.config,
-            train_data=scene.data.train,
-            settings=settings,
-            backend=backend,
-            nerfacc_status=status,
-        )
-        self.chunk = chunk
-        self.settings = {
-            "backend": self.trainer.backend,
-            "hash_grid": self.trainer.field.encoding_source,
-            "render_step": self.trainer.step_size,
-            **vars(settings),
-        }
-
-    def evaluate(self, scene: Scene) -> dict[str, Any]:
-        val = scene.data.val
-        rendered = self.trainer.render_views(val.cameras, val.image_size, chunk_size=self.chunk)
-        scores = _held_out_scores(rendered, scene)
-        resolution = scene.config.eval.mesh_resolution or 128
-        level_field, sigma = self.trainer.mesh_field(resolution)
-        try:
-            scores.update(score_geometry(level_field, scene))
-        finally:
-            self.trainer.field.train()
-        scores["mesh_level_density"] = sigma
-        scores["grid_occupied_fraction"] = self.trainer.grid_occupied_fraction()
-        return scores
 
 
 # ---------------------------------------------------------------------------------------------
 # The clock
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def run_method(
@@ -574,9 +174,9 @@ def run_method(
             headline = scores.get(scene.headline_psnr)
             geometry = scores.get(scene.geometry_key)
             postfix = f"step {method.steps}"
-            if _finite(headline):
+            if is_finite_number(headline):
                 postfix += f", {headline:.2f} dB"
-            if _finite(geometry):
+            if is_finite_number(geometry):
                 postfix += f", F@1% {geometry:.3f}"
             bar.set_postfix_str(postfix, refresh=True)
             on_checkpoint()
@@ -622,7 +222,7 @@ def time_to(entry: dict[str, Any], key: str, target: float) -> Optional[float]:
     """The first checkpoint (seconds) whose ``key`` reaches ``target``, or ``None``."""
     for row in entry.get("checkpoints", []):
         value = row.get(key)
-        if _finite(value) and value >= target:
+        if is_finite_number(value) and value >= target:
             return row["checkpoint_s"]
     return None
 
@@ -690,8 +290,8 @@ def run_benchmark(
             progress=progress,
         )
         prep_seconds = time.perf_counter() - prep_start
-        report = _report_header(scene, checkpoints, quick, status, prep_seconds)
-        write = _writer(out_dir, scene_name)
+        report = report_header(scene, checkpoints, quick, status, prep_seconds)
+        write = report_writer(out_dir, scene_name)
         cuda = scene.device.type == "cuda"
         samples = samples or (16 if quick else 64)
         chunk = 16384 if cuda else 4096
@@ -778,292 +378,6 @@ def run_benchmark(
 def _error_tail(error: BaseException, limit: int = 4000) -> str:
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
     return text if len(text) <= limit else text[:300] + "\n...\n" + text[-(limit - 300) :]
-
-
-def _report_header(
-    scene: Scene,
-    checkpoints: Sequence[float],
-    quick: bool,
-    status: NerfaccStatus,
-    prep_seconds: float,
-) -> dict[str, Any]:
-    import pytorch3d
-
-    config, device = scene.config, scene.device
-    train = config.train
-    data = scene.data
-    if device.type == "cuda":
-        card = torch.cuda.get_device_name(device)
-    else:
-        card = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    return {
-        "benchmark": "bench_fit",
-        "scene": scene.name,
-        "device": card,
-        "machine": {
-            "device_type": device.type,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "pytorch3d": pytorch3d.__version__,
-        },
-        "nerfacc": status.to_dict(),
-        "settings": {
-            "quick": quick,
-            "checkpoints_s": list(checkpoints),
-            "budget_s": checkpoints[-1],
-            "targets": {"f_score": TARGET_F_SCORE, "psnr_db": TARGET_PSNR},
-            "headline_psnr": scene.headline_psnr,
-            "geometry_metric": scene.geometry_key,
-            "config": SCENE_CONFIGS[scene.name],
-            "overrides": scene.overrides,
-            "data_format": config.data.format,
-            "data_path": config.data.path,
-            "image_size": list(data.train.image_size),
-            "train_views": len(data.train),
-            "held_out_views": len(data.val),
-            "images_per_batch": min(train.images_per_batch, len(data.train)),
-            "rays_per_image": train.rays_per_image,
-            "rays_per_step": min(train.images_per_batch, len(data.train)) * train.rays_per_image,
-            "sampling": train.sampling,
-            "dvr_render_steps": config.eval.n_steps,
-            "mesh_resolution": config.eval.mesh_resolution,
-            "mesh_points": config.eval.mesh_points,
-            "ground_truth_mesh": scene.gt_mesh is not None,
-            "scene_seconds": prep_seconds,
-            "notes": scene.notes,
-            "clock": "training time only: the device is synchronised after every step; "
-            "evaluation runs with the clock stopped",
-        },
-        "methods": {},
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Outputs
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return _json_safe(value.item())
-    return str(value)
-
-
-def _writer(out_dir: Optional[str], scene: str) -> Callable[..., None]:
-    """``write(report, draw=True)``: the JSON and markdown (and with ``draw`` the figure)."""
-    if not out_dir:
-        return lambda report, draw=True: None
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"bench_fit_{scene}")
-
-    def write(report: dict[str, Any], draw: bool = True) -> None:
-        with open(stem + ".json", "w") as handle:
-            json.dump(_json_safe(report), handle, indent=2)
-        with open(stem + ".md", "w") as handle:
-            handle.write(markdown_report(report))
-        if draw:  # the figure after each method (the tables after every checkpoint)
-            figure(report, stem + ".png")
-
-    return write
-
-
-def _label(seconds: float) -> str:
-    return f"{seconds:g} s"
-
-
-def _cell(row: Optional[dict[str, Any]], key: str, fmt: str) -> str:
-    if row is None:
-        return "-"
-    value = row.get(key)
-    return fmt.format(value) if _finite(value) else "-"
-
-
-def _rows_by_checkpoint(entry: dict[str, Any]) -> dict[float, dict[str, Any]]:
-    return {row["checkpoint_s"]: row for row in entry.get("checkpoints", [])}
-
-
-def markdown_report(report: dict[str, Any]) -> str:
-    """The report as markdown: the headline table, one table per metric, then the notes."""
-    settings = report["settings"]
-    checkpoints = settings["checkpoints_s"]
-    headline = settings["headline_psnr"]
-    geometry = settings["geometry_metric"] if settings["ground_truth_mesh"] else None
-    psnr_name = "PSNR in mask" if headline == "psnr_masked" else "PSNR"
-    f_name = "observed F@1%" if geometry == "observed_f_score" else "F@1%"
-    lines = [
-        f"# Time to quality: {report['scene']}",
-        "",
-        f"Device: {report['device']} (torch {report['machine']['torch']}, PyTorch3D "
-        f"{report['machine']['pytorch3d']}); nerfacc: "
-        + ("available" if report["nerfacc"]["available"] else "not used (see below)"),
-        "",
-        f"{settings['train_views']} training views ({settings['image_size'][0]}x"
-        f"{settings['image_size'][1]}), {settings['held_out_views']} held out; every method "
-        f"trains on {settings['rays_per_step']} rays per step ({settings['images_per_batch']} "
-        f"images x {settings['rays_per_image']}, {settings['sampling']} sampling). "
-        f"Clock: {settings['clock']}. Budget {settings['budget_s']:g} s per method, one method "
-        "after another.",
-        "",
-    ]
-    head = ["method", *(_label(c) for c in checkpoints), "steps (ms/step)"]
-    if geometry:
-        head.append(f"time to {f_name} >= {settings['targets']['f_score']:g}")
-    head.append(f"time to {psnr_name} >= {settings['targets']['psnr_db']:g} dB")
-    cell_name = f"{psnr_name} (dB)" + (f" / {f_name}" if geometry else "")
-    sources = "the held-out views / the extracted mesh" if geometry else "the held-out views"
-    lines += [f"Cells: {cell_name} of {sources}.", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, entry in report["methods"].items():
-        rows = _rows_by_checkpoint(entry)
-        stand_in = (entry.get("settings") or {}).get("backend") == "torch"
-        cells = [f"{name} (PyTorch stand-in)" if stand_in else name]
-        for checkpoint in checkpoints:
-            row = rows.get(checkpoint)
-            text = _cell(row, headline, "{:.2f}")
-            if geometry:
-                text += " / " + _cell(row, geometry, "{:.3f}")
-            cells.append(text if row is not None else "-")
-        if entry.get("steps"):
-            cells.append(f"{entry['steps']} ({1000 * entry['seconds_per_step']:.1f})")
-        else:
-            cells.append("-")
-        reached = entry.get("time_to", {})
-        if geometry:
-            cells.append(_reached(reached.get("f_score"), entry))
-        cells.append(_reached(reached.get("psnr"), entry))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    metrics = [
-        ("psnr", "PSNR (dB)", "{:.2f}"),
-        ("psnr_masked", "PSNR inside the mask (dB)", "{:.2f}"),
-        ("ssim", "SSIM", "{:.4f}"),
-        ("mask_iou", "mask IoU", "{:.4f}"),
-    ]
-    if geometry:
-        metrics += [
-            ("chamfer_l1", "Chamfer-L1 (unit bounding box)", "{:.5f}"),
-            ("f_score", "F@1%", "{:.4f}"),
-            ("normal_consistency", "normal consistency", "{:.4f}"),
-        ]
-        if geometry == "observed_f_score":
-            metrics += [
-                ("observed_chamfer_l1", "observed Chamfer-L1", "{:.5f}"),
-                ("observed_f_score", "observed F@1%", "{:.4f}"),
-                ("observed_normal_consistency", "observed normal consistency", "{:.4f}"),
-            ]
-    for key, title, fmt in metrics:
-        lines += [
-            f"## {title}",
-            "",
-            "| method | " + " | ".join(map(_label, checkpoints)) + " |",
-            "|" + "---|" * (len(checkpoints) + 1),
-        ]
-        for name, entry in report["methods"].items():
-            rows = _rows_by_checkpoint(entry)
-            lines.append(
-                f"| {name} | "
-                + " | ".join(_cell(rows.get(c), key, fmt) for c in checkpoints)
-                + " |"
-            )
-        lines.append("")
-    lines += ["## Notes", ""]
-    for name, entry in report["methods"].items():
-        text = f"- **{name}**: {entry['label']}"
-        described = entry.get("settings") or {}
-        if described:
-            text += "; " + ", ".join(f"{k} {v}" for k, v in described.items())
-        if entry.get("construct_seconds") is not None:
-            text += f"; construction {entry['construct_seconds']:.1f} s (not counted)"
-        if entry.get("train_peak_bytes"):
-            text += f"; peak GPU memory in training {entry['train_peak_bytes'] / 2**30:.2f} GiB"
-        for key in ("stopped", "skipped"):
-            if entry.get(key):
-                text += f"; {key}: {entry[key]}"
-        if entry.get("error"):
-            text += f"; **error**: `{entry['error'].splitlines()[-1][:300]}`"
-        lines.append(text)
-    nerfacc = report["nerfacc"]
-    if nerfacc["available"]:
-        lines.append(
-            f"- nerfacc {nerfacc['version']} loaded (probe and JIT build "
-            f"{nerfacc['seconds']:.1f} s, before any clock ran)."
-        )
-    else:
-        lines.append(
-            f"- nerfacc did not run (stage: {nerfacc['stage']}); the `nerfacc` row is "
-            "the same model on the PyTorch stand-in. Where it stopped:"
-        )
-        lines += ["", "```", str(nerfacc["error"]).strip(), "```"]
-    for note in settings["notes"]:
-        lines.append(f"- {note}")
-    lines.append(
-        "- Meshes: DVR at its level 0; pytorch3d-volume at the occupancy its renders show "
-        "(`rendered_surface_level`); nerfacc where a voxel of the extraction grid absorbs half "
-        "the light (sigma = ln 2 / voxel). Scores in `dvr eval`'s convention (ground truth's "
-        "bounding box, longest side 1)."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _reached(seconds: Optional[float], entry: dict[str, Any]) -> str:
-    if seconds is not None:
-        return _label(seconds)
-    if not entry.get("checkpoints"):
-        return "-"
-    return "not met"
-
-
-def figure(report: dict[str, Any], path: str) -> None:
-    """PSNR (and F@1% with a ground truth) against training seconds, one line per method."""
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
-
-    settings = report["settings"]
-    panels = [
-        (
-            settings["headline_psnr"],
-            "held-out "
-            + ("PSNR inside the mask" if settings["headline_psnr"] == "psnr_masked" else "PSNR")
-            + " (dB)",
-            settings["targets"]["psnr_db"],
-        )
-    ]
-    if settings["ground_truth_mesh"]:
-        key = settings["geometry_metric"]
-        panels.append(
-            (
-                key,
-                ("observed " if key.startswith("observed") else "") + "F@1%",
-                settings["targets"]["f_score"],
-            )
-        )
-    fig = Figure(figsize=(5.5 * len(panels), 4.2))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for axis, (key, title, target) in zip(axes, panels, strict=True):
-        for name, entry in report["methods"].items():
-            points = [
-                (row["train_seconds"], row[key])
-                for row in entry.get("checkpoints", [])
-                if _finite(row.get(key))
-            ]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, marker="o", label=name)
-        axis.axhline(target, color="grey", linestyle="--", linewidth=1)
-        axis.set_xlabel("training seconds")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{report['scene']} - {report['device']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------

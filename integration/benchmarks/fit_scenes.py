@@ -1,0 +1,254 @@
+"""
+The scenes of the time-to-quality benchmark (:mod:`integration.benchmarks.bench_fit`) and how a
+method's result on one is scored, the same for every method.
+
+A :class:`Scene` holds one scene's training and held-out views, its ground-truth mesh (or
+none) and the configuration overrides every method shares; :func:`prepare_scene` loads it (and,
+for ``dtu-like``, first renders it with ``dvr make-scene``). :func:`held_out_scores` scores
+renders of the held-out views (PSNR in dB, SSIM, mask IoU); :func:`score_geometry` extracts a
+field's surface and scores it in ``dvr eval``'s convention (Occupancy Networks protocol,
+distances in units of the ground truth's bounding box, longest side 1).
+
+Frame: the fitting (normalised) frame of the scene's data; the ground truth is moved into it
+when the scene is prepared, so every mesh and camera here lives there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from dvr_plugin.data.paths import shared_data_dir
+from dvr_plugin.engine.evaluation import image_metrics
+from dvr_plugin.meshing import extract_mesh
+from dvr_plugin.metrics import EMPTY_VALUES, evaluate_meshes, evaluate_observed
+from dvr_plugin.training import (
+    FitConfig,
+    load_config,
+    load_fit_data,
+    packaged_config,
+    resolve_config,
+)
+from integration.compare.harness import MESH_SCORE_KEYS
+
+SCENES = ("cow", "lego", "dtu-like", "demo")
+SCENE_CONFIGS = {"cow": "cow", "lego": "nerf-synthetic", "dtu-like": "dtu", "demo": "demo"}
+OBSERVED_KEYS = (
+    "observed_chamfer_l1",
+    "observed_normal_consistency",
+    "observed_f_score",
+    "pred_observed_fraction",
+    "gt_observed_fraction",
+)
+
+# Toy sizes for a CPU run of every path (not a measurement).
+QUICK_OVERRIDES = (
+    "model.hidden_size=32",
+    "model.n_blocks=2",
+    "model.n_frequencies=4",
+    "train.images_per_batch=2",
+    "train.rays_per_image=64",
+    "train.step_milestones={0: 16}",
+    "eval.n_steps=32",
+    "eval.mesh_resolution=32",
+    "eval.mesh_points=2000",
+    # read by dvr-hash only
+    "model.hash_grid.n_levels=4",
+    "model.hash_grid.log2_table_size=12",
+    "model.hash_grid.max_resolution=64",
+)
+QUICK_SCENE_OVERRIDES = {
+    "cow": ("data.image_size=32", "data.n_views=8", "data.held_out_every=4"),
+    "demo": ("data.image_size=32", "data.n_views=8", "data.held_out_every=4"),
+    "lego": ("data.downscale=16",),
+    "dtu-like": (
+        "model.colour_hidden_size=16",
+        "model.colour_n_layers=1",
+        "loss.eikonal_box_points=32",
+        "loss.mask_samples=8",
+    ),
+}
+# The DTU-like scene: make-scene's image size (the one photographs.sh fits at full size).
+DTU_LIKE_SIZE = (180, 240)
+DTU_LIKE_QUICK_SIZE = (24, 32)
+
+
+@dataclass
+class Scene:
+    """
+    One benchmark scene, shared by every method.
+
+    Members:
+        name: the scene's name (:data:`SCENES`).
+        overrides: ``key=value`` overrides of the packaged config, the same for every method.
+        config: the resolved configuration of ``dvr`` (device overrides applied).
+        device: the device.
+        data: the training and held-out views (:class:`dvr_plugin.training.FitData`).
+        gt_mesh: the ground truth in the fitting (normalised) frame, or ``None``.
+        headline_psnr: ``"psnr"`` or ``"psnr_masked"`` (images with a real background).
+        observed: also score the observed region (``dvr eval --observed``).
+        notes: how the scene was made.
+    """
+
+    name: str
+    overrides: list[str]
+    config: FitConfig
+    device: torch.device
+    data: Any
+    gt_mesh: Any
+    headline_psnr: str
+    observed: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def geometry_key(self) -> str:
+        return "observed_f_score" if self.observed else "f_score"
+
+
+def prepare_scene(
+    name: str,
+    *,
+    device: str,
+    quick: bool,
+    data: Optional[str],
+    overrides: Sequence[str],
+    workdir: str,
+    progress: bool,
+) -> Scene:
+    """Load (or, for ``dtu-like``, generate and load) a scene's views and ground truth."""
+    if name not in SCENES:
+        raise ValueError(f"scene must be one of {SCENES}, got {name!r}.")
+    items = [f"device={device}"]
+    notes: list[str] = []
+    if quick:
+        items += [*QUICK_OVERRIDES, *QUICK_SCENE_OVERRIDES[name]]
+    if name == "cow":
+        path = data or str(shared_data_dir() / "meshes" / "cow.obj")
+        items.append(f"data.path={json.dumps(path)}")
+    elif name == "lego":
+        path = data or str(shared_data_dir() / "nerf_synthetic_lego" / "lego")
+        items.append(f"data.path={json.dumps(path)}")
+    elif name == "dtu-like":
+        path = _make_dtu_like(data, device=device, quick=quick, workdir=workdir, progress=progress)
+        items += ["data.format=dtu", f"data.path={json.dumps(path)}", "data.downscale=1"]
+        notes.append(
+            f"generated by `dvr make-scene {data or 'meshes/cow.obj'} --front-axis=-z` "
+            f"({'x'.join(map(str, DTU_LIKE_QUICK_SIZE if quick else DTU_LIKE_SIZE))} images, "
+            "DTU lighting and photo backgrounds) into a temporary folder"
+        )
+    elif data is not None:
+        raise ValueError("The demo scene is built in code; it takes no --data.")
+    items += list(overrides)
+    config, resolved = resolve_config(load_config(packaged_config(SCENE_CONFIGS[name]), items))
+    fit_data = load_fit_data(config.data, background=list(config.background), device=resolved)
+    gt_mesh = fit_data.mesh
+    if name == "dtu-like":
+        from dvr_plugin.data.frame import WorldFrame
+        from dvr_plugin.meshing import load_mesh
+
+        world = load_mesh(os.path.join(config.data.path, "gt_mesh.ply"), device=str(resolved))
+        gt_mesh = WorldFrame(fit_data.train.to_world, "dtu").mesh_to_normalised(world)
+        notes.append(
+            "ground truth: gt_mesh.ply moved into the fitting frame with the data's "
+            "to_world (as `dvr eval` does with a checkpoint's data frame)"
+        )
+    elif name == "cow":
+        notes.append(
+            "ground truth: cow.obj centred and scaled into the fitting frame (longest "
+            f"side {config.data.longest_side:g}), as `dvr eval --gt-longest-side` does"
+        )
+    if gt_mesh is not None:
+        gt_mesh = gt_mesh.to(resolved)
+    return Scene(
+        name=name,
+        overrides=items,
+        config=config,
+        device=resolved,
+        data=fit_data,
+        gt_mesh=gt_mesh,
+        headline_psnr="psnr_masked" if name == "dtu-like" else "psnr",
+        observed=name == "dtu-like" and gt_mesh is not None,
+        notes=notes,
+    )
+
+
+def _make_dtu_like(
+    mesh: Optional[str], *, device: str, quick: bool, workdir: str, progress: bool
+) -> str:
+    from dvr_plugin.data.dtu_like import make_dtu_like_scene
+
+    mesh = mesh or str(shared_data_dir() / "meshes" / "cow.obj")
+    out = os.path.join(workdir, "dtu_like")
+    make_dtu_like_scene(
+        mesh,
+        out,
+        image_size=DTU_LIKE_QUICK_SIZE if quick else DTU_LIKE_SIZE,
+        front_axis="-z",
+        views=list(range(0, 49, 8)) if quick else None,
+        device=device,
+        force=True,
+        progress=progress,
+    )
+    return out
+
+
+def score_geometry(field_module, scene: Scene, *, level: Optional[float] = None) -> dict[str, Any]:
+    """
+    Extract a field's surface (MISE + marching cubes at ``eval.mesh_resolution``, at ``level``)
+    and score it against the scene's ground truth (nothing but the face count without one).
+    """
+    config = scene.config
+    resolution = config.eval.mesh_resolution or 128
+    start = time.perf_counter()
+    extraction = extract_mesh(
+        field_module, resolution=resolution, start_resolution=min(32, resolution), level=level
+    )
+    scores: dict[str, Any] = {
+        "mesh_faces": 0 if extraction.is_empty else int(extraction.mesh.num_faces_per_mesh()[0]),
+        "mesh_seconds": time.perf_counter() - start,
+    }
+    gt = scene.gt_mesh
+    if gt is None:
+        return scores
+    mesh = extraction.mesh.to(gt.device)
+    n_points = config.eval.mesh_points
+    if extraction.is_empty:
+        scores.update({key: EMPTY_VALUES[key] for key in MESH_SCORE_KEYS})
+    else:
+        values = evaluate_meshes(mesh, gt, n_points=n_points, n_iou_points=0, seed=config.seed)
+        scores.update({key: float(values[key].reshape(-1)[0]) for key in MESH_SCORE_KEYS})
+    if scene.observed:
+        train = scene.data.train
+        observed = evaluate_observed(
+            mesh,
+            gt,
+            train.cameras,
+            tuple(int(v) for v in train.image_size),
+            n_points=n_points,
+            seed=config.seed,
+        )
+        scores.update({key: float(observed[key]) for key in OBSERVED_KEYS})
+    return scores
+
+
+def held_out_scores(rendered: Any, scene: Scene) -> dict[str, Any]:
+    """
+    Score renders of the scene's held-out views against their images and masks.
+
+    Args:
+        rendered: the renders of ``scene.data.val`` (``images`` `(N, H, W, 3)`, ``masks``
+            `(N, H, W)`; :class:`dvr_plugin.engine.evaluation.RenderedViews` or alike).
+        scene: the scene.
+
+    Returns:
+        ``psnr`` (whole image, dB), ``psnr_masked`` (inside the true mask, dB), ``ssim``,
+        ``mask_iou`` (averages over the views) and ``per_view`` lists.
+    """
+    val = scene.data.val
+    return image_metrics(rendered, val.images, val.masks)
