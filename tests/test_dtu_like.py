@@ -486,3 +486,45 @@ def test_cow_on_the_dtu_rig(tmp_path):
     assert data.images.shape == (4, *SIZE, 3)
     assert report["background"]["files"][0].endswith("000000_rgb.png")
     _check_projection_against_masks(report)
+
+
+def _camera_poses(path, ids) -> tuple[np.ndarray, np.ndarray]:
+    """World -> camera rotations and camera centres (world) of a cameras file."""
+    from dvr_plugin.data.cameras import decompose_projection_matrix
+
+    arrays = np.load(path)
+    _, R, t, _ = decompose_projection_matrix(np.stack([arrays[f"world_mat_{i}"] for i in ids]))
+    centres = -(R.transpose(1, 2) @ t[..., None])[..., 0]
+    return R.numpy(), centres.numpy()
+
+
+def test_pose_noise_moves_the_written_cameras_by_exactly_the_asked_amount(assets, tmp_path):
+    def scene(name, pose_noise):
+        return make_dtu_like_scene(
+            assets["root"] / "ellipsoid.obj", tmp_path / name, image_size=(24, 32),
+            cameras_path=assets["root"] / "cameras.npz", views=IDS[:3], background="black",
+            pose_noise=pose_noise,
+        )
+
+    exact, noisy = scene("exact", (0.0, 0.0)), scene("noisy", (1.5, 0.02))
+    # the images are made with the exact cameras: the same pixels either way
+    for i in IDS[:3]:
+        a = np.asarray(Image.open(f"{exact['out_dir']}/image/{i:06d}.png"))
+        b = np.asarray(Image.open(f"{noisy['out_dir']}/image/{i:06d}.png"))
+        assert np.array_equal(a, b)
+    assert not (tmp_path / "exact" / "cameras_exact.npz").exists()
+    R0, c0 = _camera_poses(tmp_path / "exact" / "cameras.npz", IDS[:3])
+    R_kept, c_kept = _camera_poses(tmp_path / "noisy" / "cameras_exact.npz", IDS[:3])
+    np.testing.assert_allclose(R_kept, R0, atol=1e-9)
+    np.testing.assert_allclose(c_kept, c0, atol=1e-6)
+    R1, c1 = _camera_poses(tmp_path / "noisy" / "cameras.npz", IDS[:3])
+    # every pose turned by 1.5 degrees (angle of R1 R0^T) ...
+    cosines = (np.einsum("nij,nkj->nik", R1, R0).trace(axis1=1, axis2=2) - 1.0) / 2.0
+    np.testing.assert_allclose(np.degrees(np.arccos(np.clip(cosines, -1, 1))), 1.5, atol=1e-6)
+    # ... and moved by 0.02 of the unit sphere (world: times the scale_mat's radius)
+    radius = np.load(tmp_path / "noisy" / "cameras.npz")[f"scale_mat_{IDS[0]}"][0, 0]
+    np.testing.assert_allclose(np.linalg.norm(c1 - c0, axis=1), 0.02 * radius, rtol=1e-6)
+    stored = json.loads((tmp_path / "noisy" / "scene.json").read_text())
+    assert stored["pose_noise"]["degrees"] == 1.5 and stored["pose_noise"]["distance"] == 0.02
+    with pytest.raises(ValueError, match="pose_noise"):
+        scene("bad", (-1.0, 0.0))

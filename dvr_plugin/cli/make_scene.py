@@ -154,6 +154,15 @@ def add_make_scene_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--soft-masks", action="store_true", help="anti-aliased masks (coverage) not 0/255"
     )
     parser.add_argument("--noise", type=float, default=0.0, help="Gaussian image noise (std)")
+    parser.add_argument(
+        "--pose-noise",
+        type=float,
+        nargs=2,
+        default=(0.0, 0.0),
+        metavar=("DEGREES", "DISTANCE"),
+        help="a calibration error: the cameras files get every pose turned by DEGREES and "
+        "moved by DISTANCE (unit-sphere units); exact poses in cameras_exact.npz",
+    )
     add_supersample_option(parser)
     parser.add_argument("--seed", type=int, default=0, help="texture and noise seed")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -190,6 +199,7 @@ def run_make_scene(args: argparse.Namespace) -> int:
         texture="procedural" if args.procedural_texture else "auto",
         soft_masks=args.soft_masks,
         noise=args.noise,
+        pose_noise=tuple(args.pose_noise),
         supersample=args.supersample,
         device=args.device,
         seed=args.seed,

@@ -58,6 +58,7 @@ __all__ = [
     "background_images",
     "load_dtu_rig",
     "make_dtu_like_scene",
+    "perturb_poses",
     "place_mesh",
     "rasterize_views",
     "render_views",
@@ -73,6 +74,7 @@ SPECULAR_MODELS = ("blinn", "phong")
 TEXTURES = ("auto", "procedural")
 NAMED_COLOURS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5)}
 CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")  # both written, identical
+EXACT_CAMERAS_FILE = "cameras_exact.npz"  # with pose_noise: the poses the images were made with
 Device = Union[str, torch.device]
 
 
@@ -999,16 +1001,54 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
-def _write_cameras(out_dir: Path, rig: DTURig, world_mats: np.ndarray) -> list[str]:
+def perturb_poses(
+    R: torch.Tensor, t: torch.Tensor, degrees: float, distance: float, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    A seeded calibration error of known size: every pose turned by exactly ``degrees`` about
+    its own random axis and its camera centre moved by exactly ``distance`` in a random
+    direction.
+
+    Args:
+        R: `(N, 3, 3)` OpenCV rotations (world -> camera).
+        t: `(N, 3)` OpenCV translations (``x_cam = R x + t``).
+        degrees: the rotation error of every camera.
+        distance: the displacement of every camera centre (the units of ``t``).
+        seed: the seed of the axes and directions.
+
+    Returns:
+        ``(R', t')`` with ``R' = dR R`` and ``t' = dR t - R' dc`` (centre ``c + dc``).
+    """
+    gen = torch.Generator().manual_seed(int(seed) + 2)
+    n = R.shape[0]
+    axes = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=R.dtype), dim=-1)
+    moves = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=R.dtype), dim=-1)
+    angle = math.radians(degrees)
+    skew = torch.zeros(n, 3, 3, dtype=R.dtype)
+    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -axes[:, 2], axes[:, 1], -axes[:, 0]
+    skew = skew - skew.transpose(1, 2)
+    eye = torch.eye(3, dtype=R.dtype).expand(n, 3, 3)
+    turn = eye + math.sin(angle) * skew + (1.0 - math.cos(angle)) * skew @ skew  # Rodrigues
+    new_R = turn @ R
+    new_t = (turn @ t[..., None])[..., 0] - (new_R @ (distance * moves)[..., None])[..., 0]
+    return new_R, new_t
+
+
+def _write_cameras(
+    out_dir: Path,
+    rig: DTURig,
+    world_mats: np.ndarray,
+    names: Sequence[str] = CAMERA_FILES,
+) -> list[str]:
     arrays: dict[str, np.ndarray] = {}
     for i, P in zip(rig.ids, world_mats, strict=True):
         arrays[f"world_mat_{i}"] = P
         arrays[f"scale_mat_{i}"] = rig.scale_mat
-    names = []
-    for name in CAMERA_FILES:
+    written = []
+    for name in names:
         np.savez(out_dir / name, **arrays)
-        names.append(name)
-    return names
+        written.append(name)
+    return written
 
 
 def _resolve_device(device: Device) -> torch.device:
@@ -1061,6 +1101,7 @@ def make_dtu_like_scene(
     texture: str = "auto",
     soft_masks: bool = False,
     noise: float = 0.0,
+    pose_noise: Sequence[float] = (0.0, 0.0),
     supersample: int = 2,
     device: Device = "cpu",
     seed: int = 0,
@@ -1099,6 +1140,11 @@ def make_dtu_like_scene(
         texture: ``"auto"`` (the mesh's own texture, else procedural) or ``"procedural"``.
         soft_masks: write anti-aliased masks (coverage) instead of 0 / 255.
         noise: standard deviation of seeded Gaussian noise added to the images.
+        pose_noise: ``(degrees, distance)``: a calibration error. The images are rendered from
+            the exact cameras, but the cameras files get each pose turned by exactly
+            ``degrees`` about a random axis and moved by exactly ``distance`` (units of the
+            scale_mat's unit sphere) in a random direction (camera frame), seeded by ``seed``;
+            the exact ones go to ``cameras_exact.npz`` (:func:`perturb_poses`).
         supersample: sub-samples per pixel side (anti-aliasing; masks are coverage >= 1/2).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         seed: seeds the procedural texture and the noise.
@@ -1120,6 +1166,11 @@ def make_dtu_like_scene(
         raise ValueError(f"supersample must be an integer in 1..8, got {supersample}.")
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be >= 0, got {noise}.")
+    pose_noise = tuple(float(v) for v in pose_noise)
+    if len(pose_noise) != 2 or not all(math.isfinite(v) and v >= 0 for v in pose_noise):
+        raise ValueError(
+            f"pose_noise must be (degrees, distance), both >= 0, got {tuple(pose_noise)}."
+        )
     size = tuple(int(s) for s in image_size)
     if len(size) != 2 or min(size) < 8:
         raise ValueError(f"image_size must be (H, W) with both >= 8, got {tuple(image_size)}.")
@@ -1210,6 +1261,11 @@ def make_dtu_like_scene(
             stacklevel=2,
         )
 
+    exact_mats = written_mats
+    if any(v > 0 for v in pose_noise):
+        noisy_R, noisy_t = perturb_poses(R, t, *pose_noise, seed=seed)
+        written_mats = _recompose_world_mats(K, noisy_R, noisy_t, rig.scale_mat)
+        _write_cameras(out, rig, exact_mats, names=(EXACT_CAMERAS_FILE,))
     camera_files = _write_cameras(out, rig, written_mats)
     _write_gt_mesh(out / "gt_mesh.ply", world_verts, mesh.faces_packed(), rig)
     report = {
@@ -1248,6 +1304,15 @@ def make_dtu_like_scene(
         "supersample": supersample,
         "soft_masks": soft_masks,
         "noise": noise,
+        "pose_noise": {
+            "degrees": pose_noise[0],
+            "distance": pose_noise[1],
+            "note": (
+                f"{CAMERA_FILES} hold the perturbed poses, {EXACT_CAMERAS_FILE} the exact ones"
+                if any(v > 0 for v in pose_noise)
+                else "none: the cameras files hold the exact poses"
+            ),
+        },
         "seed": seed,
         "device": str(device),
         "seconds": round(time.time() - started, 2),

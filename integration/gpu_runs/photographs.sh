@@ -9,6 +9,7 @@
 #   bash integration/gpu_runs/photographs.sh ablation   # the candidates on the DTU-like cow
 #   bash integration/gpu_runs/photographs.sh key        # the main candidates, and scan 24
 #   bash integration/gpu_runs/photographs.sh sdf_ablation  # each piece of the SDF recipe taken out
+#   bash integration/gpu_runs/photographs.sh cameras    # camera refinement against a known pose error
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
@@ -48,12 +49,13 @@ fi
 if [[ -n ${ITERS:-} ]]; then LENGTH=(train.iterations=$ITERS); else LENGTH=(train.time_budget_s=$BUDGET train.iterations=20000); fi
 COMMON=("${LENGTH[@]}" eval.turntable_frames=0 eval.validate_every=0)
 
-scene() {  # $1 = mesh name, $2 = lighting, extra make-scene flags after
+scene() {  # $1 = mesh name, $2 = lighting, extra make-scene flags after (SUFFIX=_x: folder name)
   local name=$1 lighting=$2; shift 2
-  [[ -f $D/scenes/${name}_$lighting/cameras.npz || -f $D/scenes/${name}_$lighting/cameras_sphere.npz ]] && return
-  $PY -m dvr_plugin.cli make-scene "$DATA/meshes/$name.obj" --out "$D/scenes/${name}_$lighting" \
+  local dir=$D/scenes/${name}_$lighting${SUFFIX:-}
+  [[ -f $dir/cameras.npz || -f $dir/cameras_sphere.npz ]] && return
+  $PY -m dvr_plugin.cli make-scene "$DATA/meshes/$name.obj" --out "$dir" \
     --lighting "$lighting" --image-size $SIZE --device ${SCENE_DEVICE:-cpu} --force "${VIEWS[@]}" "$@" \
-    > "$D/scene_${name}_$lighting.log" 2>&1 || { echo "make-scene $name $lighting failed"; tail -5 "$D/scene_${name}_$lighting.log"; }
+    > "$dir.log" 2>&1 || { echo "make-scene $name $lighting failed"; tail -5 "$dir.log"; }
 }
 
 fit() {  # $1 = run name, $2 = data folder, $3 = format, $4 = ground-truth mesh or -, then overrides
@@ -109,6 +111,17 @@ sdf_ablation)  # the pieces of the SDF recipe, each taken out in turn, on the DT
   wait
   RUNS="sdf_full sdf_no_viewdep sdf_no_anneal sdf_no_mask"
   ;;
+cameras)  # camera refinement: the DTU-like cow with a known calibration error (POSE_NOISE)
+  scene cow dtu --front-axis=-z
+  SUFFIX=_posenoise scene cow dtu --front-axis=-z --pose-noise ${POSE_NOISE:-0.5 0.005}
+  GT=$D/scenes/cow_dtu/gt_mesh.ply
+  NOISY=$D/scenes/cow_dtu_posenoise
+  slot; fit cam_exact "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
+  slot; fit cam_noisy "$NOISY" dtu "$GT" data.downscale=1 &
+  slot; fit cam_noisy_refined "$NOISY" dtu "$GT" data.downscale=1 train.refine_cameras=true &
+  wait
+  RUNS="cam_exact cam_noisy cam_noisy_refined"
+  ;;
 recipes)
   RECIPE=(${RECIPE:-})
   scene cow dtu --front-axis=-z & scene teapot dtu & scene teapot studio & wait
@@ -121,7 +134,7 @@ recipes)
   wait
   RUNS="cow_dtu teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
-*) echo "usage: photographs.sh ablation|key|sdf_ablation|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|recipes"; exit 2 ;;
 esac
 
 if [[ -n ${ONLY:-} ]]; then KEEP=""; for r in $RUNS; do [[ " $ONLY " == *" $r "* ]] && KEEP+="$r "; done; RUNS=$KEEP; fi
