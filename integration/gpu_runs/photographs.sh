@@ -120,6 +120,11 @@ cameras)  # camera refinement: the DTU-like cow with a known calibration error (
   slot; fit cam_noisy "$NOISY" dtu "$GT" data.downscale=1 &
   slot; fit cam_noisy_refined "$NOISY" dtu "$GT" data.downscale=1 train.refine_cameras=true &
   wait
+  for r in cam_noisy cam_noisy_refined; do  # the poses against the exact ones
+    [[ -f $D/$r/checkpoint.pt ]] && $PY -m integration.gpu_runs.camera_error "$D/$r/checkpoint.pt" \
+      "$NOISY" --out "$D/$r/camera_error.json" > "$D/$r.camera_error.log" 2>&1 \
+      && echo "== $r camera error: $(tr -d '\n ' < "$D/$r/camera_error.json" | head -c 400)"
+  done
   RUNS="cam_exact cam_noisy cam_noisy_refined"
   ;;
 recipes)
