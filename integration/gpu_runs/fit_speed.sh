@@ -69,9 +69,12 @@ EOF
 
 # 2. build nerfacc's extension once, before any clock runs (the benchmark reuses the status:
 #    a build that fails or runs out of time is recorded, and the nerfacc row runs the stand-in)
-stamp "building nerfacc's CUDA extension (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
 STATUS=$OUT/nerfacc_status.json
 rm -f "$STATUS"
+if [[ " $METHODS " != *" nerfacc "* ]]; then
+  echo '{"available": false, "stage": "not run", "error": "the nerfacc row was not asked for (METHODS)", "seconds": 0.0, "version": null}' > "$STATUS"
+else
+stamp "building nerfacc's CUDA extension (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
 timeout "${BUILD_TIMEOUT:-300}" "$PY" - "$STATUS" "$DEVICE" > "$OUT/nerfacc_build.log" 2>&1 <<'EOF'
 import json, sys
 from integration.compare.ngp_baseline import probe_nerfacc
@@ -81,6 +84,7 @@ with open(sys.argv[1], "w") as handle:
     json.dump(status.to_dict(), handle)
 EOF
 code=$?
+fi
 if [[ ! -f $STATUS ]]; then
   "$PY" - "$STATUS" "$code" "$OUT/nerfacc_build.log" "${BUILD_TIMEOUT:-300}" <<'EOF'
 import json, sys
