@@ -199,3 +199,23 @@ def test_the_corrections_are_the_last_parameter_group():
 def test_bad_camera_lr_is_refused():
     with pytest.raises(ValueError, match="train.camera_lr"):
         TrainingFactory.config(**{"train.camera_lr": 0.0})
+
+
+def test_corrections_start_at_camera_refine_after():
+    views = TrainingFactory.sphere_views(n_views=4, image_size=16)
+    config = TrainingFactory.config(
+        **{
+            "train.refine_cameras": True,
+            "train.camera_lr": 1e-3,
+            "train.camera_refine_after": 3,
+        }
+    )
+    trainer = Trainer(config=config, train_data=views, progress=False)
+    for _ in range(3):
+        trainer.train_step()
+    assert trainer.camera_refinement.deltas.abs().sum() == 0  # steps 0-2: the data's cameras
+    for _ in range(3):
+        trainer.train_step()
+    assert trainer.camera_refinement.deltas.abs().sum() > 0
+    with pytest.raises(ValueError, match="train.camera_refine_after"):
+        TrainingFactory.config(**{"train.camera_refine_after": -1})

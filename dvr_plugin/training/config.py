@@ -292,6 +292,8 @@ class TrainConfig(BaseTrainConfig):
             (:class:`dvr_plugin.training.camera_refinement.CameraRefinement`), through the
             renderer's camera gradients.
         camera_lr: the learning rate of those corrections (radians and fitting-frame units).
+        camera_refine_after: the step from which the corrections are learnt and applied
+            (before it the data's cameras are used as they are, while the coarse shape forms).
     """
 
     images_per_batch: int = 4
@@ -302,9 +304,14 @@ class TrainConfig(BaseTrainConfig):
     grid_refresh_fraction: float = 0.25
     refine_cameras: bool = False
     camera_lr: float = 1e-4
+    camera_refine_after: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.camera_refine_after < 0:
+            raise ValueError(
+                f"train.camera_refine_after must be >= 0, got {self.camera_refine_after}."
+            )
         if not (self.camera_lr > 0 and math.isfinite(self.camera_lr)):
             raise ValueError(f"train.camera_lr must be a positive number, got {self.camera_lr}.")
         if self.occupancy_grid < 0:

@@ -632,7 +632,7 @@ class Trainer(BaseTrainer):
         gt_mask = gather(masks, sample)
         gt_depth = gather(data.depths[index_device], sample) if self.has_depth else None
         cameras = index_cameras(data.cameras, index)
-        if self.camera_refinement is not None:
+        if self.camera_refinement is not None and self.step >= cfg.train.camera_refine_after:
             cameras = self.camera_refinement(cameras, index_device)
         n_steps = self.schedule.n_steps(self.step)
         self._refresh_grid()

@@ -10,6 +10,7 @@
 #   bash integration/gpu_runs/photographs.sh key        # the main candidates, and scan 24
 #   bash integration/gpu_runs/photographs.sh sdf_ablation  # each piece of the SDF recipe taken out
 #   bash integration/gpu_runs/photographs.sh cameras    # camera refinement against a known pose error
+#   bash integration/gpu_runs/photographs.sh normal_weight  # the normal-smoothness weight
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
@@ -119,13 +120,25 @@ cameras)  # camera refinement: the DTU-like cow with a known calibration error (
   slot; fit cam_exact "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
   slot; fit cam_noisy "$NOISY" dtu "$GT" data.downscale=1 &
   slot; fit cam_noisy_refined "$NOISY" dtu "$GT" data.downscale=1 train.refine_cameras=true &
+  LATE=(train.refine_cameras=true train.camera_refine_after=${REFINE_AFTER:-1500})
+  slot; fit cam_noisy_refined_late "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" &
+  slot; fit cam_noisy_refined_late_slow "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" train.camera_lr=2e-5 &
   wait
-  for r in cam_noisy cam_noisy_refined; do  # the poses against the exact ones
+  for r in cam_noisy cam_noisy_refined cam_noisy_refined_late cam_noisy_refined_late_slow; do  # the poses against the exact ones
     [[ -f $D/$r/checkpoint.pt ]] && $PY -m integration.gpu_runs.camera_error "$D/$r/checkpoint.pt" \
       "$NOISY" --out "$D/$r/camera_error.json" > "$D/$r.camera_error.log" 2>&1 \
       && echo "== $r camera error: $(tr -d '\n ' < "$D/$r/camera_error.json" | head -c 400)"
   done
-  RUNS="cam_exact cam_noisy cam_noisy_refined"
+  RUNS="cam_exact cam_noisy cam_noisy_refined cam_noisy_refined_late cam_noisy_refined_late_slow"
+  ;;
+normal_weight)  # the normal-smoothness weight of the recipe (0.05) taken out and raised
+  scene cow dtu --front-axis=-z
+  GT=$D/scenes/cow_dtu/gt_mesh.ply
+  slot; fit normal_0 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 loss.normal=0 &
+  slot; fit normal_0.05 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
+  slot; fit normal_0.2 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 loss.normal=0.2 &
+  wait
+  RUNS="normal_0 normal_0.05 normal_0.2"
   ;;
 recipes)
   RECIPE=(${RECIPE:-})
@@ -139,7 +152,7 @@ recipes)
   wait
   RUNS="cow_dtu teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
-*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|recipes"; exit 2 ;;
 esac
 
 if [[ -n ${ONLY:-} ]]; then KEEP=""; for r in $RUNS; do [[ " $ONLY " == *" $r "* ]] && KEEP+="$r "; done; RUNS=$KEEP; fi
