@@ -8,16 +8,20 @@
 #   (device call: carry [".gpubundle", ".gpudeps", ".base"])
 #
 # Each round takes about a minute on an H100 (the reference field's fit, then the cases).
+# SMOKE=1: the same on the CPU at toy sizes (bench_core --quick; a check of the script).
 set -u
-[[ -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
+# a packed PyTorch3D, where the machine has none
+[[ ${SMOKE:-0} != 1 && -f .gpubundle/activate ]] && source .gpubundle/activate
 [[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none
-BASE=${BASE:?BASE=<folder with the other revision's tree>}
+BASE=${BASE:?BASE=<folder with the tree of the other revision>}
 [[ -d $BASE/dvr_plugin ]] || { echo "BASE=$BASE holds no dvr_plugin/ tree"; exit 2; }
 BASE=$(cd "$BASE" && pwd); HEAD=$PWD
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 ROUNDS=${ROUNDS:-2}
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1
+BENCH=(--device cuda --targets --profile)
+if [[ ${SMOKE:-0} == 1 ]]; then BENCH=(--device cpu --quick --targets --profile); else
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1; fi
 RUNS=()
 for round in $(seq 1 "$ROUNDS"); do
   for label in base head; do
@@ -25,10 +29,11 @@ for round in $(seq 1 "$ROUNDS"); do
     dir=$OUT/targets_${label}_$round
     printf '[%4ds] %s round %s\n' "$SECONDS" "$label" "$round"
     (cd "$tree" && PYTHONPATH=$tree:${PYTHONPATH:-} python -m integration.benchmarks.bench_core \
-      --device cuda --targets --profile --out "$dir" > "$dir.log" 2>&1) \
+      "${BENCH[@]}" --out "$dir" > "$dir.log" 2>&1) \
       || { echo "$label round $round failed:"; tail -5 "$dir.log"; }
     [[ -f $dir/bench_core.json ]] && RUNS+=(--run "$label=$dir")
   done
 done
+(( ${#RUNS[@]} )) || { echo "no round finished: nothing to compare (see the logs in $OUT)"; exit 1; }
 PYTHONPATH=$HEAD:${PYTHONPATH:-} python -m integration.benchmarks.side_by_side "${RUNS[@]}" \
   --out "$OUT/targets_side_by_side.md"
