@@ -137,8 +137,9 @@ normal_weight)  # the normal-smoothness weight of the recipe (0.05) taken out an
   slot; fit normal_0 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 loss.normal=0 &
   slot; fit normal_0.05 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
   slot; fit normal_0.2 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 loss.normal=0.2 &
+  slot; fit normal_0.05_seed1 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 seed=1 &  # the spread
   wait
-  RUNS="normal_0 normal_0.05 normal_0.2"
+  RUNS="normal_0 normal_0.05 normal_0.2 normal_0.05_seed1"
   ;;
 recipes)
   RECIPE=(${RECIPE:-})
