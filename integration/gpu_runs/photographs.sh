@@ -137,9 +137,18 @@ normal_weight)  # the normal-smoothness weight of the recipe (0.05) taken out an
   slot; fit normal_0 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 loss.normal=0 &
   slot; fit normal_0.05 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
   slot; fit normal_0.2 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 loss.normal=0.2 &
-  slot; fit normal_0.05_seed1 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 seed=1 &  # the spread
+  slot; fit normal_0.5 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 loss.normal=0.5 &
+  # the spread: a second seed of the packaged weight and of 0.2
+  slot; fit normal_0.05_seed1 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 seed=1 &
+  slot; fit normal_0.2_seed1 "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 loss.normal=0.2 seed=1 &
+  # a second mesh
+  [[ -z ${ONLY:-} || " $ONLY " == *teapot* ]] && scene teapot dtu
+  TEAPOT=$D/scenes/teapot_dtu
+  slot; fit normal_0.05_teapot "$TEAPOT" dtu "$TEAPOT/gt_mesh.ply" data.downscale=1 &
+  slot; fit normal_0.2_teapot "$TEAPOT" dtu "$TEAPOT/gt_mesh.ply" data.downscale=1 loss.normal=0.2 &
   wait
-  RUNS="normal_0 normal_0.05 normal_0.2 normal_0.05_seed1"
+  RUNS="normal_0 normal_0.05 normal_0.2 normal_0.5 normal_0.05_seed1 normal_0.2_seed1"
+  RUNS+=" normal_0.05_teapot normal_0.2_teapot"
   ;;
 recipes)
   RECIPE=(${RECIPE:-})
