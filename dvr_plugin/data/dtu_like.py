@@ -43,6 +43,7 @@ from pytorch3d.ops import interpolate_face_attributes
 from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 from pytorch3d.structures import Meshes
+from pytorch3d.transforms import axis_angle_to_matrix
 
 from .cameras import cameras_from_opencv, decompose_projection_matrix, opencv_from_dtu
 from .io import IMAGE_EXTENSIONS, PathLike, index_files, list_files
@@ -1023,12 +1024,7 @@ def perturb_poses(
     n = R.shape[0]
     axes = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=R.dtype), dim=-1)
     moves = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=R.dtype), dim=-1)
-    angle = math.radians(degrees)
-    skew = torch.zeros(n, 3, 3, dtype=R.dtype)
-    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -axes[:, 2], axes[:, 1], -axes[:, 0]
-    skew = skew - skew.transpose(1, 2)
-    eye = torch.eye(3, dtype=R.dtype).expand(n, 3, 3)
-    turn = eye + math.sin(angle) * skew + (1.0 - math.cos(angle)) * skew @ skew  # Rodrigues
+    turn = axis_angle_to_matrix(axes * math.radians(degrees))
     new_R = turn @ R
     new_t = (turn @ t[..., None])[..., 0] - (new_R @ (distance * moves)[..., None])[..., 0]
     return new_R, new_t

@@ -404,6 +404,16 @@ def run_case(
     return row
 
 
+def _checked(names: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    """``names`` in the order of ``allowed``; ``ValueError`` for an unknown or empty list."""
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"Unknown {what}(s) {unknown}; choose from {list(allowed)}.")
+    if not names:
+        raise ValueError(f"At least one {what} is needed.")
+    return [n for n in allowed if n in names]
+
+
 def check_variants(variants: Sequence[str]) -> list[str]:
     """
     The variants in the order of :data:`VARIANTS`, checked.
@@ -411,12 +421,7 @@ def check_variants(variants: Sequence[str]) -> list[str]:
     Raises:
         ValueError: for an unknown or empty list of variants.
     """
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"Unknown variant(s) {unknown}; choose from {list(VARIANTS)}.")
-    if not variants:
-        raise ValueError("At least one variant is needed.")
-    return [v for v in VARIANTS if v in variants]
+    return _checked(variants, list(VARIANTS), "variant")
 
 
 def tangent_label(field: nn.Module, variant: str) -> str:
@@ -433,12 +438,7 @@ def check_fields(fields: Sequence[str]) -> list[str]:
     Raises:
         ValueError: for an unknown or empty list of fields.
     """
-    unknown = [f for f in fields if f not in FIELDS]
-    if unknown:
-        raise ValueError(f"Unknown field(s) {unknown}; choose from {list(FIELDS)}.")
-    if not fields:
-        raise ValueError("At least one field is needed.")
-    return [f for f in FIELDS if f in fields]
+    return _checked(fields, list(FIELDS), "field")
 
 
 def _inductor_caches() -> str:
