@@ -187,6 +187,9 @@ def test_empty_prediction_gets_worst_case():
         assert (out[key][0] == 0).all(), key
         assert float(out[key].flatten()[0]) == EMPTY_VALUES[key]
     assert float(out["iou"][1]) == pytest.approx(1.0, abs=5e-7)
+    iou = mesh_iou(pred, gt2, n_points=2000, seed=0)
+    assert float(iou[0]) == EMPTY_VALUES["iou"]
+    assert float(iou[1]) == pytest.approx(1.0, abs=5e-7)
     # A batch of empty predictions only.
     only = evaluate_meshes(empty_mesh(), gt, n_points=100, n_iou_points=100)
     assert bool(only["empty"])
@@ -257,4 +260,3 @@ def test_invalid_inputs():
         evaluate_meshes(pred.verts_padded(), gt)
     with pytest.raises(ValueError, match="points must have shape"):
         winding_numbers(gt, torch.zeros(2, 4, 3))
-

@@ -301,11 +301,20 @@ def mesh_iou(
     device = gt.device
     with _seeded(seed, device):
         points = uniform_box_points(len(gt), n_points, half_size=half_size, device=device)
+    return _iou_at(pred, gt, points, max_pairs=max_pairs)
+
+
+def _iou_at(pred: Meshes, gt: Meshes, points: torch.Tensor, *, max_pairs: int) -> torch.Tensor:
+    """
+    `(B,)` IoU of the insides of `pred` and `gt` at `(B, P, 3)` points in their frame (the
+    winding-number test, ground truth not checked for watertightness here); a prediction without
+    faces gets ``EMPTY_VALUES["iou"]``.
+    """
     gt_occ = points_inside_meshes(gt, points, check_watertight=False, max_pairs=max_pairs)
     pred_occ = points_inside_meshes(pred, points, check_watertight=False, max_pairs=max_pairs)
     iou = occupancy_iou(pred_occ, gt_occ)
     has_faces = _counts(pred, "faces") > 0
-    return torch.where(has_faces, iou, torch.zeros_like(iou))
+    return torch.where(has_faces, iou, torch.full_like(iou, EMPTY_VALUES["iou"]))
 
 
 def _check_pair(pred: Meshes, gt: Meshes) -> None:
@@ -413,10 +422,5 @@ def evaluate_meshes(
         threshold_sweep=threshold_sweep,
     )
     if iou_points is not None:
-        gt_occ = points_inside_meshes(gt, iou_points, check_watertight=False, max_pairs=max_pairs)
-        pred_occ = points_inside_meshes(
-            pred, iou_points, check_watertight=False, max_pairs=max_pairs
-        )
-        iou = occupancy_iou(pred_occ, gt_occ)
-        out["iou"] = torch.where(out["empty"], torch.full_like(iou, EMPTY_VALUES["iou"]), iou)
+        out["iou"] = _iou_at(pred, gt, iou_points, max_pairs=max_pairs)
     return out
