@@ -310,3 +310,25 @@ def fused_decoder_values(
         num_stages=config.num_stages,
     )
     return values.reshape(points.shape[:-1])
+
+
+def fused_decoder_values_auto(
+    field: OccupancyTextureField, points: torch.Tensor, latent: torch.Tensor | None = None
+) -> torch.Tensor:
+    """
+    :func:`fused_decoder_values` in the precision of the code around the call: ``"tf32"``
+    where matrix products run in TF32 or lower (``torch.backends.cuda.matmul.allow_tf32``, as
+    :func:`dvr_plugin.surface.precision.reduced_precision` sets it for a TF32 march, or CUDA
+    autocast for a bfloat16 one), else ``"ieee"``. This is the ``values_fn`` a
+    :class:`dvr_plugin.surface.query.FieldQuery` takes (the raysampler's ``fused_decoder``).
+
+    Args:
+        field: a supported :class:`OccupancyTextureField` (:func:`unsupported_reason`).
+        points: `(r, k, 3)` float32 points in the field's frame.
+        latent: `(r, C)` one code per ray, or ``None``.
+
+    Returns:
+        `(r, k)` the field's values.
+    """
+    reduced = torch.backends.cuda.matmul.allow_tf32 or torch.is_autocast_enabled("cuda")
+    return fused_decoder_values(field, points, latent, precision="tf32" if reduced else "ieee")
