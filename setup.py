@@ -57,6 +57,9 @@ setup(
         # Kept as an alias: PyTorch3D is now a dependency of the package itself.
         "pytorch3d": [PYTORCH3D],
         "implicitron": IMPLICITRON,
+        # The fused decoder kernel (dvr_plugin.accel.fused_decoder); torch's CUDA wheels for
+        # Linux already bring it.
+        "fused": ["triton"],
         "dev": ["pytest", "pytest-timeout", "ruff", "build", "import-linter"],
     },
     entry_points={"console_scripts": ["dvr=dvr_plugin.cli.main:main"]},

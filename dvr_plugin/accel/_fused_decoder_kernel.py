@@ -26,8 +26,13 @@ Frame and units: points in the field's frame (scene units), as the field takes t
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+try:
+    import triton
+    import triton.language as tl
+except ImportError as error:  # torch's CUDA wheels for Linux bring Triton; other installs may not
+    raise ImportError(
+        "The fused decoder kernel needs Triton: pip install 'dvr_plugin[fused]' (or triton)."
+    ) from error
 
 # what ``SPHERE`` selects: no sphere term, ``|p| - r`` (sdf), ``sharpness * (r - |p|)``
 SPHERE_NONE = tl.constexpr(0)
@@ -213,9 +218,7 @@ def kernel():
     runs in the Triton interpreter (``TRITON_INTERPRET=1``, which Triton needs in the environment
     before it is imported), built once per mode.
     """
-    from triton import knobs
-
-    interpret = bool(knobs.runtime.interpret)
+    interpret = bool(triton.knobs.runtime.interpret)
     if interpret not in _kernels:
         _kernels[interpret] = triton.jit(fused_decoder_kernel)
     return _kernels[interpret], interpret
