@@ -23,21 +23,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
 from dvr_plugin.accel.fused_decoder import (
     FusedDecoderConfig,
     default_config,
     fused_decoder_values,
-    fused_decoder_values_auto,
     supports_fused_decoder,
 )
-from dvr_plugin.fields.field import OccupancyTextureField, evaluate_field
-from dvr_plugin.fields.hash_grid import HashGridField
-from dvr_plugin.renderer.raysampler import SecantRaysampler
-from dvr_plugin.renderer.renderer import DVRRenderer
-from dvr_plugin.surface.query import FieldQuery
-from dvr_plugin.surface.root_finding import find_surface
+from dvr_plugin.fields.field import OccupancyTextureField
 
 ROOT = Path(__file__).resolve().parents[1]
 # largest |fused - eager| allowed in float32, relative to max(1, max |eager|)
@@ -55,9 +48,6 @@ CASES = (
     "tf32x3",
     "grad_free_parameters",
 )
-# the surface search with the fused values against the field's own (interpreter, float32)
-SEARCH_HIT_AGREEMENT = 0.999
-SEARCH_DEPTH_TOLERANCE = 1e-5
 
 
 def perturbed_field(**kwargs) -> OccupancyTextureField:
@@ -75,12 +65,6 @@ def unit_cube_points(*shape: int) -> torch.Tensor:
     """`(*shape, 3)` points uniform in [-0.55, 0.55]^3, from a fixed seed."""
     generator = torch.Generator().manual_seed(1)
     return torch.rand(*shape, 3, generator=generator) * 1.1 - 0.55
-
-
-def camera_looking_at_origin(device: str) -> FoVPerspectiveCameras:
-    """A camera 2 units from the origin of the normalised object frame, looking at it."""
-    rotation, translation = look_at_view_transform(dist=2.0, elev=20.0, azim=30.0)
-    return FoVPerspectiveCameras(R=rotation, T=translation, fov=40.0, device=device)
 
 
 def _compare(field, points, latent=None, **kwargs) -> dict:
@@ -140,38 +124,7 @@ def interpreter_report() -> dict:
     cases["grad_free_parameters"] = {"max_abs": difference, "scale": 1.0}
     with torch.no_grad():
         empty = fused_decoder_values(field, unit_cube_points(2, 0))
-    return {
-        "imported_triton_early": imported_early,
-        "cases": cases,
-        "empty": list(empty.shape),
-        "surface_search": _surface_search_comparison(),
-    }
-
-
-def _surface_search_comparison() -> dict:
-    """:func:`find_surface` on rays through a perturbed sphere-initialised SDF, with the field's
-    own values and with the fused ones (``FieldQuery(values_fn=...)``): hit flags and depths."""
-    field = perturbed_field(
-        hidden_size=32, n_blocks=2, n_frequencies=4, field_type="sdf", geometric_init_radius=0.3
-    )
-    generator = torch.Generator().manual_seed(4)
-    n_rays = 300
-    targets = (torch.rand(n_rays, 3, generator=generator) - 0.5) * 0.8
-    origins = torch.tensor([0.0, 0.0, -1.5]).expand(n_rays, 3).contiguous()
-    directions = torch.nn.functional.normalize(targets - origins, dim=-1)
-    near = torch.full((n_rays,), 0.8)
-    far = torch.full((n_rays,), 2.2)
-    searches = {}
-    for name, values_fn in (("eager", None), ("fused", fused_decoder_values_auto)):
-        query = FieldQuery(field=field, values_fn=values_fn)
-        searches[name] = find_surface(query, origins, directions, near, far, n_steps=32)
-    eager, fused = searches["eager"], searches["fused"]
-    both = eager.hit & fused.hit
-    return {
-        "hits": int(eager.hit.sum()),
-        "hit_agreement": float((eager.hit == fused.hit).float().mean()),
-        "max_depth_diff": float((eager.depth - fused.depth)[both].abs().max()),
-    }
+    return {"imported_triton_early": imported_early, "cases": cases, "empty": list(empty.shape)}
 
 
 @pytest.fixture(scope="module")
@@ -203,48 +156,6 @@ def test_interpreter_matches_the_eager_field(report, case):
 
 def test_empty_points_give_empty_values(report):
     assert report["empty"] == [2, 0]
-
-
-def test_surface_search_with_fused_values_matches_the_field(report):
-    search = report["surface_search"]
-    assert 50 <= search["hits"] < 300, search  # rays that hit and rays that miss
-    assert search["hit_agreement"] >= SEARCH_HIT_AGREEMENT, search
-    assert search["max_depth_diff"] <= SEARCH_DEPTH_TOLERANCE, search
-
-
-def test_field_query_uses_values_fn_only_for_the_search():
-    field = perturbed_field(hidden_size=16, n_blocks=1)
-    calls = []
-
-    def shifted(field_, points, latent):
-        calls.append(tuple(points.shape))
-        return evaluate_field(field_, points, latent).values + 1.0
-
-    plain, shifted_query = FieldQuery(field=field), FieldQuery(field=field, values_fn=shifted)
-    ray_ids = torch.arange(4)
-    origins = unit_cube_points(4)
-    directions = torch.nn.functional.normalize(unit_cube_points(4), dim=-1)
-    lengths = torch.linspace(0.0, 0.5, 6).expand(4, 6)
-    with torch.no_grad():
-        inside = plain(ray_ids, origins, directions, lengths)
-        inside_shifted = shifted_query(ray_ids, origins, directions, lengths)
-        points = unit_cube_points(4, 3)
-        values, _ = shifted_query.evaluate(ray_ids, points)
-    assert calls == [(4, 6, 3)]  # evaluate() (colours, gradients) still calls the field
-    torch.testing.assert_close(inside_shifted, inside + 1.0)  # occupancy: inside = values
-    torch.testing.assert_close(values, field(points).values)
-
-
-def test_raysampler_ignores_fused_decoder_off_cuda():
-    field = perturbed_field(hidden_size=16, n_blocks=1, field_type="sdf", geometric_init_radius=0.3)
-    camera = camera_looking_at_origin("cpu")
-    outputs = []
-    for fused in (False, True):
-        sampler = SecantRaysampler(image_width=16, image_height=16, n_steps=16, fused_decoder=fused)
-        with torch.no_grad():
-            outputs.append(DVRRenderer(field=field, raysampler=sampler)(camera))
-    torch.testing.assert_close(outputs[0].depths, outputs[1].depths, rtol=0, atol=0)
-    assert bool(outputs[1].hit.any())
 
 
 def test_benchmark_quick_run_on_the_cpu(tmp_path):
@@ -363,47 +274,6 @@ def test_cuda_matches_the_eager_field(monkeypatch, precision, tolerance, latent_
         fused = fused_decoder_values(field, points, latent, precision=precision)
     scale = max(1.0, float(expected.abs().max()))
     assert float((fused - expected).abs().max()) <= tolerance * scale
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="interpreter mode is on")
-@pytest.mark.parametrize("graphs", [False, True])
-def test_cuda_raysampler_with_fused_decoder_matches_the_field(graphs):
-    from dvr_plugin.accel.occupancy_grid import OccupancyGrid
-
-    field = perturbed_field(
-        hidden_size=128, n_blocks=3, n_frequencies=6, field_type="sdf", geometric_init_radius=0.3
-    ).cuda()
-    camera = camera_looking_at_origin("cuda")
-    grid = OccupancyGrid(resolution=32).cuda()
-    grid.refresh(field)
-    outputs = []
-    for fused in (False, True):
-        sampler = SecantRaysampler(
-            image_width=96,
-            image_height=96,
-            n_steps=64,
-            march_precision="float32",
-            occupancy_grid=grid,
-            cuda_graphs=graphs,
-            fused_decoder=fused,
-        )
-        with torch.no_grad():
-            outputs.append(DVRRenderer(field=field, raysampler=sampler)(camera))
-    plain, fused_out = outputs
-    assert float((plain.hit == fused_out.hit).float().mean()) >= 0.999
-    both = plain.hit & fused_out.hit
-    assert bool(both.any())
-    assert float((plain.depths - fused_out.depths)[both].abs().max()) <= 1e-4
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_raysampler_warns_for_a_field_it_cannot_fuse():
-    field = HashGridField().cuda()
-    sampler = SecantRaysampler(image_width=8, image_height=8, n_steps=8, fused_decoder=True)
-    with pytest.warns(UserWarning, match="only OccupancyTextureField is fused"):
-        with torch.no_grad():
-            DVRRenderer(field=field, raysampler=sampler)(camera_looking_at_origin("cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

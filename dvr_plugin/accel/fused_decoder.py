@@ -14,6 +14,13 @@ projection) and the value row of ``fc_out`` with ``tl.dot``, the weights read fr
 own parameters (global memory / L2). See :mod:`dvr_plugin.accel._fused_decoder_kernel` for the
 kernel's layout.
 
+Measured (one H100, ``integration/benchmarks/bench_fused_decoder.py`` and ``bench_core``; see
+docs/performance.md): the renderer does not use it. Inside the CUDA graphs the training step
+already replays, eager cuBLAS in TF32 is as fast or faster (H = 256: 0.15 against 0.22 ms at 4,096
+points, 1.5 against 1.25 ms at 65,536; H = 512: 2 to 2.6x slower fused), and a training step
+that marched with it took 26.2 ms against 18.9 ms. It stays here, tested, as the starting point
+for a kernel that keeps the weights in shared memory.
+
 Gradients: none. It is meant for ``torch.no_grad()`` code and raises a ValueError when autograd
 would need a graph (grad mode on and the points, the codes or a parameter requiring grad).
 
@@ -310,25 +317,3 @@ def fused_decoder_values(
         num_stages=config.num_stages,
     )
     return values.reshape(points.shape[:-1])
-
-
-def fused_decoder_values_auto(
-    field: OccupancyTextureField, points: torch.Tensor, latent: torch.Tensor | None = None
-) -> torch.Tensor:
-    """
-    :func:`fused_decoder_values` in the precision of the code around the call: ``"tf32"``
-    where matrix products run in TF32 or lower (``torch.backends.cuda.matmul.allow_tf32``, as
-    :func:`dvr_plugin.surface.precision.reduced_precision` sets it for a TF32 march, or CUDA
-    autocast for a bfloat16 one), else ``"ieee"``. This is the ``values_fn`` a
-    :class:`dvr_plugin.surface.query.FieldQuery` takes (the raysampler's ``fused_decoder``).
-
-    Args:
-        field: a supported :class:`OccupancyTextureField` (:func:`unsupported_reason`).
-        points: `(r, k, 3)` float32 points in the field's frame.
-        latent: `(r, C)` one code per ray, or ``None``.
-
-    Returns:
-        `(r, k)` the field's values.
-    """
-    reduced = torch.backends.cuda.matmul.allow_tf32 or torch.is_autocast_enabled("cuda")
-    return fused_decoder_values(field, points, latent, precision="tf32" if reduced else "ieee")

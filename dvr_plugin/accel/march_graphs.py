@@ -441,7 +441,6 @@ class MarchGraphs:
     def _record_uncached(self, query, grid, march, device) -> _RecordedMarch:
         inner = FieldQuery(
             field=query.field, level=query.level, field_type=query.field_type,
-            values_fn=query.values_fn,
             latent=march.latent,
         )
         side = side_stream(device)

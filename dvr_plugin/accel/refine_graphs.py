@@ -139,7 +139,6 @@ class RefinementGraphs:
         n_rays = buffers["origins"].shape[0]
         inner = FieldQuery(
             field=query.field, level=query.level, field_type=query.field_type,
-            values_fn=query.values_fn,
             latent=buffers.get("latent"),
         )
         ids = torch.arange(n_rays, device=buffers["origins"].device)

@@ -11,9 +11,7 @@ implicit gradient. The volumetric function is then evaluated there for colour, a
 
 from __future__ import annotations
 
-import importlib.util
 import operator
-import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -21,13 +19,12 @@ import torch
 from pytorch3d.renderer.cameras import CamerasBase
 from torch import nn
 
-from ..accel.fused_decoder import fused_decoder_values_auto, unsupported_reason
 from ..accel.march_graphs import MarchGraphs
 from ..accel.occupancy_grid import OccupancyGrid
 from ..accel.refine_graphs import RefinementGraphs
 from ..fields.field import UNIT_CUBE_BOUNDS, check_field_type
 from ..surface.precision import REFINE_PRECISIONS, check_precision
-from ..surface.query import FieldQuery, ValuesFn, VolumetricFunctionQuery
+from ..surface.query import FieldQuery, VolumetricFunctionQuery
 from ..surface.root_finding import find_surface
 from .implicit_gradient import attach_implicit_gradient
 from .rays import (
@@ -133,12 +130,6 @@ class SecantRaysampler(nn.Module):
             the march's rounds in fixed shapes (one launch per round instead of ~40;
             :mod:`dvr_plugin.accel.march_graphs`). Needs a field that is a pure function of its
             inputs, parameters and buffers; CUDA only (ignored elsewhere).
-        fused_decoder: evaluate an :class:`dvr_plugin.fields.field.OccupancyTextureField`'s
-            values in the march and the secant steps with one Triton kernel per evaluation
-            (:mod:`dvr_plugin.accel.fused_decoder`; the implicit gradient, the colours and
-            everything with gradients still call the field). CUDA only, ignored elsewhere; a
-            field it cannot evaluate (or no Triton) is called as usual after a warning that
-            names the reason.
     """
 
     def __init__(
@@ -164,7 +155,6 @@ class SecantRaysampler(nn.Module):
         block_size: int | None = None,
         occupancy_grid: OccupancyGrid | None = None,
         cuda_graphs: bool = False,
-        fused_decoder: bool = False,
     ) -> None:
         super().__init__()
         if (image_width is None) != (image_height is None):
@@ -214,8 +204,6 @@ class SecantRaysampler(nn.Module):
         self.block_size = block_size
         self.occupancy_grid = occupancy_grid
         self.cuda_graphs = cuda_graphs
-        self.fused_decoder = fused_decoder
-        self._fused_warned: set[str] = set()
         self._refine_graphs = RefinementGraphs() if cuda_graphs else None
         self._march_graphs = MarchGraphs() if cuda_graphs else None
 
@@ -386,7 +374,6 @@ class SecantRaysampler(nn.Module):
                 level=0.0 if self.level is None else self.level,
                 field_type=self.field_type,
                 latent=ray_latent,
-                values_fn=self._values_fn(field, cameras.device),
             )
         if volumetric_function is None:
             raise ValueError("SecantRaysampler needs a field or a volumetric_function.")
@@ -398,26 +385,6 @@ class SecantRaysampler(nn.Module):
             field_type=self.field_type or default_type,
             kwargs={"cameras": cameras, **kwargs},
         )
-
-    def _values_fn(self, field, device) -> ValuesFn | None:
-        """The fused evaluation of ``field``'s values where ``fused_decoder`` asks for it and
-        it applies (CUDA, Triton, a supported field); else ``None`` (the field is called)."""
-        if not self.fused_decoder or torch.device(device).type != "cuda":
-            return None
-        if importlib.util.find_spec("triton") is None:
-            reason = "Triton is not installed"
-        else:
-            reason = unsupported_reason(field)
-        if reason is None:
-            return fused_decoder_values_auto
-        if reason not in self._fused_warned:
-            self._fused_warned.add(reason)
-            warnings.warn(
-                f"SecantRaysampler(fused_decoder=True): {reason}; the field is evaluated "
-                "without the fused kernel.",
-                stacklevel=3,
-            )
-        return None
 
 
 def check_field_matches_cameras(field, cameras: CamerasBase) -> None:

@@ -28,8 +28,6 @@ from ..fields.field import check_field_type, evaluate_field, field_type_of
 
 # query(ray_ids (r,), origins (r, 3), directions (r, 3), lengths (r, k)) -> inside values (r, k)
 InsideQuery = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# values_fn(field, points (r, k, 3), latent (r, C) or None) -> field values (r, k), no gradient
-ValuesFn = Callable[[Any, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def inside_sign(field_type: str) -> float:
@@ -51,12 +49,6 @@ class FieldQuery:
         level: the level set that is the surface (0 = occupancy 0.5 or signed distance 0).
         field_type: overrides ``field.field_type`` when given.
         latent: `(M, C)` one code per ray, or ``None``.
-        values_fn: ``values_fn(field, points, latent) -> values`` computing exactly
-            ``field(points, latent).values`` (`(r, k)` at `(r, k, 3)` points, codes `(r, C)`)
-            for the evaluations without gradients (:meth:`__call__`: the march and the secant
-            steps), e.g. a fused kernel handed in by the raysampler
-            (:func:`dvr_plugin.accel.fused_decoder.fused_decoder_values_auto`); ``None``
-            (default) calls the field.
     """
 
     def __init__(
@@ -66,14 +58,12 @@ class FieldQuery:
         level: float = 0.0,
         field_type: str | None = None,
         latent: torch.Tensor | None = None,
-        values_fn: ValuesFn | None = None,
     ) -> None:
         self.field = field
         self.level = level
         self.field_type = field_type or field_type_of(field)
         inside_sign(self.field_type)  # validates
         self.latent = latent
-        self.values_fn = values_fn
 
     def __call__(
         self,
@@ -93,10 +83,7 @@ class FieldQuery:
         """
         points = origins[:, None, :] + lengths[..., None] * directions[:, None, :]
         latent = None if self.latent is None else self.latent[ray_ids]
-        if self.values_fn is not None:
-            values = self.values_fn(self.field, points, latent)
-        else:
-            values = evaluate_field(self.field, points, latent).values
+        values = evaluate_field(self.field, points, latent).values
         return inside_values(values, field_type=self.field_type, level=self.level)
 
     def evaluate(

@@ -284,9 +284,6 @@ class TrainConfig(BaseTrainConfig):
             docs/performance.md); ignored on a CPU.
         occupancy_grid: cells per side of an occupancy grid that skips empty space in the
             march (:class:`dvr_plugin.accel.occupancy_grid.OccupancyGrid`); 0 = no grid.
-        fused_decoder: evaluate the decoder's values in the march and the secant steps with
-            one Triton kernel (``SecantRaysampler(fused_decoder=True)``;
-            :mod:`dvr_plugin.accel.fused_decoder`); ignored on a CPU.
         grid_refresh_every: steps between refreshes of the grid from the field (the first
             step, also after a resume, refreshes every cell).
         grid_refresh_fraction: the share of cells each refresh re-evaluates (chosen at
@@ -303,7 +300,6 @@ class TrainConfig(BaseTrainConfig):
     continuous_pixels: bool = False
     cuda_graphs: bool = False
     occupancy_grid: int = 0
-    fused_decoder: bool = False
     grid_refresh_every: int = 16
     grid_refresh_fraction: float = 0.25
     refine_cameras: bool = False

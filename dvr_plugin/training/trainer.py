@@ -361,7 +361,6 @@ class Trainer(BaseTrainer):
                 compute_normals=False,
                 cuda_graphs=config.train.cuda_graphs,
                 occupancy_grid=self.grid,
-                fused_decoder=config.train.fused_decoder,
             ),
             background_color=config.background,
             # a non-finite colour makes the loss non-finite, which train_step reports: no second

@@ -74,15 +74,8 @@ MODES: Dict[str, dict] = {
     "grid bf16 graphs": dict(
         grid=True, march_precision="bfloat16", refine_precision="tf32", cuda_graphs=True
     ),
-    # the march's and the secant steps' field evaluations in one Triton kernel each
-    # (dvr_plugin.accel.fused_decoder), inside the graphs
-    "grid graphs fused": dict(grid=True, cuda_graphs=True, fused_decoder=True),
-    "grid tf32 graphs fused": dict(
-        grid=True, refine_precision="tf32", cuda_graphs=True, fused_decoder=True
-    ),
 }
 GRAPH_MODES = ["graphs", "grid graphs", "grid tf32 graphs", "grid bf16 graphs"]
-FUSED_MODES = ["grid graphs fused", "grid tf32 graphs fused"]
 REFERENCE = dict(chunk_size=2**16, early_exit=True, march_precision="float32")
 
 
@@ -179,10 +172,10 @@ def _plan(quick: bool, cuda: bool, targets: bool = False) -> List[dict]:
     """The cases: workload, size, step counts and which modes run at which step counts."""
     grid_modes = ["grid", "grid tf32", "grid bf16"] if cuda else ["grid"]
     if cuda:
-        grid_modes += GRAPH_MODES + FUSED_MODES
+        grid_modes += GRAPH_MODES
     if targets:  # only what the performance targets are about (a few minutes on a GPU)
         steps = [16, 128, 1024]
-        fast = ["default", "grid", "grid tf32", *(GRAPH_MODES + FUSED_MODES if cuda else [])]
+        fast = ["default", "grid", "grid tf32", *(GRAPH_MODES if cuda else [])]
         return [
             dict(workload="render", size=256, steps=[128], modes={
                 "dense": [128], "volume": [128], **{m: [128] for m in fast},

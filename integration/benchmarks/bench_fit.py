@@ -7,9 +7,8 @@ scene config's ``train.images_per_batch`` x ``train.rays_per_image`` pixels, dra
 
   dvr               ours, :class:`dvr_plugin.training.Trainer` with the packaged config's device
                     overrides (on CUDA: occupancy grid, CUDA graphs, TF32 march)
-  dvr-hash          ours with the hash-grid field (model.encoding: hash_grid)
-  dvr-fused         ours with the fused decoder kernel in the march (train.fused_decoder)
-  dvr-dense         ours without grid and graphs: the reference implementation's dense march
+  dvr-hash          the same with the hash-grid field (model.encoding: hash_grid)
+  dvr-dense         the same without grid and graphs: the reference implementation's dense march
                     (``train.occupancy_grid=0``, ``train.cuda_graphs=false``, float32 march)
   pytorch3d-volume  PyTorch3D's ``ImplicitRenderer`` + ``EmissionAbsorptionRaymarcher`` on the
                     same network, occupancy as alpha (:mod:`integration.compare.nerf_baseline`)
@@ -301,7 +300,6 @@ def run_benchmark(
         builders: dict[str, Callable[[], Any]] = {
             "dvr": lambda: DVRMethod(scene, method="dvr"),
             "dvr-hash": lambda: DVRMethod(scene, method="dvr-hash"),
-            "dvr-fused": lambda: DVRMethod(scene, method="dvr-fused"),
             "dvr-dense": lambda: DVRMethod(scene, method="dvr-dense"),
             "pytorch3d-volume": lambda: VolumeMethod(scene, samples=samples, chunk=chunk),
             "nerfacc": lambda: NGPMethod(

@@ -5,15 +5,14 @@ takes one training step (and returns its losses), ``steps`` counts them, ``evalu
 scores the current state (held-out images, extracted mesh) and ``settings`` describes it for
 the report.
 
-  dvr / dvr-hash / dvr-fused / dvr-dense  :class:`DVRMethod`, :class:`dvr_plugin.training.Trainer`
+  dvr / dvr-hash / dvr-dense  :class:`DVRMethod`, :class:`dvr_plugin.training.Trainer`
   pytorch3d-volume            :class:`VolumeMethod`, PyTorch3D's volume renderer on the same
                               network (:mod:`integration.compare.nerf_baseline`)
   nerfacc                     :class:`NGPMethod`, an Instant-NGP-style field on nerfacc or its
                               PyTorch stand-in (:mod:`integration.compare.ngp_baseline`)
 
 :func:`method_config` gives the configuration each one trains with: the scene's, plus the
-overrides that make the method (:data:`DENSE_MARCH_OVERRIDES`, :data:`HASH_GRID_OVERRIDES`,
-:data:`FUSED_DECODER_OVERRIDES`).
+overrides that make the method (:data:`DENSE_MARCH_OVERRIDES`, :data:`HASH_GRID_OVERRIDES`).
 Scores are in the units of :mod:`.fit_scenes` (PSNR in dB; mesh distances in units of the
 ground truth's bounding box, in the fitting frame).
 """
@@ -34,11 +33,10 @@ from integration.compare.harness import volume_baseline_config
 from integration.compare.nerf_baseline import VolumeBaselineTrainer, rendered_surface_level
 from integration.compare.ngp_baseline import NerfaccStatus, NGPBaselineTrainer, NGPSettings
 
-METHODS = ("dvr", "dvr-hash", "dvr-fused", "dvr-dense", "pytorch3d-volume", "nerfacc")
+METHODS = ("dvr", "dvr-hash", "dvr-dense", "pytorch3d-volume", "nerfacc")
 METHOD_LABELS = {
     "dvr": "dvr (ours: grid + CUDA graphs + TF32 on CUDA)",
     "dvr-hash": "dvr-hash (ours with the hash-grid field, model.encoding: hash_grid)",
-    "dvr-fused": "dvr-fused (ours with the fused decoder kernel in the march, train.fused_decoder)",
     "dvr-dense": "dvr-dense (reference-style dense march)",
     "pytorch3d-volume": "pytorch3d-volume (ImplicitRenderer, same network)",
     "nerfacc": "nerfacc (Instant-NGP-style hash grid + OccGridEstimator)",
@@ -48,16 +46,12 @@ DENSE_MARCH_OVERRIDES = ("train.occupancy_grid=0", "train.cuda_graphs=false")
 # ``dvr-hash``: the packaged config with the hash-grid field in place of the Fourier decoder, its
 # tables at Instant-NGP's learning rate (everything else, the rays per step included, unchanged)
 HASH_GRID_OVERRIDES = ("model.encoding=hash_grid", "optim.encoding_lr=1e-2")
-# ``dvr-fused``: the packaged config with the march's and secant steps' field values from the
-# fused Triton kernel (dvr_plugin.accel.fused_decoder; CUDA only, the same fit elsewhere)
-FUSED_DECODER_OVERRIDES = ("train.fused_decoder=true",)
 
 
 def method_config(scene: Scene, method: str) -> FitConfig:
     """
     The resolved configuration a method trains with: the scene's packaged config and
-    overrides, plus the method's own (``dvr-dense``, ``dvr-hash``, ``dvr-fused``);
-    ``pytorch3d-volume``'s
+    overrides, plus the method's own (``dvr-dense``, ``dvr-hash``); ``pytorch3d-volume``'s
     converted by :func:`integration.compare.harness.volume_baseline_config`.
     """
     extra: list[str] = []
@@ -65,8 +59,6 @@ def method_config(scene: Scene, method: str) -> FitConfig:
         extra = list(DENSE_MARCH_OVERRIDES)
     elif method == "dvr-hash":
         extra = list(HASH_GRID_OVERRIDES)
-    elif method == "dvr-fused":
-        extra = list(FUSED_DECODER_OVERRIDES)
     config = load_config(packaged_config(SCENE_CONFIGS[scene.name]), [*scene.overrides, *extra])
     config, _ = resolve_config(config)
     if method == "pytorch3d-volume":
@@ -103,15 +95,13 @@ def _network_label(config: FitConfig) -> str:
 
 class DVRMethod(_TrainerMethod):
     """
-    ``dvr`` / ``dvr-hash`` / ``dvr-fused`` / ``dvr-dense``: :class:`Trainer` stepped by hand,
-    scored with its validation.
+    ``dvr`` / ``dvr-hash`` / ``dvr-dense``: :class:`Trainer` stepped by hand, scored with its
+    validation.
     """
 
     def __init__(self, scene: Scene, *, method: str) -> None:
-        if method not in ("dvr", "dvr-hash", "dvr-fused", "dvr-dense"):
-            raise ValueError(
-                f"DVRMethod runs dvr, dvr-hash, dvr-fused or dvr-dense, got {method!r}."
-            )
+        if method not in ("dvr", "dvr-hash", "dvr-dense"):
+            raise ValueError(f"DVRMethod runs dvr, dvr-hash or dvr-dense, got {method!r}.")
         dense = method == "dvr-dense"
         self.config = method_config(scene, method)
         self.trainer = Trainer(
