@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from ..accel.occupancy_grid import OccupancyGrid
 from ..data import MultiViewData, index_cameras
@@ -614,8 +615,41 @@ class Trainer(BaseTrainer):
             rays whose hit agrees with the mask).
         """
         cfg = self.config
+        with record_function("train_step.sample"):
+            self._update_annealing()
+            cameras, sample, gt_rgb, gt_mask, gt_depth = self._draw_batch()
+            n_steps = self.schedule.n_steps(self.step)
+        with record_function("train_step.grid_refresh"):
+            self._refresh_grid()
+
+        self.field.train()
+        with record_function("train_step.forward"):
+            terms, hit = self.step_forward(cameras, sample.xys, n_steps, gt_rgb, gt_mask, gt_depth)
+            loss = total_loss(terms, self.weights)
+        with record_function("train_step.loss_check"):
+            values, hit_rate, agreement, finite, backward, loss = self._checked_loss(
+                loss, terms, hit, gt_mask
+            )
+        if not finite:
+            raise self._non_finite({name: values[name] for name in terms})
+        with record_function("train_step.optimizer"):
+            lr = self._optimizer_step(loss, backward=backward, parameters=self.field.parameters())
+        with record_function("train_step.stats"):
+            stats = self._step_values(
+                values, lr=lr, n_steps=n_steps, hit_rate=hit_rate, agreement=agreement
+            )
+        if self.weights.mask > 0:
+            stats["mask_alpha"] = self._mask_alpha(self.step - 1)  # the step just taken
+        if cfg.model.fourier_anneal_steps > 0:
+            stats["fourier_progress"] = min(1.0, (self.step - 1) / cfg.model.fourier_anneal_steps)
+        return stats
+
+    def _draw_batch(self):
+        """This step's cameras (refined where asked), the pixel sample and the ground truth at
+        it (colours, masks, depths or ``None``); on several ranks, this rank's block of the
+        global batch."""
+        cfg = self.config
         data = self.train_data
-        self._update_annealing()
         index, masks, sample = draw_pixel_batch(
             data, cfg.train, image_generator=self.choice_generator, generator=self.generator
         )
@@ -634,51 +668,40 @@ class Trainer(BaseTrainer):
         cameras = index_cameras(data.cameras, index)
         if self.camera_refinement is not None and self.step >= cfg.train.camera_refine_after:
             cameras = self.camera_refinement(cameras, index_device)
-        n_steps = self.schedule.n_steps(self.step)
-        self._refresh_grid()
+        return cameras, sample, gt_rgb, gt_mask, gt_depth
 
-        self.field.train()
-        terms, hit = self.step_forward(cameras, sample.xys, n_steps, gt_rgb, gt_mask, gt_depth)
-        loss = total_loss(terms, self.weights)
-        reduced: Optional[dict[str, Optional[float]]] = None
+    def _checked_loss(self, loss, terms, hit, gt_mask):
+        """
+        The step's logged values and whether to step: ``(values, hit_rate, agreement, finite,
+        backward, loss)``. On one rank the finiteness check is this step's host
+        synchronisation; on several, the global batch's values (the same on every rank) decide,
+        and ``loss`` is scaled for DistributedDataParallel's averaging.
+        """
         if self.dist is None:
             finite, backward = bool(torch.isfinite(loss)), loss.requires_grad
-        else:
-            # The global batch's values (the same on every rank): the finiteness check, the
-            # decision to step and the logs agree across ranks.
-            reduced = self.dist.global_means(
-                {
-                    "loss": loss.detach(),
-                    **{k: None if v is None else v.detach() for k, v in terms.items()},
-                    "hit_rate": hit.float().mean(),
-                    "train_mask_agreement": (hit == gt_mask).float().mean(),
-                    "requires_grad": float(loss.requires_grad),
-                },
-                self.shard,
-            )
-            finite, backward = math.isfinite(reduced["loss"]), reduced["requires_grad"] > 0
-            # DDP averages the ranks' gradients: scale to the global batch, and let every
-            # parameter take part on every rank (a rank may select no term at all).
-            loss = loss * self.dist.loss_scale(self.shard) + parameters_anchor(
-                list(self.field.parameters())
-            )
-        if reduced is None:
             values: dict[str, Any] = {"loss": loss.detach(), **terms}
             hit_rate, agreement = hit.float().mean(), (hit == gt_mask).float().mean()
-        else:
-            values = {"loss": reduced["loss"], **{name: reduced[name] for name in terms}}
-            hit_rate, agreement = reduced["hit_rate"], reduced["train_mask_agreement"]
-        if not finite:
-            raise self._non_finite({name: values[name] for name in terms})
-        lr = self._optimizer_step(loss, backward=backward, parameters=self.field.parameters())
-        stats = self._step_values(
-            values, lr=lr, n_steps=n_steps, hit_rate=hit_rate, agreement=agreement
+            return values, hit_rate, agreement, finite, backward, loss
+        reduced = self.dist.global_means(
+            {
+                "loss": loss.detach(),
+                **{k: None if v is None else v.detach() for k, v in terms.items()},
+                "hit_rate": hit.float().mean(),
+                "train_mask_agreement": (hit == gt_mask).float().mean(),
+                "requires_grad": float(loss.requires_grad),
+            },
+            self.shard,
         )
-        if self.weights.mask > 0:
-            stats["mask_alpha"] = self._mask_alpha(self.step - 1)  # the step just taken
-        if cfg.model.fourier_anneal_steps > 0:
-            stats["fourier_progress"] = min(1.0, (self.step - 1) / cfg.model.fourier_anneal_steps)
-        return stats
+        finite, backward = math.isfinite(reduced["loss"]), reduced["requires_grad"] > 0
+        # DDP averages the ranks' gradients: scale to the global batch, and let every
+        # parameter take part on every rank (a rank may select no term at all).
+        loss = loss * self.dist.loss_scale(self.shard) + parameters_anchor(
+            list(self.field.parameters())
+        )
+        values = {"loss": reduced["loss"], **{name: reduced[name] for name in terms}}
+        return (
+            values, reduced["hit_rate"], reduced["train_mask_agreement"], finite, backward, loss
+        )
 
     # -----------------------------------------------------------------------------------------
     # Validation, checkpoint entries
