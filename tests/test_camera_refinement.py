@@ -10,7 +10,8 @@ import math
 
 import pytest
 import torch
-from pytorch3d.transforms import so3_exp_map
+from pytorch3d.renderer import PerspectiveCameras
+from pytorch3d.transforms import so3_exp_map, so3_log_map
 
 from dvr_plugin.data import as_ndc_perspective, cameras_looking_at_origin, fibonacci_sphere
 from dvr_plugin.engine.run_outputs import CHECKPOINT_NAME
@@ -219,3 +220,84 @@ def test_corrections_start_at_camera_refine_after():
     assert trainer.camera_refinement.deltas.abs().sum() > 0
     with pytest.raises(ValueError, match="train.camera_refine_after"):
         TrainingFactory.config(**{"train.camera_refine_after": -1})
+
+
+def _exact_cameras(n: int) -> PerspectiveCameras:
+    """``n`` float64 cameras with exactly orthonormal rotations, 2 to 3 units from the origin."""
+    generator = torch.Generator().manual_seed(5)
+    R = so3_exp_map(torch.randn(n, 3, generator=generator, dtype=torch.float64))
+    T = torch.randn(n, 3, generator=generator, dtype=torch.float64) * 0.3
+    T[:, 2] += 2.5
+    return PerspectiveCameras(R=R, T=T, focal_length=2.0)
+
+
+def _common_motion_corrections(cameras, rotation_vector, shift) -> CameraRefinement:
+    """Corrections that move every camera by one world motion ``X -> X A + a``: the refined
+    cameras are ``R' = A^T R``, ``T' = T - a A^T R`` (the object moved by it looks the same)."""
+    A = so3_exp_map(rotation_vector[None])[0]
+    R, T = cameras.R, cameras.T
+    R_moved = A.T @ R
+    T_moved = T - (shift[None, None, :] @ R_moved)[:, 0]
+    correction = R.transpose(1, 2) @ R_moved
+    refine = CameraRefinement(n_views=R.shape[0]).double()
+    with torch.no_grad():
+        refine.deltas[:, :3] = so3_log_map(correction)
+        refine.deltas[:, 3:] = T_moved - (T[:, None, :] @ correction)[:, 0]
+    return refine
+
+
+def test_a_common_motion_of_all_cameras_is_taken_out():
+    cameras = _exact_cameras(12)
+    rotation_vector = torch.tensor([0.01, -0.02, 0.015], dtype=torch.float64)
+    shift = torch.tensor([0.003, -0.002, 0.001], dtype=torch.float64)
+    refine = _common_motion_corrections(cameras, rotation_vector, shift)
+    # the corrections really are that motion: every view point moves as X A + a would
+    points = torch.randn(5, 3, dtype=torch.float64)
+    A = so3_exp_map(rotation_vector[None])[0]
+    moved = _view(refine(cameras, torch.arange(12)), points @ A + shift)
+    torch.testing.assert_close(moved, _view(cameras, points))
+    assert refine.deltas.abs().max() > 1e-3
+    removed = refine.remove_common_motion(cameras.R, cameras.T)
+    assert removed["rotation_deg"] == pytest.approx(math.degrees(rotation_vector.norm()), rel=1e-6)
+    assert removed["translation"] == pytest.approx(float(shift.norm()), rel=1e-6)
+    assert refine.deltas.abs().max() < 1e-9
+
+
+def test_removing_the_common_motion_keeps_what_differs_between_views():
+    cameras = _exact_cameras(12)
+    generator = torch.Generator().manual_seed(0)
+    own = 1e-2 * torch.randn(12, 6, generator=generator, dtype=torch.float64)
+    refine = _common_motion_corrections(
+        cameras,
+        torch.tensor([0.02, 0.01, -0.01], dtype=torch.float64),
+        torch.tensor([0.0, 0.004, -0.002], dtype=torch.float64),
+    )
+    with torch.no_grad():
+        refine.deltas += own
+    refine.remove_common_motion(cameras.R, cameras.T)
+    once = refine.deltas.detach().clone()
+    again = refine.remove_common_motion(cameras.R, cameras.T)  # nothing common is left
+    assert again["rotation_deg"] < 1e-6 and again["translation"] < 1e-8
+    torch.testing.assert_close(refine.deltas.detach(), once, atol=1e-9, rtol=0)
+    # what is left is of the size of the views' own corrections, not of the common motion
+    assert 0.2 * own.abs().mean() < once.abs().mean() < 2.0 * own.abs().mean()
+
+
+def test_remove_common_motion_checks_the_cameras():
+    cameras = _cameras(3, 16)
+    with pytest.raises(ValueError, match=r"R and T must be \(4, 3, 3\) and \(4, 3\)"):
+        CameraRefinement(n_views=4).remove_common_motion(cameras.R, cameras.T)
+
+
+def test_camera_anchor_keeps_the_mean_motion_at_zero_during_a_fit():
+    views = TrainingFactory.sphere_views(n_views=6, image_size=16)
+    config = TrainingFactory.config(
+        **{"train.refine_cameras": True, "train.camera_lr": 1e-2, "train.camera_anchor": True}
+    )
+    trainer = Trainer(config=config, train_data=views, progress=False)
+    for _ in range(4):
+        trainer.train_step()
+    refine = trainer.camera_refinement
+    assert refine.deltas.abs().sum() > 0  # the views were corrected...
+    left = refine.remove_common_motion(views.cameras.R, views.cameras.T)
+    assert left["rotation_deg"] < 1e-4 and left["translation"] < 1e-6  # ...but not together

@@ -12,6 +12,13 @@ row-vector convention ``X_view = X R + T``, the refined camera sees
 where ``R_d = exp(w)`` (axis-angle ``w`` in radians) and ``t_d`` is in the fitting frame's units.
 ``summary`` reports the sizes in degrees and in the data's world units (times the frame's
 scale). Held-out views are never refined: their cameras are the data's.
+
+A rigid motion of every camera together, with the object moved the same way, leaves every image
+unchanged, so the images alone cannot fix it and the corrections may drift along it (the field
+following them). :meth:`CameraRefinement.remove_common_motion` takes that motion out after each
+optimiser step: it fits the rigid motion that carries the data's camera centres to the refined
+ones (least squares, Kabsch) and moves the refined cameras back by its inverse, so that the
+corrections keep only what differs between the views.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 
 import torch
 from pytorch3d.renderer import PerspectiveCameras
-from pytorch3d.transforms import so3_exp_map
+from pytorch3d.transforms import so3_exp_map, so3_log_map
 from torch import nn
 
 
@@ -86,3 +93,55 @@ class CameraRefinement(nn.Module):
             "translation_mean": float(shifts.mean()),
             "translation_max": float(shifts.max()),
         }
+
+    @torch.no_grad()
+    def remove_common_motion(self, R: torch.Tensor, T: torch.Tensor) -> dict[str, float]:
+        """
+        Take the common rigid motion out of the corrections of all ``N`` views.
+
+        With the data's cameras ``R`` `(N, 3, 3)` and ``T`` `(N, 3)` (row-vector convention,
+        fitting frame) and the refined ``R'``, ``T'``: the camera centres ``C = -T R^T`` and
+        ``C'`` give, by least squares, the world motion ``X -> X A + a`` (``A`` a rotation) with
+        ``C' ~ C A + a``; the refined cameras moved back by its inverse are ``R'' = A R'``,
+        ``T'' = T' + a R'`` (their centres ``(C' - a) A^T ~ C``), and the corrections become
+        the ones that give ``R''``, ``T''``. Needs at least 3 views whose centres are not on one
+        line; with fewer nothing changes.
+
+        Returns:
+            ``rotation_deg`` and ``translation`` (fitting-frame units) of the motion removed.
+        """
+        n_views = self.deltas.shape[0]
+        if R.shape != (n_views, 3, 3) or T.shape != (n_views, 3):
+            raise ValueError(
+                f"R and T must be ({n_views}, 3, 3) and ({n_views}, 3), got "
+                f"{tuple(R.shape)} and {tuple(T.shape)}."
+            )
+        # in float64: the corrections are fractions of a degree, where a float32 log map
+        # (an arccos near 1) would add noise of a few hundredths of a degree at every step
+        deltas = self.deltas.double()
+        R = R.to(deltas)
+        T = T.to(deltas)
+        rotation = so3_exp_map(deltas[:, :3])
+        R_refined = R @ rotation
+        T_refined = (T[:, None, :] @ rotation)[:, 0] + deltas[:, 3:]
+        centres = -(T[:, None, :] @ R.transpose(1, 2))[:, 0]
+        refined_centres = -(T_refined[:, None, :] @ R_refined.transpose(1, 2))[:, 0]
+        mean, refined_mean = centres.mean(0), refined_centres.mean(0)
+        cross = (centres - mean).T @ (refined_centres - refined_mean)  # (3, 3)
+        if n_views < 3 or torch.linalg.matrix_rank(cross) < 2:
+            return {"rotation_deg": 0.0, "translation": 0.0}
+        U, _, Vh = torch.linalg.svd(cross)
+        sign = torch.sign(torch.linalg.det(U @ Vh))
+        D = torch.diag(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign]))
+        A = U @ D @ Vh  # row-vector rotation: C A ~ C' (centred)
+        a = refined_mean - mean @ A
+        R_anchored = A @ R_refined
+        T_anchored = T_refined + (a[None, None, :] @ R_refined)[:, 0]
+        correction = R.transpose(1, 2) @ R_anchored
+        anchored = torch.cat(
+            [so3_log_map(correction), T_anchored - (T[:, None, :] @ correction)[:, 0]], dim=1
+        )
+        self.deltas.copy_(anchored.to(self.deltas))
+        angle = float(so3_log_map(A[None].transpose(1, 2))[0].norm()) * (180.0 / math.pi)
+        return {"rotation_deg": angle, "translation": float(a.norm())}
+

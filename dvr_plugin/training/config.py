@@ -294,6 +294,10 @@ class TrainConfig(BaseTrainConfig):
         camera_lr: the learning rate of those corrections (radians and fitting-frame units).
         camera_refine_after: the step from which the corrections are learnt and applied
             (before it the data's cameras are used as they are, while the coarse shape forms).
+        camera_anchor: after every step, take the common rigid motion of all corrections out
+            (:meth:`~dvr_plugin.training.camera_refinement.CameraRefinement.remove_common_motion`):
+            the images cannot tell it from a motion of the object, so without the anchor the
+            cameras and the field may drift together.
     """
 
     images_per_batch: int = 4
@@ -305,6 +309,7 @@ class TrainConfig(BaseTrainConfig):
     refine_cameras: bool = False
     camera_lr: float = 1e-4
     camera_refine_after: int = 0
+    camera_anchor: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -634,6 +634,7 @@ class Trainer(BaseTrainer):
             raise self._non_finite({name: values[name] for name in terms})
         with record_function("train_step.optimizer"):
             lr = self._optimizer_step(loss, backward=backward, parameters=self.field.parameters())
+            self._anchor_cameras()
         with record_function("train_step.stats"):
             stats = self._step_values(
                 values, lr=lr, n_steps=n_steps, hit_rate=hit_rate, agreement=agreement
@@ -643,6 +644,16 @@ class Trainer(BaseTrainer):
         if cfg.model.fourier_anneal_steps > 0:
             stats["fourier_progress"] = min(1.0, (self.step - 1) / cfg.model.fourier_anneal_steps)
         return stats
+
+    def _anchor_cameras(self) -> None:
+        """Take the common rigid motion out of the camera corrections (``train.camera_anchor``)
+        once they are being learnt."""
+        train = self.config.train
+        if self.camera_refinement is None or not train.camera_anchor:
+            return
+        if self.step > train.camera_refine_after:  # the step just taken learnt them
+            cameras = self.train_data.cameras
+            self.camera_refinement.remove_common_motion(cameras.R, cameras.T)
 
     def _draw_batch(self):
         """This step's cameras (refined where asked), the pixel sample and the ground truth at

@@ -53,6 +53,7 @@ COMMON=("${LENGTH[@]}" eval.turntable_frames=0 eval.validate_every=0)
 scene() {  # $1 = mesh name, $2 = lighting, extra make-scene flags after (SUFFIX=_x: folder name)
   local name=$1 lighting=$2; shift 2
   local dir=$D/scenes/${name}_$lighting${SUFFIX:-}
+  mkdir -p "$D/scenes"
   [[ -f $dir/cameras.npz || -f $dir/cameras_sphere.npz ]] && return
   $PY -m dvr_plugin.cli make-scene "$DATA/meshes/$name.obj" --out "$dir" \
     --lighting "$lighting" --image-size $SIZE --device ${SCENE_DEVICE:-cpu} --force "${VIEWS[@]}" "$@" \
@@ -123,13 +124,18 @@ cameras)  # camera refinement: the DTU-like cow with a known calibration error (
   LATE=(train.refine_cameras=true train.camera_refine_after=${REFINE_AFTER:-1500})
   slot; fit cam_noisy_refined_late "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" &
   slot; fit cam_noisy_refined_late_slow "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" train.camera_lr=2e-5 &
+  # the same two with the common rigid motion of the corrections taken out after every step
+  slot; fit cam_noisy_refined_anchored "$NOISY" dtu "$GT" data.downscale=1 train.refine_cameras=true train.camera_anchor=true &
+  slot; fit cam_noisy_refined_late_slow_anchored "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" train.camera_lr=2e-5 train.camera_anchor=true &
   wait
-  for r in cam_noisy cam_noisy_refined cam_noisy_refined_late cam_noisy_refined_late_slow; do  # the poses against the exact ones
+  for r in cam_noisy cam_noisy_refined cam_noisy_refined_late cam_noisy_refined_late_slow \
+      cam_noisy_refined_anchored cam_noisy_refined_late_slow_anchored; do  # the poses against the exact ones
     [[ -f $D/$r/checkpoint.pt ]] && $PY -m integration.gpu_runs.camera_error "$D/$r/checkpoint.pt" \
       "$NOISY" --out "$D/$r/camera_error.json" > "$D/$r.camera_error.log" 2>&1 \
       && echo "== $r camera error: $(tr -d '\n ' < "$D/$r/camera_error.json" | head -c 400)"
   done
   RUNS="cam_exact cam_noisy cam_noisy_refined cam_noisy_refined_late cam_noisy_refined_late_slow"
+  RUNS+=" cam_noisy_refined_anchored cam_noisy_refined_late_slow_anchored"
   ;;
 normal_weight)  # the normal-smoothness weight of the recipe (0.05) taken out and raised
   scene cow dtu --front-axis=-z
