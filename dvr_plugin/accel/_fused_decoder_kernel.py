@@ -220,5 +220,9 @@ def kernel():
     """
     interpret = bool(triton.knobs.runtime.interpret)
     if interpret not in _kernels:
-        _kernels[interpret] = triton.jit(fused_decoder_kernel)
+        # the counts change with every call of the surface search: specialising on them (Triton
+        # does for integers that are 1 or multiples of 16) would compile up to 27 variants
+        _kernels[interpret] = triton.jit(
+            fused_decoder_kernel, do_not_specialize=["n_rows", "n_tiles", "points_per_code"]
+        )
     return _kernels[interpret], interpret
