@@ -655,7 +655,9 @@ class Trainer(BaseTrainer):
             cameras = self.train_data.cameras
             self.camera_refinement.remove_common_motion(cameras.R, cameras.T)
 
-    def _draw_batch(self):
+    def _draw_batch(
+        self,
+    ) -> tuple[Any, PixelSample, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """This step's cameras (refined where asked), the pixel sample and the ground truth at
         it (colours, masks, depths or ``None``); on several ranks, this rank's block of the
         global batch."""
@@ -681,7 +683,13 @@ class Trainer(BaseTrainer):
             cameras = self.camera_refinement(cameras, index_device)
         return cameras, sample, gt_rgb, gt_mask, gt_depth
 
-    def _checked_loss(self, loss, terms, hit, gt_mask):
+    def _checked_loss(
+        self,
+        loss: torch.Tensor,
+        terms: dict[str, Any],
+        hit: torch.Tensor,
+        gt_mask: torch.Tensor,
+    ) -> tuple[dict[str, Any], Any, Any, bool, bool, torch.Tensor]:
         """
         The step's logged values and whether to step: ``(values, hit_rate, agreement, finite,
         backward, loss)``. On one rank the finiteness check is this step's host

@@ -19,9 +19,10 @@ step:
 - the CUDA runtime calls: kernel launches, CUDA-graph launches, synchronisations (stream, device
   and event) and copies, each per step. Copies to the host synchronise too.
 
-The last columns are what the "fewer host syncs" and "a whole step as one CUDA graph" levers
-change. Times in ms per step (median phase time over the profiled steps is not kept: these are
-means), on the device the config resolves to.
+The call counts are what the "fewer host syncs" and "a whole step as one CUDA graph" levers
+change. Times are means over the profiled steps, in ms per step, on the device the config
+resolves to; the step is also timed without the profiler (median), whose bookkeeping inflates
+the phases.
 
     source .gpubundle/activate && python -m integration.benchmarks.profile_train_step \\
         --scene cow --device cuda --out DIR [KEY=VALUE ...]
