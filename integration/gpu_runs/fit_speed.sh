@@ -22,8 +22,10 @@
 # below BUDGET, then BUDGET), DTU_BUDGET (45) / DTU_CHECKPOINTS, SCENES ("cow dtu-like"),
 # MAX_SECONDS (530: the wall-clock budget of the whole script; a method that would pass it is
 # skipped), BUILD_TIMEOUT (300 s for the nerfacc build), METHODS (default: all five), SMOKE=1
-# (this script on the CPU at toy sizes). Outputs in $OUT (default outputs/gpu_runs/fit_speed):
-# bench_fit_<scene>.md / .json / .png, nerfacc_build.log, nerfacc_status.json, <scene>.log.
+# (this script on the CPU at toy sizes), PROFILE (1: end with the phase profile of our training
+# step, integration/benchmarks/profile_train_step.py). Outputs in $OUT (default
+# outputs/gpu_runs/fit_speed): bench_fit_<scene>.md / .json / .png, nerfacc_build.log,
+# nerfacc_status.json, <scene>.log, profile_train_step.md / .json.
 set -u
 # a packed PyTorch3D, where the machine has none
 [[ ${SMOKE:-0} != 1 && -f .gpubundle/activate ]] && source .gpubundle/activate
@@ -141,5 +143,14 @@ for scene in $SCENES; do
     *) run_scene "$scene" "$CHECKPOINTS" ;;
   esac
 done
+# 4. where a step of ours goes (PROFILE=0 skips it): host time per phase, CUDA calls per step
+if [[ ${PROFILE:-1} == 1 ]] && (( $(left) > 60 )); then
+  PROFILE_ARGS=(--scene cow --device "$DEVICE" --out "$OUT")
+  [[ ${SMOKE:-0} == 1 ]] && PROFILE_ARGS=(--scene demo --quick --device cpu --steps 2 --warmup 1 --out "$OUT")
+  timeout 120 "$PY" -m integration.benchmarks.profile_train_step "${PROFILE_ARGS[@]}" \
+    > "$OUT/profile_train_step.log" 2>&1
+  stamp "profile exit $?"
+  head -20 "$OUT/profile_train_step.md" 2>/dev/null
+fi
 ls -la "$OUT"
 stamp "done"
