@@ -297,7 +297,7 @@ class TrainConfig(BaseTrainConfig):
         camera_anchor: after every step, take the common rigid motion of all corrections out
             (:meth:`~dvr_plugin.training.camera_refinement.CameraRefinement.remove_common_motion`):
             the images cannot tell it from a motion of the object, so without the anchor the
-            cameras and the field may drift together.
+            cameras and the field may drift together (on by default; docs/real_data.md).
     """
 
     images_per_batch: int = 4
@@ -309,7 +309,7 @@ class TrainConfig(BaseTrainConfig):
     refine_cameras: bool = False
     camera_lr: float = 1e-4
     camera_refine_after: int = 0
-    camera_anchor: bool = False
+    camera_anchor: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -120,10 +120,11 @@ cameras)  # camera refinement: the DTU-like cow with a known calibration error (
   NOISY=$D/scenes/cow_dtu_posenoise
   slot; fit cam_exact "$D/scenes/cow_dtu" dtu "$GT" data.downscale=1 &
   slot; fit cam_noisy "$NOISY" dtu "$GT" data.downscale=1 &
-  slot; fit cam_noisy_refined "$NOISY" dtu "$GT" data.downscale=1 train.refine_cameras=true &
+  FREE=(train.camera_anchor=false)  # the corrections' common motion left free, as before the anchor
+  slot; fit cam_noisy_refined "$NOISY" dtu "$GT" data.downscale=1 train.refine_cameras=true "${FREE[@]}" &
   LATE=(train.refine_cameras=true train.camera_refine_after=${REFINE_AFTER:-1500})
-  slot; fit cam_noisy_refined_late "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" &
-  slot; fit cam_noisy_refined_late_slow "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" train.camera_lr=2e-5 &
+  slot; fit cam_noisy_refined_late "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" "${FREE[@]}" &
+  slot; fit cam_noisy_refined_late_slow "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" train.camera_lr=2e-5 "${FREE[@]}" &
   # the same two with the common rigid motion of the corrections taken out after every step
   slot; fit cam_noisy_refined_anchored "$NOISY" dtu "$GT" data.downscale=1 train.refine_cameras=true train.camera_anchor=true &
   slot; fit cam_noisy_refined_late_slow_anchored "$NOISY" dtu "$GT" data.downscale=1 "${LATE[@]}" train.camera_lr=2e-5 train.camera_anchor=true &
