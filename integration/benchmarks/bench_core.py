@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Dict, List, Optional
 
@@ -57,6 +56,7 @@ from integration.benchmarks.common import (
     fmt_bytes,
     fmt_seconds,
     measure,
+    report_files_writer,
     roofline,
 )
 
@@ -417,20 +417,6 @@ def _markdown(report: Dict) -> str:
     return "\n".join(lines)
 
 
-def _writer(folder: Optional[str]):
-    if not folder:
-        return None
-    os.makedirs(folder, exist_ok=True)
-
-    def write(report: Dict) -> None:
-        with open(os.path.join(folder, "bench_core.json"), "w") as handle:
-            json.dump(report, handle, indent=2, default=_json_default)
-        with open(os.path.join(folder, "bench_core.md"), "w") as handle:
-            handle.write(_markdown(report))
-
-    return write
-
-
 def profile_train_step(
     field, device: str, grid: Optional[OccupancyGrid], *, n_rays=4096, n_steps=128,
     mode="grid tf32", repeats=10,
@@ -610,7 +596,7 @@ def main(argv=None) -> None:
         max_seconds=args.max_seconds,
         profile=args.profile,
         targets=args.targets,
-        write=_writer(args.out),
+        write=report_files_writer(args.out, "bench_core", _markdown, json_default=_json_default),
         **settings,
     )
     print(json.dumps(report["summary"], indent=2))

@@ -49,9 +49,7 @@ faster; set ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` for cold compile times.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -64,10 +62,13 @@ from dvr_plugin.fields.hash_grid import HashGridField
 from dvr_plugin.renderer.implicit_gradient import guard_denominator
 from dvr_plugin.surface.query import FieldQuery, inside_sign
 from integration.benchmarks.common import (
+    comma_list,
     device_name,
     fmt_bytes,
     measure,
     release_memory,
+    report_files_writer,
+    speedup_against_eager,
     synchronize,
 )
 
@@ -558,17 +559,7 @@ def format_row(row: dict, rows: Sequence[dict]) -> str:
     start = f"| {row['field']} | {row['n_points']} | {row['variant']} | {row['tangent']} |"
     if "error" in row:
         return start + " | | | | | | | " + row["error"].replace("|", "\\|") + " |"
-    eager = next(
-        (
-            r
-            for r in rows
-            if r["variant"] == "eager"
-            and (r["field"], r["n_points"]) == (row["field"], row["n_points"])
-            and "ms" in r
-        ),
-        None,
-    )
-    ratio = f"{eager['ms'] / row['ms']:.2f}x" if eager is not None and row is not eager else "-"
+    ratio = speedup_against_eager(row, rows, ("field", "n_points"))
     graphs = f"{row['graphs']} / {row['graph_breaks']}" if "graphs" in row else "-"
     first = _ms(row["first_call_ms"]) if "graphs" in row else "-"
     peak = "-" if row["peak_mib"] is None else fmt_bytes(row["peak_mib"] * 2**20)
@@ -599,24 +590,6 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["Skipped (time budget): " + "; ".join(report["skipped"]), ""]
     return "\n".join(lines)
-
-
-def _writer(folder: str | None):
-    if not folder:
-        return None
-    os.makedirs(folder, exist_ok=True)
-
-    def write(report: dict) -> None:
-        with open(os.path.join(folder, "bench_decoder.json"), "w") as handle:
-            json.dump(report, handle, indent=2)
-        with open(os.path.join(folder, "bench_decoder.md"), "w") as handle:
-            handle.write(markdown(report))
-
-    return write
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -651,17 +624,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--max-seconds", type=float, default=None, help="skip the remaining rows after this"
     )
     args = parser.parse_args(argv)
-    variants = _names(args.variants) if args.variants is not None else list(DEFAULT_VARIANTS)
+    variants = comma_list(args.variants) if args.variants is not None else list(DEFAULT_VARIANTS)
     if args.autotune and "max-autotune-no-cudagraphs" not in variants:
         variants.append("max-autotune-no-cudagraphs")
     return run_benchmark(
         device=args.device,
         quick=args.quick,
         variants=variants,
-        fields=_names(args.fields),
+        fields=comma_list(args.fields),
         repeats=args.repeats,
         max_seconds=args.max_seconds,
-        write=_writer(args.out),
+        write=report_files_writer(args.out, "bench_decoder", markdown),
     )
 
 

@@ -37,7 +37,6 @@ in ms.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +52,15 @@ from dvr_plugin.accel.fused_decoder import (
     multiprocessors,
 )
 from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, OccupancyTextureField
-from integration.benchmarks.common import device_name, measure, release_memory, synchronize
+from integration.benchmarks.common import (
+    comma_list,
+    device_name,
+    measure,
+    release_memory,
+    report_files_writer,
+    speedup_against_eager,
+    synchronize,
+)
 
 # (hidden size, Fourier bands) of the fields; every field has N_BLOCKS residual blocks
 FIELDS = ((256, 6), (512, 0))
@@ -355,17 +362,7 @@ def format_row(row: dict, rows: Sequence[dict]) -> str:
     start = f"| {row['hidden_size']} | {row['n_points']} | {row['variant']} |"
     if "error" in row:
         return start + " | | | | " + row["error"].replace("|", "\\|") + " |"
-    eager = next(
-        (
-            r
-            for r in rows
-            if r["variant"] == "eager"
-            and (r["hidden_size"], r["n_points"]) == (row["hidden_size"], row["n_points"])
-            and "ms" in r
-        ),
-        None,
-    )
-    ratio = f"{eager['ms'] / row['ms']:.2f}x" if eager is not None and row is not eager else "-"
+    ratio = speedup_against_eager(row, rows, ("hidden_size", "n_points"))
     return (
         f"{start} {row['ms']:.3f} ms | {ratio} | {row['max_abs_diff']:.1e} | "
         f"{row['relative_diff']:.1e} | |"
@@ -389,24 +386,6 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["Skipped (time budget): " + "; ".join(report["skipped"]), ""]
     return "\n".join(lines)
-
-
-def _writer(folder: str | None):
-    if not folder:
-        return None
-    os.makedirs(folder, exist_ok=True)
-
-    def write(report: dict) -> None:
-        with open(os.path.join(folder, "bench_fused_decoder.json"), "w") as handle:
-            json.dump(report, handle, indent=2)
-        with open(os.path.join(folder, "bench_fused_decoder.md"), "w") as handle:
-            handle.write(markdown(report))
-
-    return write
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -441,17 +420,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if torch.device(args.device).type != "cuda":
         # the kernel runs in the Triton interpreter, which Triton reads when it is imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    configs = [parse_config(text) for text in _names(args.configs)]
-    sizes = None if args.sizes is None else [int(n) for n in _names(args.sizes)]
+    configs = [parse_config(text) for text in comma_list(args.configs)]
+    sizes = None if args.sizes is None else [int(n) for n in comma_list(args.sizes)]
     return run_benchmark(
         device=args.device,
         quick=args.quick,
-        precisions=_names(args.precisions),
+        precisions=comma_list(args.precisions),
         configs=configs,
         sizes=sizes,
         repeats=args.repeats,
         max_seconds=args.max_seconds,
-        write=_writer(args.out),
+        write=report_files_writer(args.out, "bench_fused_decoder", markdown),
     )
 
 

@@ -7,9 +7,11 @@ measured matmul ceilings).
 from __future__ import annotations
 
 import gc
+import json
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -251,3 +253,44 @@ def device_name(device: str) -> str:
     import os
 
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def comma_list(text: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated command-line value."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def report_files_writer(
+    folder: str | None, stem: str, markdown: Callable[[dict], str], json_default=None
+) -> Callable[[dict], None] | None:
+    """
+    ``write(report)`` that saves ``<folder>/<stem>.json`` and ``<stem>.md`` (the report through
+    ``markdown``), creating ``folder``; ``None`` without a folder.
+    """
+    if not folder:
+        return None
+    os.makedirs(folder, exist_ok=True)
+
+    def write(report: dict) -> None:
+        with open(os.path.join(folder, f"{stem}.json"), "w") as handle:
+            json.dump(report, handle, indent=2, default=json_default)
+        with open(os.path.join(folder, f"{stem}.md"), "w") as handle:
+            handle.write(markdown(report))
+
+    return write
+
+
+def speedup_against_eager(row: dict, rows: Sequence[dict], keys: Sequence[str]) -> str:
+    """``"1.23x"``: the time of the ``eager`` row with the same ``keys`` values over ``row``'s
+    (``"-"`` for the eager row itself or when there is none)."""
+    eager = next(
+        (
+            r
+            for r in rows
+            if r["variant"] == "eager"
+            and all(r[key] == row[key] for key in keys)
+            and "ms" in r
+        ),
+        None,
+    )
+    return f"{eager['ms'] / row['ms']:.2f}x" if eager is not None and row is not eager else "-"

@@ -32,8 +32,6 @@ the phases.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import tempfile
 import time
@@ -44,7 +42,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from dvr_plugin.training import Trainer
-from integration.benchmarks.common import device_name
+from integration.benchmarks.common import device_name, report_files_writer, synchronize
 from integration.benchmarks.fit_scenes import SCENES, prepare_scene
 
 PHASES = (
@@ -75,11 +73,6 @@ RUNTIME_CALLS = {
 }
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def profile_steps(trainer: Trainer, *, steps: int, device: torch.device) -> dict[str, Any]:
     """
     Profile ``steps`` training steps of ``trainer``.
@@ -92,12 +85,12 @@ def profile_steps(trainer: Trainer, *, steps: int, device: torch.device) -> dict
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    _synchronize(device)
+    synchronize(device)
     with profile(activities=activities, acc_events=True) as prof:
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()
-        _synchronize(device)
+        synchronize(device)
         wall = time.perf_counter() - start
     totals = {phase: 0.0 for phase in PHASES}
     calls = {kind: 0 for kind in RUNTIME_CALLS}
@@ -122,10 +115,10 @@ def unprofiled_step_ms(trainer: Trainer, *, steps: int, device: torch.device) ->
     """The median wall time of ``steps`` more steps without the profiler (each synchronised)."""
     times = []
     for _ in range(steps):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         trainer.train_step()
-        _synchronize(device)
+        synchronize(device)
         times.append(1000.0 * (time.perf_counter() - start))
     return statistics.median(times)
 
@@ -231,14 +224,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         overrides=args.overrides,
         data=args.data,
     )
-    report = format_report(result)
-    print(report)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "profile_train_step.md"), "w") as handle:
-            handle.write(report)
-        with open(os.path.join(args.out, "profile_train_step.json"), "w") as handle:
-            json.dump(result, handle, indent=1)
+    print(format_report(result))
+    write = report_files_writer(args.out, "profile_train_step", format_report)
+    if write is not None:
+        write(result)
     return result
 
 
