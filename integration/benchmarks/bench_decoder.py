@@ -66,6 +66,7 @@ from integration.benchmarks.common import (
     device_name,
     fmt_bytes,
     measure,
+    record_row,
     release_memory,
     report_files_writer,
     speedup_against_eager,
@@ -527,12 +528,9 @@ def run_benchmark(
                 row.update(
                     run_case(field, variant, n_points, reference, device=device, repeats=repeats)
                 )
-                report["rows"].append(row)
-                if echo:
-                    print(format_row(row, report["rows"]), flush=True)
-                report["elapsed_seconds"] = time.perf_counter() - started
-                if write is not None:
-                    write(report)
+                record_row(
+                    report, row, started=started, format_row=format_row, echo=echo, write=write
+                )
         del field
         release_memory(device)
     report["elapsed_seconds"] = time.perf_counter() - started

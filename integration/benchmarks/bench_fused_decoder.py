@@ -56,6 +56,7 @@ from integration.benchmarks.common import (
     comma_list,
     device_name,
     measure,
+    record_row,
     release_memory,
     report_files_writer,
     speedup_against_eager,
@@ -337,12 +338,9 @@ def run_benchmark(
                 row.update(
                     run_case(field, points, variant, reference, device=device, repeats=repeats)
                 )
-                report["rows"].append(row)
-                if echo:
-                    print(format_row(row, report["rows"]), flush=True)
-                report["elapsed_seconds"] = time.perf_counter() - started
-                if write is not None:
-                    write(report)
+                record_row(
+                    report, row, started=started, format_row=format_row, echo=echo, write=write
+                )
         del field
         release_memory(device)
     report["elapsed_seconds"] = time.perf_counter() - started

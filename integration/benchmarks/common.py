@@ -294,3 +294,22 @@ def speedup_against_eager(row: dict, rows: Sequence[dict], keys: Sequence[str]) 
         None,
     )
     return f"{eager['ms'] / row['ms']:.2f}x" if eager is not None and row is not eager else "-"
+
+
+def record_row(
+    report: dict,
+    row: dict,
+    *,
+    started: float,
+    format_row: Callable[[dict, Sequence[dict]], str],
+    echo: bool,
+    write: Callable[[dict], None] | None,
+) -> None:
+    """Append ``row`` to ``report["rows"]``, print it (``echo``), stamp the elapsed seconds since
+    ``started`` and save the report so far (``write``), so a run cut short keeps its rows."""
+    report["rows"].append(row)
+    if echo:
+        print(format_row(row, report["rows"]), flush=True)
+    report["elapsed_seconds"] = time.perf_counter() - started
+    if write is not None:
+        write(report)
