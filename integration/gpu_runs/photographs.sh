@@ -159,15 +159,18 @@ normal_weight)  # the normal-smoothness weight of the recipe (0.05) taken out an
   ;;
 recipes)
   RECIPE=(${RECIPE:-})
-  scene cow dtu --front-axis=-z & scene teapot dtu & scene teapot studio & wait
+  wanted() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }  # a scene only where one of its fits runs
+  wanted cow_dtu && scene cow dtu --front-axis=-z & wanted cow_studio && scene cow studio --front-axis=-z &
+  wanted teapot_dtu && scene teapot dtu & wanted teapot_studio && scene teapot studio & wait
   slot; fit cow_dtu "$D/scenes/cow_dtu" dtu "$D/scenes/cow_dtu/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
+  slot; fit cow_studio "$D/scenes/cow_studio" dtu "$D/scenes/cow_studio/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
   slot; fit teapot_dtu "$D/scenes/teapot_dtu" dtu "$D/scenes/teapot_dtu/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
   slot; fit teapot_studio "$D/scenes/teapot_studio" dtu "$D/scenes/teapot_studio/gt_mesh.ply" data.downscale=1 "${RECIPE[@]}" &
   slot; fit scan24_monosdf "$DATA/dtu_scan24_384/scan24" monosdf - "${RECIPE[@]}" &
   slot; fit scan24_idr "$DATA/dtu_scan24_neus_400/scan24" dtu - "${RECIPE[@]}" &
   [[ ${SMOKE:-0}${CPU:-0} == 00 ]] && { slot; CONFIG=nerf-synthetic fit lego "$DATA/nerf_synthetic_lego/lego" nerf-synthetic - & }
   wait
-  RUNS="cow_dtu teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
+  RUNS="cow_dtu cow_studio teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
 *) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|recipes"; exit 2 ;;
 esac
