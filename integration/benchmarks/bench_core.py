@@ -33,7 +33,6 @@ every case, so a run cut short keeps what it measured).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Dict, List, Optional
@@ -49,6 +48,7 @@ from integration.benchmarks import bench_volume
 from integration.benchmarks.common import (
     MATMUL_CEILINGS,
     adam,
+    benchmark_parser,
     cameras,
     decoder_flops_per_point,
     device_name,
@@ -56,6 +56,8 @@ from integration.benchmarks.common import (
     fmt_bytes,
     fmt_seconds,
     measure,
+    new_report,
+    over_budget,
     report_files_writer,
     roofline,
 )
@@ -248,24 +250,21 @@ def run_benchmark(
             hidden_size=hidden_size, steps=fit_steps, batch=fit_batch, device=device
         )
     grid, grid_info = build_grid(field, device, grid_resolution)
-    report = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "hidden_size": hidden_size,
-        "flops_per_point": decoder_flops_per_point(hidden_size=hidden_size),
-        "matmul_ceilings_tflops": {k: v / 1e12 for k, v in MATMUL_CEILINGS.items()},
-        "grid": grid_info,
-        "fit_seconds": time.perf_counter() - started,
-        "rows": [],
-        "skipped": [],
-    }
+    report = new_report(
+        device,
+        hidden_size=hidden_size,
+        flops_per_point=decoder_flops_per_point(hidden_size=hidden_size),
+        matmul_ceilings_tflops={k: v / 1e12 for k, v in MATMUL_CEILINGS.items()},
+        grid=grid_info,
+        fit_seconds=time.perf_counter() - started,
+    )
     print(f"grid: {grid_info}", flush=True)
     print(HEADER, flush=True)
     for case in _plan(quick, cuda, targets):
         workload, size = case["workload"], case["size"]
         for n_steps in case["steps"]:
             modes = [m for m, steps in case["modes"].items() if n_steps in steps]
-            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            if over_budget(started, max_seconds):
                 report["skipped"].append(f"{workload} {size} {n_steps}: {modes}")
                 continue
             stride = 2
@@ -559,8 +558,7 @@ def _json_default(value):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes for a CPU smoke run")
     parser.add_argument("--out", default=None, help="folder for bench_core.json / .md")
     parser.add_argument("--grid-resolution", type=int, default=64)

@@ -48,7 +48,6 @@ faster; set ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` for cold compile times.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -62,15 +61,20 @@ from dvr_plugin.fields.hash_grid import HashGridField
 from dvr_plugin.renderer.implicit_gradient import guard_denominator
 from dvr_plugin.surface.query import FieldQuery, inside_sign
 from integration.benchmarks.common import (
+    add_row_budget_arguments,
+    benchmark_parser,
     comma_list,
-    device_name,
+    finish_report,
     fmt_bytes,
     measure,
+    new_report,
+    over_budget,
     record_row,
     release_memory,
     report_files_writer,
     speedup_against_eager,
     synchronize,
+    table_lines,
 )
 
 FIELDS = ("decoder", "hash grid")
@@ -486,19 +490,16 @@ def run_benchmark(
     sizes = tuple(sizes) if sizes is not None else (QUICK_SIZES if quick else SIZES)
     repeats = repeats if repeats is not None else (3 if quick else 20)
     started = time.perf_counter()
-    report: dict = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "quick": quick,
-        "variants": variants,
-        "sizes": list(sizes),
-        "repeats": repeats,
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "inductor_caches": _inductor_caches(),
-        "fields": {},
-        "rows": [],
-        "skipped": [],
-    }
+    report = new_report(
+        device,
+        quick=quick,
+        variants=variants,
+        sizes=list(sizes),
+        repeats=repeats,
+        tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+        inductor_caches=_inductor_caches(),
+        fields={},
+    )
     if echo:
         print(f"device: {report['device']} (torch {report['torch']})", flush=True)
         print(HEADER, flush=True)
@@ -512,7 +513,7 @@ def run_benchmark(
         for n_points in sizes:
             reference = None
             for variant in variants:
-                if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                if over_budget(started, max_seconds):
                     report["skipped"].append(f"{name} N={n_points} {variant}")
                     continue
                 if reference is None:
@@ -533,10 +534,7 @@ def run_benchmark(
                 )
         del field
         release_memory(device)
-    report["elapsed_seconds"] = time.perf_counter() - started
-    if write is not None:
-        write(report)
-    return report
+    return finish_report(report, started=started, write=write)
 
 
 HEADER = (
@@ -581,12 +579,8 @@ def markdown(report: dict) -> str:
         )
         + ".",
         "",
-        HEADER,
-        *(format_row(row, report["rows"]) for row in report["rows"]),
-        "",
+        *table_lines(HEADER, format_row, report),
     ]
-    if report["skipped"]:
-        lines += ["Skipped (time budget): " + "; ".join(report["skipped"]), ""]
     return "\n".join(lines)
 
 
@@ -597,8 +591,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     Raises:
         ValueError: for an unknown variant or field.
     """
-    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="tiny fields, N=64, 3 repeats (CPU smoke run)"
     )
@@ -617,10 +610,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--fields", default=",".join(FIELDS), help=f"comma-separated subset of {FIELDS}"
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row")
-    parser.add_argument(
-        "--max-seconds", type=float, default=None, help="skip the remaining rows after this"
-    )
+    add_row_budget_arguments(parser)
     args = parser.parse_args(argv)
     variants = comma_list(args.variants) if args.variants is not None else list(DEFAULT_VARIANTS)
     if args.autotune and "max-autotune-no-cudagraphs" not in variants:

@@ -294,8 +294,9 @@ def markdown(rows: list[dict[str, Any]], reports: list[dict[str, Any]], args) ->
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    from .common import benchmark_parser
+
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--tiny", action="store_true", help="small data and network (CPU check)")
     parser.add_argument(
         "--world-sizes", default="1,2", help="process counts to compare (default 1,2)"

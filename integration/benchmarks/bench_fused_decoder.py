@@ -36,7 +36,6 @@ in ms.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -53,14 +52,19 @@ from dvr_plugin.accel.fused_decoder import (
 )
 from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, OccupancyTextureField
 from integration.benchmarks.common import (
+    add_row_budget_arguments,
+    benchmark_parser,
     comma_list,
-    device_name,
+    finish_report,
     measure,
+    new_report,
+    over_budget,
     record_row,
     release_memory,
     report_files_writer,
     speedup_against_eager,
     synchronize,
+    table_lines,
 )
 
 # (hidden size, Fourier bands) of the fields; every field has N_BLOCKS residual blocks
@@ -299,19 +303,16 @@ def run_benchmark(
     sizes = tuple(sizes) if sizes is not None else (QUICK_SIZES if quick else SIZES)
     repeats = repeats if repeats is not None else (3 if quick else 20)
     started = time.perf_counter()
-    report: dict = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
-        "quick": quick,
-        "precisions": list(precisions),
-        "configs": ["auto" if c is None else format_config(c) for c in configs],
-        "sizes": list(sizes),
-        "repeats": repeats,
-        "fields": {},
-        "rows": [],
-        "skipped": [],
-    }
+    report = new_report(
+        device,
+        triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
+        quick=quick,
+        precisions=list(precisions),
+        configs=["auto" if c is None else format_config(c) for c in configs],
+        sizes=list(sizes),
+        repeats=repeats,
+        fields={},
+    )
     if echo:
         print(f"device: {report['device']} (torch {report['torch']})", flush=True)
         print(HEADER, flush=True)
@@ -331,7 +332,7 @@ def run_benchmark(
                     # the configuration actually launched (the automatic one depends on N)
                     used = default_config(hidden_size, n_points, n_sms=n_sms, config=variant.config)
                     label += f" ({format_config(used)})" if variant.config is None else ""
-                if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                if over_budget(started, max_seconds):
                     report["skipped"].append(f"H={hidden_size} N={n_points} {label}")
                     continue
                 row = {"hidden_size": hidden_size, "n_points": n_points, "variant": label}
@@ -343,10 +344,7 @@ def run_benchmark(
                 )
         del field
         release_memory(device)
-    report["elapsed_seconds"] = time.perf_counter() - started
-    if write is not None:
-        write(report)
-    return report
+    return finish_report(report, started=started, write=write)
 
 
 HEADER = (
@@ -377,12 +375,8 @@ def markdown(report: dict) -> str:
         "",
         "Fields: " + "; ".join(report["fields"].values()) + ".",
         "",
-        HEADER,
-        *(format_row(row, report["rows"]) for row in report["rows"]),
-        "",
+        *table_lines(HEADER, format_row, report),
     ]
-    if report["skipped"]:
-        lines += ["Skipped (time budget): " + "; ".join(report["skipped"]), ""]
     return "\n".join(lines)
 
 
@@ -393,8 +387,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     Raises:
         ValueError: for an unknown precision or a malformed configuration.
     """
-    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="tiny field, N=256, 3 repeats (CPU smoke run)"
     )
@@ -410,10 +403,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         help="comma-separated fused launch configurations: auto or MxNxK[wW][sS]",
     )
     parser.add_argument("--sizes", default=None, help="comma-separated numbers of points")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row")
-    parser.add_argument(
-        "--max-seconds", type=float, default=None, help="skip the remaining rows after this"
-    )
+    add_row_budget_arguments(parser)
     args = parser.parse_args(argv)
     if torch.device(args.device).type != "cuda":
         # the kernel runs in the Triton interpreter, which Triton reads when it is imported

@@ -29,7 +29,6 @@ Rows (points uniform in ``UNIT_CUBE_BOUNDS``, the normalised object frame, float
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -40,7 +39,7 @@ from torch import nn
 
 from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, FourierFeatures, OccupancyTextureField
 from dvr_plugin.fields.hash_grid import HashGridEncoding, HashGridField
-from integration.benchmarks.common import device_name, fmt_bytes, measure
+from integration.benchmarks.common import benchmark_parser, device_name, fmt_bytes, measure
 
 
 def models(device: str) -> dict[str, nn.Module]:
@@ -201,8 +200,7 @@ def run(*, device: str, sizes: list[int], repeats: int = 10, max_seconds: float 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="2^10 and 2^12 points, 1 run")
     parser.add_argument(
         "--log2-points", type=int, nargs="+", default=None, help="point counts (default 16 18)"

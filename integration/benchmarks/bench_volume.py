@@ -17,7 +17,6 @@ comparison shows.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
@@ -32,6 +31,7 @@ from torch import nn
 from dvr_plugin.fields.field import evaluate_field
 from integration.benchmarks.common import (
     adam,
+    benchmark_parser,
     cameras,
     device_name,
     fitted_reference_field,
@@ -153,8 +153,7 @@ def train_case(field, device: str, n_rays: int, n_steps: int, **measure_kwargs) 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes for a CPU smoke run")
     args = parser.parse_args(argv)
     hidden, fit, size, rays = (64, 20, 32, 256) if args.quick else (512, 400, 256, 4096)

@@ -6,6 +6,7 @@ measured matmul ceilings).
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -310,6 +311,62 @@ def record_row(
     report["rows"].append(row)
     if echo:
         print(format_row(row, report["rows"]), flush=True)
+    finish_report(report, started=started, write=write)
+
+
+def new_report(device: str, **settings) -> dict:
+    """The skeleton of a benchmark report: ``device`` (its name), the torch version, then
+    ``settings`` in their order, then empty ``rows`` and ``skipped`` (rows over the budget)."""
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        **settings,
+        "rows": [],
+        "skipped": [],
+    }
+
+
+def over_budget(started: float, max_seconds: float | None) -> bool:
+    """Whether more than ``max_seconds`` (``None``: no budget) have passed since ``started``
+    (a ``time.perf_counter()`` reading)."""
+    return max_seconds is not None and time.perf_counter() - started > max_seconds
+
+
+def finish_report(
+    report: dict, *, started: float, write: Callable[[dict], None] | None
+) -> dict:
+    """Stamp ``report["elapsed_seconds"]`` (since ``started``), save the report (``write``,
+    where given) and return it."""
     report["elapsed_seconds"] = time.perf_counter() - started
     if write is not None:
         write(report)
+    return report
+
+
+def table_lines(
+    header: str, format_row: Callable[[dict, Sequence[dict]], str], report: dict
+) -> list[str]:
+    """The markdown lines of ``report["rows"]``: ``header``, one ``format_row(row, rows)`` per
+    row and a blank line, then the rows ``report["skipped"]`` for the time budget, if any."""
+    rows = report["rows"]
+    lines = [header, *(format_row(row, rows) for row in rows), ""]
+    if report["skipped"]:
+        lines += ["Skipped (time budget): " + "; ".join(report["skipped"]), ""]
+    return lines
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: described by the first paragraph of ``doc`` (its module
+    docstring), with ``--device`` (default ``cuda`` where it is available, else ``cpu``)."""
+    parser = argparse.ArgumentParser(description=doc.strip().split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def add_row_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--repeats`` (timed calls per row) and ``--max-seconds`` (the time budget after
+    which the remaining rows are skipped), both ``None`` by default."""
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row")
+    parser.add_argument(
+        "--max-seconds", type=float, default=None, help="skip the remaining rows after this"
+    )
