@@ -10,6 +10,7 @@ from dvr_plugin.engine.sampling import (
     PixelSample,
     gather,
     sample_foreground_balanced,
+    sample_foreground_balanced_patches,
     sample_patches,
     sample_pixels,
     sample_uniform,
@@ -157,6 +158,66 @@ def test_foreground_empty_full_and_small_masks():
     fg = (s.rows[0, :4] * 2 + s.cols[0, :4]).tolist()
     assert sorted(fg[:2]) == [0, 1] and sorted(fg[2:]) == [0, 1]
     assert float(gather(tiny.float(), s)[0, 4:].sum()) == 0.0
+
+
+def _patch_touches(masks: torch.Tensor, sample: PixelSample) -> torch.Tensor:
+    """`(B, P)` whether each sampled 2x2 patch has a pixel inside the mask, checked pixel by
+    pixel through :func:`gather` (independently of the sampler's own test)."""
+    inside = gather(masks, sample)
+    return inside.reshape(inside.shape[0], -1, 4).any(dim=-1)
+
+
+def test_foreground_balanced_patches_share_order_and_distinct_corners():
+    masks = make_masks()
+    n_rays, fraction = 48, 0.25  # 12 patches, 3 touching the mask
+    sample = sample_foreground_balanced_patches(
+        masks, n_rays, foreground_fraction=fraction, generator=_generator()
+    )
+    _check_in_image(sample, 12, 17)
+    rows = sample.rows.reshape(3, 12, 4)
+    cols = sample.cols.reshape(3, 12, 4)
+    # 2x2 patches in PATCH_OFFSETS order, as sample_patches gives them
+    for k, (dr, dc) in enumerate(PATCH_OFFSETS):
+        assert torch.equal(rows[..., k], rows[..., 0] + dr)
+        assert torch.equal(cols[..., k], cols[..., 0] + dc)
+    touches = _patch_touches(masks, sample)
+    assert touches[:, :3].all() and not touches[:, 3:].any()
+    for b in range(3):  # distinct corners (both sides are large enough)
+        assert (rows[b, :, 0] * 17 + cols[b, :, 0]).unique().numel() == 12
+    # a patch on the silhouette counts as touching: every foreground patch of a mask that is
+    # one pixel wide holds that pixel
+    line = torch.zeros(1, 8, 8, dtype=torch.bool)
+    line[0, :, 5] = True
+    s = sample_foreground_balanced_patches(
+        line, 16, foreground_fraction=1.0, generator=_generator()
+    )
+    assert set(s.cols.reshape(4, 4)[:, 0].tolist()) <= {4, 5}
+    assert bool(_patch_touches(line, s).all())
+
+
+def test_foreground_balanced_patches_fallbacks_and_validation():
+    masks = torch.zeros(3, 5, 6, dtype=torch.bool)
+    masks[1] = True  # full: every patch touches
+    masks[2, 0, 0] = True  # one pixel: a single patch position touches it
+    sample = sample_foreground_balanced_patches(
+        masks, 16, foreground_fraction=0.5, generator=_generator()
+    )
+    touches = _patch_touches(masks, sample)
+    assert not touches[0].any()  # empty mask: all background
+    assert touches[1].all()  # full mask: all foreground
+    assert touches[2].tolist() == [True, True, False, False]  # the lone corner, twice
+    assert sample.rows[2, :8].tolist() == [0, 0, 1, 1] * 2
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sample_foreground_balanced_patches(masks, 10)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        sample_foreground_balanced_patches(torch.ones(1, 1, 8, dtype=torch.bool), 4)
+    with pytest.raises(ValueError, match="foreground_fraction"):
+        sample_foreground_balanced_patches(masks, 8, foreground_fraction=-0.1)
+    via = sample_pixels(
+        masks, 16, mode="foreground_balanced_patch", foreground_fraction=0.5,
+        generator=_generator(),
+    )
+    assert torch.equal(via.rows, sample.rows) and torch.equal(via.cols, sample.cols)
 
 
 def test_sample_pixels_dispatch_and_validation():

@@ -313,8 +313,12 @@ def test_bad_inputs(make_trainer, sphere_split):
         check_training_views(views)
     with pytest.warns(UserWarning, match="empty object mask"):
         check_training_views(views, empty_masks="warn")
-    with pytest.raises(ValueError, match="image_gradient > 0 needs train.sampling=patch"):
+    with pytest.raises(ValueError, match="image_gradient > 0 needs 2x2 pixel patches"):
         make_trainer(None, **{"loss.image_gradient": 1.0})
+    with pytest.raises(ValueError, match="image_gradient > 0 needs 2x2 pixel patches"):
+        make_trainer(
+            None, **{"loss.image_gradient": 1.0, "train.sampling": "foreground_balanced"}
+        )
 
 
 def test_render_checkpoint(make_trainer):
@@ -344,6 +348,11 @@ def test_depth_terms_and_patches(make_trainer):
         assert name in stats
         assert math.isfinite(stats[name]), name
     assert trainer.step == 1
+    balanced = make_trainer(
+        None, **{"loss.image_gradient": 1.0, "train.sampling": "foreground_balanced_patch"}
+    )
+    stats = balanced.train_step()
+    assert math.isfinite(stats["image_gradient"]) and stats["image_gradient"] > 0
 
 
 def test_low_precision_network_float32_outputs():

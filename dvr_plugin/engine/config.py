@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .sampling import SAMPLING_MODES
+from .sampling import PATCH_MODES, SAMPLING_MODES
 from .schedule import StepSchedule
 
 C = TypeVar("C", bound="BaseConfig")
@@ -104,8 +104,9 @@ class BaseTrainConfig:
         iterations: total optimisation steps.
         rays_per_image: R, pixels sampled per image.
         sampling: pixel sampling mode (:data:`dvr_plugin.engine.sampling.SAMPLING_MODES`);
-            ``"patch"`` needs ``rays_per_image`` divisible by 4.
-        foreground_fraction: foreground share for ``"foreground_balanced"``.
+            the patch modes need ``rays_per_image`` divisible by 4.
+        foreground_fraction: foreground share of the balanced modes (of the rays for
+            ``"foreground_balanced"``, of the patches for ``"foreground_balanced_patch"``).
         step_milestones: ``{iteration: n_steps}`` marching schedule
             (:class:`dvr_plugin.engine.schedule.StepSchedule`; normalised on load).
         n_secant_steps: secant refinement steps.
@@ -129,10 +130,10 @@ class BaseTrainConfig:
             raise ValueError(
                 f"train.sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}."
             )
-        if self.sampling == "patch" and self.rays_per_image % 4 != 0:
+        if self.sampling in PATCH_MODES and self.rays_per_image % 4 != 0:
             raise ValueError(
-                "train.sampling='patch' needs train.rays_per_image divisible by 4, got "
-                f"{self.rays_per_image}."
+                f"train.sampling={self.sampling!r} needs train.rays_per_image divisible by 4, "
+                f"got {self.rays_per_image}."
             )
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise ValueError(

@@ -26,6 +26,11 @@ Sampling modes (:func:`sample_pixels`)
   empty all ``R`` rays come from the background; when it is full, all from the foreground. When
   a region holds fewer pixels than asked for, its pixels are used in turn (a random permutation,
   repeated), so every pixel is used before any is used twice.
+- ``"foreground_balanced_patch"``: ``R / 4`` 2x2 patches as ``"patch"``, drawn as
+  ``"foreground_balanced"`` draws pixels: ``round(foreground_fraction * R / 4)`` patches that
+  touch the mask (at least one of their four pixels inside it) first, the rest wholly outside
+  it, with the same fallbacks. The image-gradient term sees the silhouette and the object's
+  texture as often as the background.
 
 Every function takes an optional ``torch.Generator`` for reproducible draws; it must live on the
 device the samples are made on.
@@ -39,7 +44,9 @@ import torch
 
 from ..renderer.rays import ImageSize, image_size_hw, pixels_to_ndc
 
-SAMPLING_MODES = ("uniform", "patch", "foreground_balanced")
+SAMPLING_MODES = ("uniform", "patch", "foreground_balanced", "foreground_balanced_patch")
+# the modes that sample 2x2 patches (rays in groups of four, in PATCH_OFFSETS order)
+PATCH_MODES = ("patch", "foreground_balanced_patch")
 
 PATCH_SIZE = 2
 # (row, column) offsets of the four rays of a 2x2 patch from its top-left pixel, in ray order.
@@ -229,38 +236,61 @@ def sample_patches(
         PixelSample with ``rows``, ``cols`` `(B, R)` and ``xys`` `(B, R, 2)`.
     """
     _check_counts(batch_size, n_rays)
-    if n_rays % RAYS_PER_PATCH != 0:
-        raise ValueError(f"Patch sampling needs n_rays divisible by 4, got {n_rays}.")
     height, width = image_size_hw(image_size)
-    if height < PATCH_SIZE or width < PATCH_SIZE:
-        raise ValueError(
-            f"Patch sampling needs images of at least 2x2 pixels, got {(height, width)}."
-        )
+    _check_patch_request(n_rays, height, width)
     device = _resolve_device(device, generator)
-    n_patches = n_rays // RAYS_PER_PATCH
-    corner_width = width - 1
-    flat = _pick_indices(
+    corners = _pick_indices(
         batch_size,
-        (height - 1) * corner_width,
-        n_patches,
+        (height - 1) * (width - 1),
+        n_rays // RAYS_PER_PATCH,
         replacement=replacement,
         generator=generator,
         device=device,
         what="2x2 patch positions",
     )
-    offsets = torch.tensor(PATCH_OFFSETS, device=device, dtype=torch.long)  # (4, 2)
-    rows = (flat // corner_width)[..., None] + offsets[:, 0]
-    cols = (flat % corner_width)[..., None] + offsets[:, 1]
+    return _patches_at(
+        corners, (height, width), continuous=continuous, generator=generator, dtype=dtype
+    )
+
+
+def _check_patch_request(n_rays: int, height: int, width: int) -> None:
+    if n_rays % RAYS_PER_PATCH != 0:
+        raise ValueError(f"Patch sampling needs n_rays divisible by 4, got {n_rays}.")
+    if height < PATCH_SIZE or width < PATCH_SIZE:
+        raise ValueError(
+            f"Patch sampling needs images of at least 2x2 pixels, got {(height, width)}."
+        )
+
+
+def _patches_at(
+    corners: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    continuous: bool,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> PixelSample:
+    """
+    The rays of 2x2 patches from `(B, P)` flat top-left corner indices ``row * (W - 1) + col``:
+    `(B, 4 P)` rays in :data:`PATCH_OFFSETS` order, the four of a patch sharing one sub-pixel
+    offset when ``continuous``.
+    """
+    batch_size, n_patches = corners.shape
+    n_rays = n_patches * RAYS_PER_PATCH
+    corner_width = image_size[1] - 1
+    offsets = torch.tensor(PATCH_OFFSETS, device=corners.device, dtype=torch.long)  # (4, 2)
+    rows = (corners // corner_width)[..., None] + offsets[:, 0]
+    cols = (corners % corner_width)[..., None] + offsets[:, 1]
     sub_pixel = None
     if continuous:
         sub_pixel = torch.rand(
-            batch_size, n_patches, 1, 2, generator=generator, device=device, dtype=dtype
+            batch_size, n_patches, 1, 2, generator=generator, device=corners.device, dtype=dtype
         )
         sub_pixel = sub_pixel.expand(-1, -1, RAYS_PER_PATCH, -1).reshape(batch_size, n_rays, 2)
     return _make_sample(
         rows.reshape(batch_size, n_rays),
         cols.reshape(batch_size, n_rays),
-        (height, width),
+        image_size,
         continuous=continuous,
         offsets=sub_pixel,
         generator=generator,
@@ -309,34 +339,109 @@ def sample_foreground_balanced(
     masks = _as_bool_masks(masks)
     batch_size, height, width = masks.shape
     _check_counts(batch_size, n_rays)
-    if not 0.0 <= float(foreground_fraction) <= 1.0:
-        raise ValueError(f"foreground_fraction must lie in [0, 1], got {foreground_fraction}.")
+    _check_fraction(foreground_fraction)
     device = _resolve_device(masks.device, generator)
-    n_pixels = height * width
-    inside = masks.reshape(batch_size, n_pixels)
-    n_inside = inside.sum(dim=1)  # (B,)
-    n_outside = n_pixels - n_inside
-
-    n_fg_wanted = int(round(float(foreground_fraction) * n_rays))
-    n_fg = torch.full((batch_size,), n_fg_wanted, device=device, dtype=torch.long)
-    n_fg = torch.where(n_inside == 0, torch.zeros_like(n_fg), n_fg)
-    n_fg = torch.where(n_outside == 0, torch.full_like(n_fg, n_rays), n_fg)
-
-    # One random key per pixel; lifting a region's keys by 2 puts that region first (in random
-    # order) when taking the largest keys.
-    keys = torch.rand(batch_size, n_pixels, generator=generator, device=device)
-    n_top = min(n_rays, n_pixels)
-    fg_order = (keys + 2.0 * inside).topk(n_top, dim=1).indices
-    bg_order = (keys + 2.0 * (~inside)).topk(n_top, dim=1).indices
-
-    ray = torch.arange(n_rays, device=device)[None, :]  # (1, R)
-    fg_index = ray % n_inside.clamp(min=1)[:, None]
-    bg_index = (ray - n_fg[:, None]).clamp(min=0) % n_outside.clamp(min=1)[:, None]
-    flat = torch.where(
-        ray < n_fg[:, None], fg_order.gather(1, fg_index), bg_order.gather(1, bg_index)
+    flat = _balanced_picks(
+        masks.reshape(batch_size, height * width),
+        n_rays,
+        foreground_fraction=foreground_fraction,
+        generator=generator,
+        device=device,
     )
     return _flat_sample(
         flat, (height, width), continuous=continuous, generator=generator, dtype=dtype
+    )
+
+
+def sample_foreground_balanced_patches(
+    masks: torch.Tensor,
+    n_rays: int,
+    *,
+    foreground_fraction: float = 0.5,
+    continuous: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PixelSample:
+    """
+    2x2 patches (as :func:`sample_patches`), a fixed share of them touching each image's mask.
+
+    Image ``b`` gets ``P = R / 4`` patches: ``round(foreground_fraction * P)`` with at least one
+    of their four pixels inside the mask (rays ``0 .. 4 n_fg - 1``), the rest wholly outside
+    it, with the fallbacks and the order of :func:`sample_foreground_balanced` applied to the
+    patch positions. Rays ``4k .. 4k + 3`` form patch ``k`` in :data:`PATCH_OFFSETS` order.
+
+    Args:
+        masks: `(B, H, W)` object masks; bool, or numbers where ``> 0.5`` means object. Both
+            sides at least 2.
+        n_rays: R, rays per image; a multiple of 4.
+        foreground_fraction: the share of patches touching the mask, in [0, 1].
+        continuous: one uniform offset inside the pixels per patch instead of pixel centres.
+        generator: optional ``torch.Generator`` on ``masks.device``.
+        dtype: floating type of ``xys``.
+
+    Returns:
+        PixelSample with ``rows``, ``cols`` `(B, R)` and ``xys`` `(B, R, 2)`.
+    """
+    masks = _as_bool_masks(masks)
+    batch_size, height, width = masks.shape
+    _check_counts(batch_size, n_rays)
+    _check_patch_request(n_rays, height, width)
+    _check_fraction(foreground_fraction)
+    device = _resolve_device(masks.device, generator)
+    # a patch position touches the mask when any of its four pixels is inside it
+    touches = masks[:, :-1, :-1] | masks[:, :-1, 1:] | masks[:, 1:, :-1] | masks[:, 1:, 1:]
+    corners = _balanced_picks(
+        touches.reshape(batch_size, (height - 1) * (width - 1)),
+        n_rays // RAYS_PER_PATCH,
+        foreground_fraction=foreground_fraction,
+        generator=generator,
+        device=device,
+    )
+    return _patches_at(
+        corners, (height, width), continuous=continuous, generator=generator, dtype=dtype
+    )
+
+
+def _check_fraction(foreground_fraction: float) -> None:
+    if not 0.0 <= float(foreground_fraction) <= 1.0:
+        raise ValueError(f"foreground_fraction must lie in [0, 1], got {foreground_fraction}.")
+
+
+def _balanced_picks(
+    inside: torch.Tensor,
+    n_picks: int,
+    *,
+    foreground_fraction: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """
+    `(B, n_picks)` indices into the `N` candidates of `(B, N)` bool ``inside``:
+    ``round(foreground_fraction * n_picks)`` from the inside ones first, then the outside ones;
+    all from one side when the other is empty; a side's candidates in a random order, repeated
+    when it holds fewer than asked for.
+    """
+    batch_size, n_candidates = inside.shape
+    n_inside = inside.sum(dim=1)  # (B,)
+    n_outside = n_candidates - n_inside
+
+    n_fg_wanted = int(round(float(foreground_fraction) * n_picks))
+    n_fg = torch.full((batch_size,), n_fg_wanted, device=device, dtype=torch.long)
+    n_fg = torch.where(n_inside == 0, torch.zeros_like(n_fg), n_fg)
+    n_fg = torch.where(n_outside == 0, torch.full_like(n_fg, n_picks), n_fg)
+
+    # One random key per candidate; lifting a side's keys by 2 puts that side first (in random
+    # order) when taking the largest keys.
+    keys = torch.rand(batch_size, n_candidates, generator=generator, device=device)
+    n_top = min(n_picks, n_candidates)
+    fg_order = (keys + 2.0 * inside).topk(n_top, dim=1).indices
+    bg_order = (keys + 2.0 * (~inside)).topk(n_top, dim=1).indices
+
+    pick = torch.arange(n_picks, device=device)[None, :]  # (1, n_picks)
+    fg_index = pick % n_inside.clamp(min=1)[:, None]
+    bg_index = (pick - n_fg[:, None]).clamp(min=0) % n_outside.clamp(min=1)[:, None]
+    return torch.where(
+        pick < n_fg[:, None], fg_order.gather(1, fg_index), bg_order.gather(1, bg_index)
     )
 
 
@@ -356,11 +461,11 @@ def sample_pixels(
 
     Args:
         masks: `(B, H, W)` object masks (bool, or numbers where ``> 0.5`` means object). They
-            give the batch size, the image size and the device; only ``"foreground_balanced"``
-            reads their values.
-        n_rays: R, rays per image (a multiple of 4 for ``"patch"``).
-        mode: ``"uniform"``, ``"patch"`` or ``"foreground_balanced"``.
-        foreground_fraction: the share of foreground rays for ``"foreground_balanced"``.
+            give the batch size, the image size and the device; only the balanced modes read
+            their values.
+        n_rays: R, rays per image (a multiple of 4 for the patch modes).
+        mode: one of :data:`SAMPLING_MODES`.
+        foreground_fraction: the share of foreground rays (patches) of the balanced modes.
         continuous: uniform positions inside the pixels instead of pixel centres.
         replacement: for ``"uniform"`` and ``"patch"``, allow repeated pixels / patches.
         generator: optional ``torch.Generator`` on ``masks.device``.
@@ -371,8 +476,12 @@ def sample_pixels(
     """
     if mode not in SAMPLING_MODES:
         raise ValueError(f"mode must be one of {SAMPLING_MODES}, got {mode!r}.")
-    if mode == "foreground_balanced":
-        return sample_foreground_balanced(
+    balanced = {
+        "foreground_balanced": sample_foreground_balanced,
+        "foreground_balanced_patch": sample_foreground_balanced_patches,
+    }
+    if mode in balanced:
+        return balanced[mode](
             masks,
             n_rays,
             foreground_fraction=foreground_fraction,

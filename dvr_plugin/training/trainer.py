@@ -54,7 +54,7 @@ from ..engine.losses import (
     world_point_loss,
 )
 from ..engine.run_outputs import VAL_DIR_NAME, VAL_LOG_NAME
-from ..engine.sampling import PixelSample, gather, sample_pixels
+from ..engine.sampling import PATCH_MODES, PixelSample, gather, sample_pixels
 from ..engine.schedule import StepSchedule
 from ..engine.trainer import BaseTrainer, build_optimizer
 from ..fields.appearance import RenderingNetwork, ViewDependentField, geometry_of
@@ -308,12 +308,13 @@ class Trainer(BaseTrainer):
                     f"{train_data.image_size}; use one image size."
                 )
         self.weights = config.loss.weights()
-        if self.weights.image_gradient > 0 and config.train.sampling != "patch":
+        if self.weights.image_gradient > 0 and config.train.sampling not in PATCH_MODES:
             raise ValueError(
-                "loss.image_gradient > 0 needs train.sampling=patch (2x2 pixel patches)."
+                "loss.image_gradient > 0 needs 2x2 pixel patches: train.sampling one of "
+                f"{PATCH_MODES}, got {config.train.sampling!r}."
             )
         height, width = train_data.image_size
-        if config.train.sampling != "foreground_balanced":
+        if config.train.sampling not in ("foreground_balanced", "foreground_balanced_patch"):
             if config.train.rays_per_image > height * width:
                 raise ValueError(
                     f"train.rays_per_image={config.train.rays_per_image} exceeds the "

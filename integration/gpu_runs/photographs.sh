@@ -11,6 +11,7 @@
 #   bash integration/gpu_runs/photographs.sh sdf_ablation  # each piece of the SDF recipe taken out
 #   bash integration/gpu_runs/photographs.sh cameras    # camera refinement against a known pose error
 #   bash integration/gpu_runs/photographs.sh normal_weight  # the normal-smoothness weight
+#   bash integration/gpu_runs/photographs.sh sampling   # patches (and the image-gradient term) or not
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
@@ -157,6 +158,24 @@ normal_weight)  # the normal-smoothness weight of the recipe (0.05) taken out an
   RUNS="normal_0 normal_0.05 normal_0.2 normal_0.5 normal_0.05_seed1 normal_0.2_seed1"
   RUNS+=" normal_0.05_teapot normal_0.2_teapot"
   ;;
+sampling)  # which pixels a step trains on: DVR's 2x2 patches (with the image-gradient term) or not
+  scene cow dtu --front-axis=-z & scene teapot dtu & wait
+  for mesh in cow teapot; do
+    S=$D/scenes/${mesh}_dtu
+    slot; fit ${mesh}_patch_gradient "$S" dtu "$S/gt_mesh.ply" data.downscale=1 &
+    slot; fit ${mesh}_patch "$S" dtu "$S/gt_mesh.ply" data.downscale=1 loss.image_gradient=0 &
+    slot; fit ${mesh}_foreground "$S" dtu "$S/gt_mesh.ply" data.downscale=1 loss.image_gradient=0 \
+      train.sampling=foreground_balanced train.foreground_fraction=0.5 &
+    slot; fit ${mesh}_uniform "$S" dtu "$S/gt_mesh.ply" data.downscale=1 loss.image_gradient=0 train.sampling=uniform &
+    slot; fit ${mesh}_foreground_patch_gradient "$S" dtu "$S/gt_mesh.ply" data.downscale=1 \
+      train.sampling=foreground_balanced_patch train.foreground_fraction=0.5 &
+  done
+  wait
+  RUNS=""
+  for mesh in cow teapot; do
+    RUNS+=" ${mesh}_patch_gradient ${mesh}_patch ${mesh}_foreground ${mesh}_uniform ${mesh}_foreground_patch_gradient"
+  done
+  ;;
 recipes)
   RECIPE=(${RECIPE:-})
   wanted() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }  # a scene only where one of its fits runs
@@ -172,7 +191,7 @@ recipes)
   wait
   RUNS="cow_dtu cow_studio teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
-*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|recipes"; exit 2 ;;
 esac
 
 if [[ -n ${ONLY:-} ]]; then KEEP=""; for r in $RUNS; do [[ " $ONLY " == *" $r "* ]] && KEEP+="$r "; done; RUNS=$KEEP; fi
