@@ -220,6 +220,26 @@ def test_foreground_balanced_patches_fallbacks_and_validation():
     assert torch.equal(via.rows, sample.rows) and torch.equal(via.cols, sample.cols)
 
 
+def test_foreground_fraction_as_a_floor():
+    # image 0: a small object (a quarter of the pixels), image 1: a large one (three quarters)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True
+    masks[1, :, :6] = True
+    sample = sample_foreground_balanced(
+        masks, 16, foreground_fraction=0.5, at_least=True, generator=_generator()
+    )
+    # the small object is raised to the floor (8 of 16); the large one keeps its 12 of 16
+    assert gather(masks, sample).sum(dim=1).tolist() == [8, 12]
+    exact = sample_foreground_balanced(masks, 16, foreground_fraction=0.5, generator=_generator())
+    assert gather(masks, exact).sum(dim=1).tolist() == [8, 8]
+    # patches: 49 positions; 16 (small) and 42 (large) touch the mask
+    patches = sample_pixels(
+        masks, 28, mode="foreground_balanced_patch", foreground_fraction=0.5,
+        foreground_at_least=True, generator=_generator(),
+    )
+    assert _patch_touches(masks, patches).sum(dim=1).tolist() == [4, round(7 * 42 / 49)]
+
+
 def test_sample_pixels_dispatch_and_validation():
     masks = make_masks()
     uniform = sample_pixels(masks, 16, generator=_generator())

@@ -107,6 +107,8 @@ class BaseTrainConfig:
             the patch modes need ``rays_per_image`` divisible by 4.
         foreground_fraction: foreground share of the balanced modes (of the rays for
             ``"foreground_balanced"``, of the patches for ``"foreground_balanced_patch"``).
+        foreground_at_least: make ``foreground_fraction`` a floor: images whose mask covers
+            more of the frame keep their own share.
         step_milestones: ``{iteration: n_steps}`` marching schedule
             (:class:`dvr_plugin.engine.schedule.StepSchedule`; normalised on load).
         n_secant_steps: secant refinement steps.
@@ -118,6 +120,7 @@ class BaseTrainConfig:
     rays_per_image: int = 1024
     sampling: str = "uniform"
     foreground_fraction: float = 0.5
+    foreground_at_least: bool = False
     step_milestones: dict = field(default_factory=lambda: {0: 16, 1000: 32})
     n_secant_steps: int = 8
     time_budget_s: Optional[float] = None

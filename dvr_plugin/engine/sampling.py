@@ -312,6 +312,7 @@ def sample_foreground_balanced(
     n_rays: int,
     *,
     foreground_fraction: float = 0.5,
+    at_least: bool = False,
     continuous: bool = False,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
@@ -329,6 +330,8 @@ def sample_foreground_balanced(
         masks: `(B, H, W)` object masks; bool, or numbers where ``> 0.5`` means object.
         n_rays: R, rays per image.
         foreground_fraction: the share of rays from inside the mask, in [0, 1].
+        at_least: make ``foreground_fraction`` a floor: an image whose mask covers a larger
+            share of it keeps that share (only small objects are sampled more often).
         continuous: uniform positions inside the pixels instead of pixel centres.
         generator: optional ``torch.Generator`` on ``masks.device``.
         dtype: floating type of ``xys``.
@@ -345,6 +348,7 @@ def sample_foreground_balanced(
         masks.reshape(batch_size, height * width),
         n_rays,
         foreground_fraction=foreground_fraction,
+        at_least=at_least,
         generator=generator,
         device=device,
     )
@@ -358,6 +362,7 @@ def sample_foreground_balanced_patches(
     n_rays: int,
     *,
     foreground_fraction: float = 0.5,
+    at_least: bool = False,
     continuous: bool = False,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
@@ -375,6 +380,8 @@ def sample_foreground_balanced_patches(
             sides at least 2.
         n_rays: R, rays per image; a multiple of 4.
         foreground_fraction: the share of patches touching the mask, in [0, 1].
+        at_least: make ``foreground_fraction`` a floor: an image where a larger share of the
+            patch positions touches the mask keeps that share.
         continuous: one uniform offset inside the pixels per patch instead of pixel centres.
         generator: optional ``torch.Generator`` on ``masks.device``.
         dtype: floating type of ``xys``.
@@ -394,6 +401,7 @@ def sample_foreground_balanced_patches(
         touches.reshape(batch_size, (height - 1) * (width - 1)),
         n_rays // RAYS_PER_PATCH,
         foreground_fraction=foreground_fraction,
+        at_least=at_least,
         generator=generator,
         device=device,
     )
@@ -412,14 +420,16 @@ def _balanced_picks(
     n_picks: int,
     *,
     foreground_fraction: float,
+    at_least: bool = False,
     generator: torch.Generator | None,
     device: torch.device,
 ) -> torch.Tensor:
     """
     `(B, n_picks)` indices into the `N` candidates of `(B, N)` bool ``inside``:
-    ``round(foreground_fraction * n_picks)`` from the inside ones first, then the outside ones;
-    all from one side when the other is empty; a side's candidates in a random order, repeated
-    when it holds fewer than asked for.
+    ``round(foreground_fraction * n_picks)`` from the inside ones first (with ``at_least``, the
+    inside share of the candidates where that is more), then the outside ones; all from one
+    side when the other is empty; a side's candidates in a random order, repeated when it
+    holds fewer than asked for.
     """
     batch_size, n_candidates = inside.shape
     n_inside = inside.sum(dim=1)  # (B,)
@@ -427,6 +437,9 @@ def _balanced_picks(
 
     n_fg_wanted = int(round(float(foreground_fraction) * n_picks))
     n_fg = torch.full((batch_size,), n_fg_wanted, device=device, dtype=torch.long)
+    if at_least:
+        own_share = torch.round(n_picks * n_inside.double() / n_candidates).long()
+        n_fg = torch.maximum(n_fg, own_share)
     n_fg = torch.where(n_inside == 0, torch.zeros_like(n_fg), n_fg)
     n_fg = torch.where(n_outside == 0, torch.full_like(n_fg, n_picks), n_fg)
 
@@ -451,6 +464,7 @@ def sample_pixels(
     *,
     mode: str = "uniform",
     foreground_fraction: float = 0.5,
+    foreground_at_least: bool = False,
     continuous: bool = False,
     replacement: bool = False,
     generator: torch.Generator | None = None,
@@ -466,6 +480,8 @@ def sample_pixels(
         n_rays: R, rays per image (a multiple of 4 for the patch modes).
         mode: one of :data:`SAMPLING_MODES`.
         foreground_fraction: the share of foreground rays (patches) of the balanced modes.
+        foreground_at_least: the balanced modes' ``at_least``: ``foreground_fraction`` is a
+            floor, not the share.
         continuous: uniform positions inside the pixels instead of pixel centres.
         replacement: for ``"uniform"`` and ``"patch"``, allow repeated pixels / patches.
         generator: optional ``torch.Generator`` on ``masks.device``.
@@ -485,6 +501,7 @@ def sample_pixels(
             masks,
             n_rays,
             foreground_fraction=foreground_fraction,
+            at_least=foreground_at_least,
             continuous=continuous,
             generator=generator,
             dtype=dtype,

@@ -289,6 +289,7 @@ class SingleViewTrainer(BaseTrainer):
             cfg.train.rays_per_image,
             mode=cfg.train.sampling,
             foreground_fraction=cfg.train.foreground_fraction,
+            foreground_at_least=cfg.train.foreground_at_least,
             generator=self.generator,
         )
         gt_rgb = gather(images, sample)

@@ -237,6 +237,7 @@ def draw_pixel_batch(
         train.rays_per_image,
         mode=train.sampling,
         foreground_fraction=train.foreground_fraction,
+        foreground_at_least=train.foreground_at_least,
         continuous=train.continuous_pixels,
         generator=generator,
     )

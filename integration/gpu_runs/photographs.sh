@@ -16,7 +16,8 @@
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
 # ONLY="cow_dtu scan24_monosdf" runs just those fits of a stage; MAXJOBS=1 runs the fits one
-# after another (each alone on the GPU, as the 5-minute recipe figures are meant).
+# after another (each alone on the GPU, as the 5-minute recipe figures are meant); MORE="seed=1"
+# adds overrides to every fit (a second seed: give it its own WORK folder).
 [[ ${SMOKE:-0}${CPU:-0} == 00 && -f .gpubundle/activate ]] && source .gpubundle/activate  # a packed PyTorch3D, where the machine has none
 [[ -d .gpudeps/site ]] && export PYTHONPATH=$PWD/.gpudeps/site:${PYTHONPATH:-}  # omegaconf, where the image has none (make gpu-deps)
 set -u
@@ -67,7 +68,7 @@ fit() {  # $1 = run name, $2 = data folder, $3 = format, $4 = ground-truth mesh 
   [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]] && return  # ONLY="a b": just those fits
   rm -rf "$D/$name"
   $PY -m dvr_plugin.cli fit --config "${CONFIG:-dtu}" --data "$data" --format "$format" --out "$D/$name" \
-    --device $DEVICE --quiet "${COMMON[@]}" "${EXTRA[@]}" "$@" > "$D/$name.log" 2>&1
+    --device $DEVICE --quiet "${COMMON[@]}" "${EXTRA[@]}" "$@" ${MORE:-} > "$D/$name.log" 2>&1
   if [[ $gt != - && -f $D/$name/checkpoint.pt ]]; then
     $PY -m dvr_plugin.cli eval "$D/$name/checkpoint.pt" --gt "$gt" --observed --no-iou \
       --out "$D/$name/eval" --device $DEVICE --points $POINTS --resolution $RES >> "$D/$name.log" 2>&1
