@@ -7,6 +7,7 @@ import torch
 
 from dvr_plugin.engine.sampling import (
     PATCH_OFFSETS,
+    SAMPLING_MODES,
     PixelSample,
     gather,
     sample_foreground_balanced,
@@ -281,7 +282,9 @@ def test_gather_images_masks_and_depths():
 def test_on_cuda():  # pragma: no cover - CPU-only machines
     masks = make_masks().cuda()
     generator = torch.Generator(device="cuda").manual_seed(0)
-    for mode in ("uniform", "patch", "foreground_balanced"):
-        sample = sample_pixels(masks, 16, mode=mode, generator=generator)
+    for mode in SAMPLING_MODES:
+        sample = sample_pixels(
+            masks, 16, mode=mode, foreground_at_least=True, generator=generator
+        )
         assert sample.xys.device.type == "cuda"
         assert torch.equal(sample.xys, ndc_grid((12, 17), device="cuda")[sample.rows, sample.cols])
