@@ -488,7 +488,28 @@ def _stop_inside_step(monkeypatch, at_call: int, action) -> None:
     monkeypatch.setattr(trainer_module, "total_loss", total_loss)
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own Ctrl-C handler for the test, as in a terminal: a suite started in the
+    background inherits an ignored SIGINT, which a fit rightly leaves alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ignored_sigint_stays_ignored(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer = _tiny_trainer(str(tmp_path), **{"train.iterations": 2, "eval.validate_every": 0})
+        trainer.fit()
+        assert trainer.step == 2
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("how", ["exception", "signal"])
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_interrupted_fit_resumes_exactly(tmp_path, monkeypatch, how):
     settings = {"train.iterations": 5, "eval.validate_every": 0}
     straight = _tiny_trainer(str(tmp_path / "a"), **settings)
