@@ -47,6 +47,9 @@ from ..renderer.rays import ImageSize, image_size_hw, pixels_to_ndc
 SAMPLING_MODES = ("uniform", "patch", "foreground_balanced", "foreground_balanced_patch")
 # the modes that sample 2x2 patches (rays in groups of four, in PATCH_OFFSETS order)
 PATCH_MODES = ("patch", "foreground_balanced_patch")
+# the modes that draw a share of the rays inside the masks (they reuse pixels when a region is
+# small, so they accept any number of rays per image)
+BALANCED_MODES = ("foreground_balanced", "foreground_balanced_patch")
 
 PATCH_SIZE = 2
 # (row, column) offsets of the four rays of a 2x2 patch from its top-left pixel, in ray order.
@@ -492,12 +495,10 @@ def sample_pixels(
     """
     if mode not in SAMPLING_MODES:
         raise ValueError(f"mode must be one of {SAMPLING_MODES}, got {mode!r}.")
-    balanced = {
-        "foreground_balanced": sample_foreground_balanced,
-        "foreground_balanced_patch": sample_foreground_balanced_patches,
-    }
-    if mode in balanced:
-        return balanced[mode](
+    if mode in BALANCED_MODES:
+        patches = mode in PATCH_MODES
+        balanced = sample_foreground_balanced_patches if patches else sample_foreground_balanced
+        return balanced(
             masks,
             n_rays,
             foreground_fraction=foreground_fraction,

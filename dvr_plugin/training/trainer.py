@@ -54,7 +54,13 @@ from ..engine.losses import (
     world_point_loss,
 )
 from ..engine.run_outputs import VAL_DIR_NAME, VAL_LOG_NAME
-from ..engine.sampling import PATCH_MODES, PixelSample, gather, sample_pixels
+from ..engine.sampling import (
+    BALANCED_MODES,
+    PATCH_MODES,
+    PixelSample,
+    gather,
+    sample_pixels,
+)
 from ..engine.schedule import StepSchedule
 from ..engine.trainer import BaseTrainer, build_optimizer
 from ..fields.appearance import RenderingNetwork, ViewDependentField, geometry_of
@@ -315,7 +321,7 @@ class Trainer(BaseTrainer):
                 f"{PATCH_MODES}, got {config.train.sampling!r}."
             )
         height, width = train_data.image_size
-        if config.train.sampling not in ("foreground_balanced", "foreground_balanced_patch"):
+        if config.train.sampling not in BALANCED_MODES:
             if config.train.rays_per_image > height * width:
                 raise ValueError(
                     f"train.rays_per_image={config.train.rays_per_image} exceeds the "

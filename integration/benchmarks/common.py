@@ -251,8 +251,6 @@ def fmt_bytes(value) -> str:
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    import os
-
     return f"CPU ({os.cpu_count()} cores)"
 
 
