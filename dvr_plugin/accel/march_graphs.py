@@ -375,7 +375,7 @@ class MarchGraphs:
         parts = []
         for start in range(0, n_rays, self.max_rays):
             part = slice(start, start + self.max_rays)
-            latent = None if query.latent is None else query.latent[ray_ids[part]]
+            latent = query.ray_latent(ray_ids[part])
             recorded = self._recorded(
                 query, grid, self.bucket(origins[part].shape[0]), n_steps, block, precision,
                 origins.dtype, latent,

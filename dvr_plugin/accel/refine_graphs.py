@@ -106,7 +106,7 @@ class RefinementGraphs:
             `(h,)` refined depths.
         """
         n_rays = origins.shape[0]
-        latent = None if query.latent is None else query.latent[ray_ids]
+        latent = query.ray_latent(ray_ids)
         bucket = self.bucket(n_rays)
         key = self._key(query, bucket, origins.dtype, latent, n_secant_steps, precision)
         arrays = dict(

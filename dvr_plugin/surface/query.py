@@ -82,15 +82,18 @@ class FieldQuery:
             `(r, n)` inside values (positive inside).
         """
         points = origins[:, None, :] + lengths[..., None] * directions[:, None, :]
-        latent = None if self.latent is None else self.latent[ray_ids]
-        values = evaluate_field(self.field, points, latent).values
+        values, _ = self.evaluate(ray_ids, points)
         return inside_values(values, field_type=self.field_type, level=self.level)
+
+    def ray_latent(self, ray_ids: torch.Tensor) -> torch.Tensor | None:
+        """The `(r, C)` codes of the `(r,)` rays ``ray_ids``, or ``None`` without codes."""
+        return None if self.latent is None else self.latent[ray_ids]
 
     def evaluate(
         self, ray_ids: torch.Tensor, points: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Field values `(r, k)` and rgb `(r, k, 3)` at `(r, k, 3)` points of rays ``ray_ids``."""
-        latent = None if self.latent is None else self.latent[ray_ids]
+        latent = self.ray_latent(ray_ids)
         out = evaluate_field(self.field, points, latent)
         return out.values, out.rgb
 
@@ -102,7 +105,7 @@ class FieldQuery:
         ``tangents`` `(r, k, 3)`, from the field's ``forward_with_tangent`` where it has one
         (e.g. :class:`dvr_plugin.fields.field.OccupancyTextureField`), else forward-mode AD.
         """
-        latent = None if self.latent is None else self.latent[ray_ids]
+        latent = self.ray_latent(ray_ids)
         if hasattr(self.field, "forward_with_tangent"):
             out, derivative = self.field.forward_with_tangent(points, tangents, latent)
             return out.values, out.rgb, derivative.values, derivative.rgb
