@@ -57,9 +57,9 @@ from integration.benchmarks.common import (
     fmt_seconds,
     measure,
     new_report,
-    over_budget,
     report_files_writer,
     roofline,
+    skip_over_budget,
 )
 
 MODES: Dict[str, dict] = {
@@ -264,8 +264,8 @@ def run_benchmark(
         workload, size = case["workload"], case["size"]
         for n_steps in case["steps"]:
             modes = [m for m, steps in case["modes"].items() if n_steps in steps]
-            if over_budget(started, max_seconds):
-                report["skipped"].append(f"{workload} {size} {n_steps}: {modes}")
+            label = f"{workload} {size} {n_steps}: {modes}"
+            if skip_over_budget(report, label, started=started, max_seconds=max_seconds):
                 continue
             stride = 2
             reference = None

@@ -64,14 +64,16 @@ from integration.benchmarks.common import (
     add_row_budget_arguments,
     benchmark_parser,
     comma_list,
+    echo_table_start,
+    error_row,
     finish_report,
     fmt_bytes,
     measure,
     new_report,
-    over_budget,
-    record_row,
     release_memory,
     report_files_writer,
+    row_recorder,
+    skip_over_budget,
     speedup_against_eager,
     synchronize,
     table_lines,
@@ -501,8 +503,8 @@ def run_benchmark(
         fields={},
     )
     if echo:
-        print(f"device: {report['device']} (torch {report['torch']})", flush=True)
-        print(HEADER, flush=True)
+        echo_table_start(report, HEADER)
+    record = row_recorder(report, started=started, format_row=format_row, echo=echo, write=write)
     for name in fields:
         field = build_field(name, quick=quick, device=device)
         report["fields"][name] = {
@@ -513,8 +515,8 @@ def run_benchmark(
         for n_points in sizes:
             reference = None
             for variant in variants:
-                if over_budget(started, max_seconds):
-                    report["skipped"].append(f"{name} N={n_points} {variant}")
+                label = f"{name} N={n_points} {variant}"
+                if skip_over_budget(report, label, started=started, max_seconds=max_seconds):
                     continue
                 if reference is None:
                     points, directions = surface_inputs(n_points, device=device)
@@ -529,9 +531,7 @@ def run_benchmark(
                 row.update(
                     run_case(field, variant, n_points, reference, device=device, repeats=repeats)
                 )
-                record_row(
-                    report, row, started=started, format_row=format_row, echo=echo, write=write
-                )
+                record(row)
         del field
         release_memory(device)
     return finish_report(report, started=started, write=write)
@@ -554,7 +554,7 @@ def format_row(row: dict, rows: Sequence[dict]) -> str:
     """One markdown row; ``rows`` supplies the eager row of the same field and N."""
     start = f"| {row['field']} | {row['n_points']} | {row['variant']} | {row['tangent']} |"
     if "error" in row:
-        return start + " | | | | | | | " + row["error"].replace("|", "\\|") + " |"
+        return error_row(start, 7, row["error"])
     ratio = speedup_against_eager(row, rows, ("field", "n_points"))
     graphs = f"{row['graphs']} / {row['graph_breaks']}" if "graphs" in row else "-"
     first = _ms(row["first_call_ms"]) if "graphs" in row else "-"

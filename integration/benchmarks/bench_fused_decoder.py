@@ -55,13 +55,15 @@ from integration.benchmarks.common import (
     add_row_budget_arguments,
     benchmark_parser,
     comma_list,
+    echo_table_start,
+    error_row,
     finish_report,
     measure,
     new_report,
-    over_budget,
-    record_row,
     release_memory,
     report_files_writer,
+    row_recorder,
+    skip_over_budget,
     speedup_against_eager,
     synchronize,
     table_lines,
@@ -314,8 +316,8 @@ def run_benchmark(
         fields={},
     )
     if echo:
-        print(f"device: {report['device']} (torch {report['torch']})", flush=True)
-        print(HEADER, flush=True)
+        echo_table_start(report, HEADER)
+    record = row_recorder(report, started=started, format_row=format_row, echo=echo, write=write)
     for hidden_size, n_frequencies in fields:
         field = build_field(hidden_size, n_frequencies, n_blocks=n_blocks, device=device)
         report["fields"][str(hidden_size)] = (
@@ -332,16 +334,14 @@ def run_benchmark(
                     # the configuration actually launched (the automatic one depends on N)
                     used = default_config(hidden_size, n_points, n_sms=n_sms, config=variant.config)
                     label += f" ({format_config(used)})" if variant.config is None else ""
-                if over_budget(started, max_seconds):
-                    report["skipped"].append(f"H={hidden_size} N={n_points} {label}")
+                skipped = f"H={hidden_size} N={n_points} {label}"
+                if skip_over_budget(report, skipped, started=started, max_seconds=max_seconds):
                     continue
                 row = {"hidden_size": hidden_size, "n_points": n_points, "variant": label}
                 row.update(
                     run_case(field, points, variant, reference, device=device, repeats=repeats)
                 )
-                record_row(
-                    report, row, started=started, format_row=format_row, echo=echo, write=write
-                )
+                record(row)
         del field
         release_memory(device)
     return finish_report(report, started=started, write=write)
@@ -357,7 +357,7 @@ def format_row(row: dict, rows: Sequence[dict]) -> str:
     """One markdown row; ``rows`` supplies the plain float32 eager row of the same H and N."""
     start = f"| {row['hidden_size']} | {row['n_points']} | {row['variant']} |"
     if "error" in row:
-        return start + " | | | | " + row["error"].replace("|", "\\|") + " |"
+        return error_row(start, 4, row["error"])
     ratio = speedup_against_eager(row, rows, ("hidden_size", "n_points"))
     return (
         f"{start} {row['ms']:.3f} ms | {ratio} | {row['max_abs_diff']:.1e} | "

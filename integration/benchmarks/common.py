@@ -295,21 +295,37 @@ def speedup_against_eager(row: dict, rows: Sequence[dict], keys: Sequence[str]) 
     return f"{eager['ms'] / row['ms']:.2f}x" if eager is not None and row is not eager else "-"
 
 
-def record_row(
+def row_recorder(
     report: dict,
-    row: dict,
     *,
     started: float,
     format_row: Callable[[dict, Sequence[dict]], str],
     echo: bool,
     write: Callable[[dict], None] | None,
-) -> None:
-    """Append ``row`` to ``report["rows"]``, print it (``echo``), stamp the elapsed seconds since
-    ``started`` and save the report so far (``write``), so a run cut short keeps its rows."""
-    report["rows"].append(row)
-    if echo:
-        print(format_row(row, report["rows"]), flush=True)
-    finish_report(report, started=started, write=write)
+) -> Callable[[dict], None]:
+    """``record(row)``, which appends ``row`` to ``report["rows"]``, prints it (``echo``),
+    stamps the elapsed seconds since ``started`` and saves the report so far (``write``), so a
+    run cut short keeps its rows."""
+
+    def record(row: dict) -> None:
+        report["rows"].append(row)
+        if echo:
+            print(format_row(row, report["rows"]), flush=True)
+        finish_report(report, started=started, write=write)
+
+    return record
+
+
+def echo_table_start(report: dict, header: str) -> None:
+    """Print the device line of ``report`` (its name and torch version) and the table header."""
+    print(f"device: {report['device']} (torch {report['torch']})", flush=True)
+    print(header, flush=True)
+
+
+def error_row(start: str, n_empty: int, error: str) -> str:
+    """A markdown row that failed: ``start`` (its leading cells), ``n_empty`` empty cells, then
+    ``error`` (its ``|`` escaped) in the last cell."""
+    return start + " |" * n_empty + " " + error.replace("|", "\\|") + " |"
 
 
 def new_report(device: str, **settings) -> dict:
@@ -339,6 +355,17 @@ def finish_report(
     if write is not None:
         write(report)
     return report
+
+
+def skip_over_budget(
+    report: dict, label: str, *, started: float, max_seconds: float | None
+) -> bool:
+    """Whether the time budget is spent (:func:`over_budget`); if so, ``label`` (the row that
+    is not run) joins ``report["skipped"]``."""
+    if not over_budget(started, max_seconds):
+        return False
+    report["skipped"].append(label)
+    return True
 
 
 def table_lines(
