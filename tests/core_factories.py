@@ -255,6 +255,27 @@ def assert_same_surfaces(eager, graphed, cameras, latent=None) -> None:
     assert float((want.depths - got.depths)[want.hit].abs().max()) < 1e-5
 
 
+def tangent_test_field(**kwargs) -> OccupancyTextureField:
+    """
+    A float64 ``OccupancyTextureField(hidden_size=16, n_blocks=2, **kwargs)`` built after
+    ``torch.manual_seed(0)``, every parameter drawn from N(0, 0.4^2) so that every layer counts
+    (the default initialisation zeroes ``fc1``): the field of the tangent checks.
+    """
+    torch.manual_seed(0)
+    field = OccupancyTextureField(hidden_size=16, n_blocks=2, **kwargs).double()
+    for parameter in field.parameters():
+        torch.nn.init.normal_(parameter, std=0.4)
+    return field
+
+
+def tangent_test_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(points, tangents)``, `(2, 7, 3)` float64 each, from the global generator: points
+    uniform in the unit cube, tangents standard normal."""
+    points = torch.rand(2, 7, 3, dtype=torch.float64) - 0.5
+    tangents = torch.randn(2, 7, 3, dtype=torch.float64)
+    return points, tangents
+
+
 def check_forward_with_tangent(field, points, tangents, latent=None):
     """
     Assert that ``field.forward_with_tangent`` agrees with the plain forward pass (values and

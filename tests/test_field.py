@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from dvr_plugin.fields.field import OccupancyTextureField, evaluate_field
-from tests.core_factories import check_forward_with_tangent
+from tests.core_factories import (
+    check_forward_with_tangent,
+    tangent_test_field,
+    tangent_test_inputs,
+)
 
 
 def test_shapes_and_heads():
@@ -85,15 +89,10 @@ def test_forward_with_tangent_matches_forward_mode_ad(field_type, latent_size, n
     """The stacked value + tangent pass: the same outputs as forward, the same derivatives as
     torch's forward-mode AD, and the same parameter gradients through the values."""
 
-    torch.manual_seed(0)
-    field = OccupancyTextureField(
-        hidden_size=16, n_blocks=2, latent_size=latent_size, field_type=field_type,
-        n_frequencies=n_frequencies,
-    ).double()
-    for parameter in field.parameters():  # the default init zeroes fc1: make every layer count
-        torch.nn.init.normal_(parameter, std=0.4)
-    points = torch.rand(2, 7, 3, dtype=torch.float64) - 0.5
-    tangents = torch.randn(2, 7, 3, dtype=torch.float64)
+    field = tangent_test_field(
+        latent_size=latent_size, field_type=field_type, n_frequencies=n_frequencies
+    )
+    points, tangents = tangent_test_inputs()
     latent = torch.randn(2, latent_size, dtype=torch.float64) if latent_size else None
     _, values_tangent = check_forward_with_tangent(field, points, tangents, latent)
     assert float(values_tangent.detach().abs().max()) > 1e-3

@@ -36,7 +36,11 @@ from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.training.config import FitConfig, apply_overrides
 from dvr_plugin.training.trainer import Trainer, build_field
-from tests.core_factories import check_forward_with_tangent
+from tests.core_factories import (
+    check_forward_with_tangent,
+    tangent_test_field,
+    tangent_test_inputs,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -82,20 +86,11 @@ def test_annealed_encoding_fades_bands_in():
 def test_annealed_forward_with_tangent_matches_forward(field_type):
     """At a partial progress the stacked value + tangent pass equals forward, its tangents
     equal forward-mode AD, and its parameter gradients equal those of forward."""
-    torch.manual_seed(0)
-    field = OccupancyTextureField(
-        hidden_size=16,
-        n_blocks=2,
-        n_frequencies=3,
-        field_type=field_type,
-        fourier_anneal=True,
-        geometric_init_radius=0.3,
-    ).double()
-    for parameter in field.parameters():  # make every layer count
-        torch.nn.init.normal_(parameter, std=0.4)
+    field = tangent_test_field(
+        n_frequencies=3, field_type=field_type, fourier_anneal=True, geometric_init_radius=0.3
+    )
     field.set_encoding_progress(0.55)  # alpha = 1.65: one band on, one fading in, one off
-    points = torch.rand(2, 7, 3, dtype=torch.float64) - 0.5
-    tangents = torch.randn(2, 7, 3, dtype=torch.float64)
+    points, tangents = tangent_test_inputs()
     plain, _ = check_forward_with_tangent(field, points, tangents)
     # the progress changes the field: the fading band matters
     field.set_encoding_progress(1.0)
