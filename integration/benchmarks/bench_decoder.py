@@ -77,6 +77,7 @@ from integration.benchmarks.common import (
     speedup_against_eager,
     synchronize,
     table_lines,
+    timing_fields,
 )
 
 FIELDS = ("decoder", "hash grid")
@@ -400,9 +401,7 @@ def run_case(
         row["output_diff"] = max_abs_difference(first.outputs, reference.outputs)
         row["gradient_diff"] = max_abs_difference(first.gradients, reference.gradients)
         timing = measure(step, device=device, repeats=repeats, warmup=1, max_seconds=2.0)
-        row["ms"] = 1000 * timing["seconds"]
-        row["min_ms"] = 1000 * timing["min_seconds"]
-        row["runs"] = timing["runs"]
+        row.update(timing_fields(timing))
         row["peak_mib"] = None if timing["peak_bytes"] is None else timing["peak_bytes"] / 2**20
     except Exception as error:  # a failing variant fails its row, not the run
         row["error"] = _first_line(error)

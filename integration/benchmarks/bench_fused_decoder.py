@@ -67,6 +67,7 @@ from integration.benchmarks.common import (
     speedup_against_eager,
     synchronize,
     table_lines,
+    timing_fields,
 )
 
 # (hidden size, Fourier bands) of the fields; every field has N_BLOCKS residual blocks
@@ -251,9 +252,7 @@ def run_case(
         synchronize(device)
         timing = measure(fn, device=device, repeats=repeats, warmup=1, max_seconds=2.0)
         values = timing["_output"]
-        row["ms"] = 1000 * timing["seconds"]
-        row["min_ms"] = 1000 * timing["min_seconds"]
-        row["runs"] = timing["runs"]
+        row.update(timing_fields(timing))
         difference = float((values.double() - reference.double()).abs().max())
         row["max_abs_diff"] = difference
         row["relative_diff"] = difference / max(float(reference.abs().max()), 1e-30)

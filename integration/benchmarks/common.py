@@ -279,6 +279,15 @@ def report_files_writer(
     return write
 
 
+def timing_fields(timing: dict) -> dict:
+    """A table row's ``ms`` (median), ``min_ms`` and ``runs`` from a :func:`measure` result."""
+    return {
+        "ms": 1000 * timing["seconds"],
+        "min_ms": 1000 * timing["min_seconds"],
+        "runs": timing["runs"],
+    }
+
+
 def speedup_against_eager(row: dict, rows: Sequence[dict], keys: Sequence[str]) -> str:
     """``"1.23x"``: the time of the ``eager`` row with the same ``keys`` values over ``row``'s
     (``"-"`` for the eager row itself or when there is none)."""
