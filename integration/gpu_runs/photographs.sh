@@ -26,7 +26,10 @@ DATA=${DVR_DATA_DIR:-../shared/data}
 OUT=${OUT:-outputs/gpu_runs}; mkdir -p "$OUT"
 D=${WORK:-/tmp/photographs}; mkdir -p "$D"
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-PY=${PY:-python}
+# the interpreter: PY or PYTHON, else the pinned environment of `make test` where it exists (a CPU
+# run on a development machine), else the machine's python (the GPU machine with its bundle)
+DEFAULT_PY=python; [[ -x .venv/bin/python ]] && DEFAULT_PY=$PWD/.venv/bin/python
+PY=${PY:-${PYTHON:-$DEFAULT_PY}}
 BUDGET=${BUDGET:-210}
 DEVICE=cuda; SIZE="180 240"; POINTS=100000; RES=256; EXTRA=()
 if [[ ${SMOKE:-0} == 1 ]]; then
