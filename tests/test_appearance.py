@@ -60,11 +60,22 @@ class SphereMLPGeometry(nn.Module):
         return self.forward_with_features(points, latent)[0]
 
 
-def make_model(*, field_type: str = "occupancy", latent_size: int = 4, seed: int = 0):
+def make_model(
+    *,
+    field_type: str = "occupancy",
+    latent_size: int = 4,
+    seed: int = 0,
+    point_grid: nn.Module | None = None,
+):
     """A float64 view-dependent field with a tiny head whose colour varies visibly."""
     torch.manual_seed(seed)
     head = RenderingNetwork(
-        feature_size=8, hidden_size=8, n_layers=2, n_view_frequencies=2, n_point_frequencies=1
+        feature_size=8,
+        hidden_size=8,
+        n_layers=2,
+        n_view_frequencies=2,
+        n_point_frequencies=1,
+        point_grid=point_grid,
     )
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -412,3 +423,95 @@ def test_a_training_step_moves_both_networks():
     after = trainer.field.state_dict()
     assert not torch.equal(before["appearance.mlp.0.weight"], after["appearance.mlp.0.weight"])
     assert not torch.equal(before["geometry.fc_in.weight"], after["geometry.fc_in.weight"])
+
+
+class FrozenFeatures(nn.Module):
+    """A stand-in point grid that returns fixed features whatever the points."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        super().__init__()
+        self.features = features
+        self.out_size = features.shape[-1]
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.features
+
+
+def test_colour_grid_trains_its_tables_and_does_not_move_the_surface():
+    """
+    The head's hash grid (``point_grid``): its tables get exact gradients, and the rest of the
+    render's gradient equals that of the same model with the grid's features frozen at the
+    surface points, i.e. the grid's spatial derivative reaches neither the geometry nor the
+    rays (the lookup takes the point detached). Keeping that derivative fails the second check.
+    """
+    from dvr_plugin.fields.hash_grid import HashGridEncoding
+
+    grid = HashGridEncoding(
+        n_levels=2, features_per_level=2, log2_table_size=10, base_resolution=4, max_resolution=8
+    )
+    model = make_model(field_type="sdf", latent_size=0, point_grid=grid)
+    origins, directions = rays_towards_centre(5, seed=21)
+    origins.requires_grad_(True)
+
+    def loss():
+        return colour_loss(render_rays(model, origins.detach(), directions))
+
+    model.zero_grad()
+    colour_loss(render_rays(model, origins, directions)).backward()
+    tables = model.appearance.point_grid.embeddings
+    used = tables.grad.abs().sum(-1).nonzero()[:, 0]
+    assert used.numel() >= 8  # 5 points x 2 levels x 8 corners, some shared
+    for row in used[:6].tolist():
+        numeric = finite_difference(loss, tables.data, (row, 1))
+        assert tables.grad[row, 1].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    analytic_origins = origins.grad.clone()
+
+    with torch.no_grad():
+        depth, _ = surface_depth(model.geometry, origins, directions)
+        points = (origins + depth[:, None] * directions)[:, None]
+        model.appearance.point_grid = FrozenFeatures(grid(points))
+    checked = check_parameter_gradients(
+        model, loss, per_parameter=1, generator=torch.Generator().manual_seed(22), abs_tol=1e-8
+    )
+    assert sum(name.startswith("geometry") for name in checked) >= 8
+    for i in range(3):
+        numeric = finite_difference(loss, origins.data, (i, 0))
+        assert analytic_origins[i, 0].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+    # with the grid's live features, the same origin derivative differs: the check has teeth
+    model.appearance.point_grid = grid
+    moved = [
+        abs(finite_difference(loss, origins.data, (i, 0)) - analytic_origins[i, 0].item())
+        for i in range(3)
+    ]
+    assert max(moved) > 1e-4
+
+
+def test_colour_grid_configuration():
+    from dvr_plugin.fields.hash_grid import HashGridEncoding
+    from dvr_plugin.training.trainer import build_field, parameter_groups
+
+    with pytest.raises(ValueError, match="colour_point_grid needs model.colour: view_dependent"):
+        _fit_config(colour_point_grid=True)
+    config = _fit_config(
+        colour="view_dependent",
+        colour_point_grid=True,
+        hash_grid={
+            "n_levels": 3,
+            "log2_table_size": 10,
+            "base_resolution": 4,
+            "max_resolution": 16,
+        },
+    )
+    model = build_field(config)
+    grid = model.appearance.point_grid
+    assert isinstance(grid, HashGridEncoding) and grid.resolutions == (4, 8, 16)
+    assert not grid.anneal
+    first = next(m for m in model.appearance.mlp if isinstance(m, nn.Linear))
+    assert first.in_features == 3 + grid.out_size + 3 + 3 * (1 + 2 * 4) + 16
+    optim = config.optim.__class__(lr=1e-3, encoding_lr=1e-2)
+    groups = parameter_groups(model, optim)
+    assert len(groups) == 2 and groups[1]["lr"] == 1e-2
+    assert groups[1]["params"][0] is grid.embeddings
+    with pytest.raises(ValueError, match="point_grid must have an integer out_size"):
+        RenderingNetwork(feature_size=0, point_grid=nn.Identity())

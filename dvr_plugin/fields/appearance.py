@@ -6,10 +6,18 @@ diffuse renders, wrong for photographs with highlights and shading, where the on
 model to explain a highlight is to bend the surface. The rendering network of IDR (Yariv et al.
 2020) lets the colour depend on how the point is seen:
 
-    colour = sigmoid(MLP([gamma_x(x), n, gamma_v(v), z]))
+    colour = sigmoid(MLP([gamma_x(x), h(x), n, gamma_v(v), z]))
 
 - ``x``: the surface point (world frame, scene units), optionally Fourier-encoded (``gamma_x``;
   none by default, as in IDR);
+- ``h(x)``: optional multi-resolution hash-grid features of the point (a
+  :class:`~dvr_plugin.fields.hash_grid.HashGridEncoding` of its own, not shared with the
+  geometry): fine texture detail at the cost of a table lookup, without giving the geometry
+  network more high-frequency capacity (none by default). The lookup takes the point detached:
+  the features train through their tables, but their spatial derivative (a piecewise-trilinear
+  texture gradient) is not passed on to the surface point, where it would pull the surface
+  along the rays to wherever the texture matches; measured, it broke the geometry on DTU scan
+  24 (docs/real_data.md);
 - ``n``: the unit outward normal at ``x``, ``normalize(grad_x f)`` (sign from the field type);
 - ``v``: the unit viewing direction, the ray direction normalised (camera -> point), encoded
   with ``n_view_frequencies`` Fourier bands (``gamma_v``; 4 as in IDR);
@@ -46,8 +54,8 @@ COLOUR_MODELS = ("texture", "view_dependent")
 
 class RenderingNetwork(nn.Module):
     """
-    ``colour = sigmoid(MLP([gamma_x(x), n, gamma_v(v), z]))``: ``n_layers`` hidden layers of
-    width ``hidden_size`` with ReLU, then a linear layer to 3 logits.
+    ``colour = sigmoid(MLP([gamma_x(x), h(x), n, gamma_v(v), z]))``: ``n_layers`` hidden layers
+    of width ``hidden_size`` with ReLU, then a linear layer to 3 logits.
 
     Args (keyword-only):
         feature_size: F, the size of the geometry feature vector ``z`` (0: none).
@@ -55,6 +63,11 @@ class RenderingNetwork(nn.Module):
         n_layers: the number of hidden layers (>= 1; IDR uses 4).
         n_view_frequencies: Fourier bands of the viewing direction (IDR: 4).
         n_point_frequencies: Fourier bands of the point (IDR: 0, the raw point).
+        point_grid: a module mapping `(..., 3)` points to `(..., E)` features with an
+            ``out_size`` attribute (E), typically a
+            :class:`~dvr_plugin.fields.hash_grid.HashGridEncoding`, whose features of the
+            detached point join the head's input (module docstring); ``None`` (the default)
+            for none.
     """
 
     def __init__(
@@ -65,6 +78,7 @@ class RenderingNetwork(nn.Module):
         n_layers: int = 4,
         n_view_frequencies: int = 4,
         n_point_frequencies: int = 0,
+        point_grid: nn.Module | None = None,
     ) -> None:
         super().__init__()
         check_integers(1, hidden_size=hidden_size, n_layers=n_layers)
@@ -77,7 +91,22 @@ class RenderingNetwork(nn.Module):
         self.feature_size = feature_size
         self.point_encoding = FourierFeatures(n_frequencies=n_point_frequencies)
         self.view_encoding = FourierFeatures(n_frequencies=n_view_frequencies)
-        in_size = self.point_encoding.out_size + 3 + self.view_encoding.out_size + feature_size
+        grid_size = 0
+        if point_grid is not None:
+            grid_size = getattr(point_grid, "out_size", None)
+            if not isinstance(grid_size, int) or grid_size < 1:
+                raise ValueError(
+                    "point_grid must have an integer out_size >= 1 (its feature size), got "
+                    f"{grid_size!r}."
+                )
+        self.point_grid = point_grid
+        in_size = (
+            self.point_encoding.out_size
+            + grid_size
+            + 3
+            + self.view_encoding.out_size
+            + feature_size
+        )
         self.mlp = relu_mlp(in_size=in_size, hidden_size=hidden_size, n_layers=n_layers, out_size=3)
 
     def forward(
@@ -97,7 +126,11 @@ class RenderingNetwork(nn.Module):
         Returns:
             `(..., 3)` colours in [0, 1].
         """
-        inputs = [self.point_encoding(points), normals, self.view_encoding(view_directions)]
+        inputs = [self.point_encoding(points)]
+        if self.point_grid is not None:
+            # detached: the texture's spatial derivative must not move the surface
+            inputs.append(self.point_grid(points.detach()).to(points.dtype))
+        inputs += [normals, self.view_encoding(view_directions)]
         if self.feature_size > 0:
             if features is None or features.shape[-1] != self.feature_size:
                 raise ValueError(

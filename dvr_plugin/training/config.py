@@ -207,7 +207,13 @@ class ModelConfig:
         colour_n_layers: number of its hidden layers.
         colour_view_frequencies: Fourier bands of the viewing direction (IDR: 4).
         colour_point_frequencies: Fourier bands of the surface point fed to the head (IDR: 0).
-        hash_grid: the sizes of the hash-grid field (:class:`HashGridConfig`).
+        colour_point_grid: also feed the head a hash-grid encoding of the surface point, a
+            table of its own with the level / table / resolution sizes of ``hash_grid``
+            (fine texture without more geometric capacity; its tables train at
+            ``optim.encoding_lr`` when set). Needs ``colour: view_dependent``.
+        hash_grid: the sizes of the hash-grid field (:class:`HashGridConfig`); with
+            ``colour_point_grid`` its level, table and resolution sizes also shape the colour
+            head's grid.
     """
 
     encoding: str = "fourier"
@@ -223,6 +229,7 @@ class ModelConfig:
     colour_n_layers: int = 4
     colour_view_frequencies: int = 4
     colour_point_frequencies: int = 0
+    colour_point_grid: bool = False
     hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
 
     def __post_init__(self) -> None:
@@ -246,6 +253,11 @@ class ModelConfig:
         if self.colour_view_frequencies < 0 or self.colour_point_frequencies < 0:
             raise ValueError(
                 "model.colour_view_frequencies and model.colour_point_frequencies must be >= 0."
+            )
+        if self.colour_point_grid and self.colour != "view_dependent":
+            raise ValueError(
+                "model.colour_point_grid needs model.colour: view_dependent (the texture head "
+                f"takes no grid), got model.colour={self.colour!r}."
             )
 
 

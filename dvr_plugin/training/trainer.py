@@ -170,8 +170,26 @@ def build_field(config: FitConfig) -> nn.Module:
         n_layers=model.colour_n_layers,
         n_view_frequencies=model.colour_view_frequencies,
         n_point_frequencies=model.colour_point_frequencies,
+        point_grid=colour_point_grid(model) if model.colour_point_grid else None,
     )
     return ViewDependentField(geometry=geometry, appearance=appearance)
+
+
+def colour_point_grid(model: Any) -> HashGridEncoding:
+    """
+    The colour head's own hash-grid encoding of the surface point (``model.colour_point_grid``):
+    the level, table and resolution sizes of ``model.hash_grid`` over the unit cube, without
+    coarse-to-fine annealing (the colour may be sharp from the start; the geometry's
+    annealing is what keeps the surface smooth).
+    """
+    grid = model.hash_grid
+    return HashGridEncoding(
+        n_levels=grid.n_levels,
+        features_per_level=grid.features_per_level,
+        log2_table_size=grid.log2_table_size,
+        base_resolution=grid.base_resolution,
+        max_resolution=grid.max_resolution,
+    )
 
 
 def parameter_groups(

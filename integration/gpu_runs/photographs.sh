@@ -12,6 +12,7 @@
 #   bash integration/gpu_runs/photographs.sh cameras    # camera refinement against a known pose error
 #   bash integration/gpu_runs/photographs.sh normal_weight  # the normal-smoothness weight
 #   bash integration/gpu_runs/photographs.sh sampling   # patches (and the image-gradient term) or not
+#   bash integration/gpu_runs/photographs.sh colour     # a hash grid in the colour head, on scan 24
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
@@ -180,6 +181,15 @@ sampling)  # which pixels a step trains on: DVR's 2x2 patches (with the image-gr
     RUNS+=" ${mesh}_patch_gradient ${mesh}_patch ${mesh}_foreground ${mesh}_uniform ${mesh}_foreground_patch_gradient"
   done
   ;;
+colour)  # the colour head's own hash grid of the surface point (fine texture), on scan 24
+  GRID=(model.colour_point_grid=true optim.encoding_lr=${GRID_LR:-1e-2})
+  slot; fit scan24_monosdf "$DATA/dtu_scan24_384/scan24" monosdf - model.colour_point_grid=false &
+  slot; fit scan24_monosdf_grid "$DATA/dtu_scan24_384/scan24" monosdf - "${GRID[@]}" &
+  slot; fit scan24_monosdf_grid_slow "$DATA/dtu_scan24_384/scan24" monosdf - model.colour_point_grid=true optim.encoding_lr=3e-3 &
+  slot; fit scan24_idr_grid "$DATA/dtu_scan24_neus_400/scan24" dtu - "${GRID[@]}" &
+  wait
+  RUNS="scan24_monosdf scan24_monosdf_grid scan24_monosdf_grid_slow scan24_idr_grid"
+  ;;
 recipes)
   RECIPE=(${RECIPE:-})
   wanted() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }  # a scene only where one of its fits runs
@@ -195,7 +205,7 @@ recipes)
   wait
   RUNS="cow_dtu cow_studio teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
-*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|colour|recipes"; exit 2 ;;
 esac
 
 if [[ -n ${ONLY:-} ]]; then KEEP=""; for r in $RUNS; do [[ " $ONLY " == *" $r "* ]] && KEEP+="$r "; done; RUNS=$KEEP; fi
