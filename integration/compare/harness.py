@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ import torch
 
 from dvr_plugin.data.paths import shared_data_dir
 from dvr_plugin.engine.evaluation import RenderedViews, image_metrics, render_views
-from dvr_plugin.engine.run_outputs import write_json
+from dvr_plugin.engine.run_outputs import progress_bar, write_json
 from dvr_plugin.io import make_dirs
 from dvr_plugin.meshing import extract_mesh, save_mesh
 from dvr_plugin.metrics import depth_error, evaluate_meshes
@@ -535,19 +534,9 @@ def _train_loop(
         ``iterations``, ``train_seconds``, ``seconds_per_iteration``, ``train_peak_bytes``,
         ``stopped_early`` and ``last`` (the last step's statistics).
     """
-    from tqdm.auto import tqdm
-
     total = config.train.iterations
     budget = config.train.time_budget_s
-    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    bar = tqdm(
-        total=total,
-        desc=desc,
-        unit="it",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=0.2 if interactive else 30.0,
-    )
+    bar = progress_bar(total=total, enabled=progress, desc=desc)
     last: dict[str, float] = {}
     stopped = False
     reset_peak_memory(device)
