@@ -37,6 +37,7 @@ from typing import Any, Optional
 import torch
 
 from dvr_plugin.data.paths import shared_data_dir
+from dvr_plugin.engine.config import positive
 from dvr_plugin.engine.evaluation import RenderedViews, image_metrics, render_views
 from dvr_plugin.engine.run_outputs import progress_bar, write_json
 from dvr_plugin.io import make_dirs
@@ -134,10 +135,8 @@ class ComparisonOptions:
     save_models: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_pts_per_ray < 1:
-            raise ValueError(f"n_pts_per_ray must be >= 1, got {self.n_pts_per_ray}.")
-        if self.figure_views < 1:
-            raise ValueError(f"figure_views must be >= 1, got {self.figure_views}.")
+        positive("n_pts_per_ray", self.n_pts_per_ray)
+        positive("figure_views", self.figure_views)
         if self.render_chunk < 0:
             raise ValueError(f"render_chunk must be >= 0, got {self.render_chunk}.")
 
