@@ -32,7 +32,6 @@ from dvr_plugin.fields.field import (
     fourier_band_weights,
 )
 from dvr_plugin.fields.shapes import SphereField
-from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.training.config import FitConfig, apply_overrides
 from dvr_plugin.training.trainer import Trainer, build_field
@@ -118,17 +117,17 @@ def test_annealing_progress_is_saved_with_the_model():
 # ----------------------------------------------------------------------------- sphere init
 
 
+def untrained_sphere_field(field_type: str, radius: float, **sizes) -> OccupancyTextureField:
+    """A field seeded with 0 and initialised to the sphere of ``radius`` (``sizes``: the
+    network's ``hidden_size``, ``n_blocks``, ``n_frequencies``)."""
+    torch.manual_seed(0)
+    return OccupancyTextureField(field_type=field_type, geometric_init_radius=radius, **sizes)
+
+
 @pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
 def test_untrained_field_is_the_sphere(field_type):
-    torch.manual_seed(0)
     radius = 0.25
-    field = OccupancyTextureField(
-        hidden_size=64,
-        n_blocks=3,
-        n_frequencies=6,
-        field_type=field_type,
-        geometric_init_radius=radius,
-    )
+    field = untrained_sphere_field(field_type, radius, hidden_size=64, n_blocks=3, n_frequencies=6)
     directions = nn.functional.normalize(torch.randn(1, 200, 3), dim=-1)
     # the zero level set along each direction from the centre, by bisection
     low, high = torch.zeros(1, 200), torch.full((1, 200), 0.5)
@@ -153,21 +152,11 @@ def test_untrained_field_is_the_sphere(field_type):
 
 @pytest.mark.parametrize("field_type", ["occupancy", "sdf"])
 def test_untrained_field_renders_the_spheres_silhouette(field_type):
-    torch.manual_seed(0)
     radius, size = 0.3, 24
-    field = OccupancyTextureField(
-        hidden_size=32,
-        n_blocks=2,
-        n_frequencies=4,
-        field_type=field_type,
-        geometric_init_radius=radius,
-    )
+    field = untrained_sphere_field(field_type, radius, hidden_size=32, n_blocks=2, n_frequencies=4)
     eyes = 2.0 * fibonacci_sphere(3).float()
     cameras = cameras_looking_at_origin(eyes, image_size=size, fov=40.0)
-    renderer = DVRRenderer(
-        field=field,
-        raysampler=SecantRaysampler(image_width=size, image_height=size, n_steps=32),
-    )
+    renderer = DVRRenderer.for_images(field=field, image_size=size, n_steps=32)
     with torch.no_grad():
         out = renderer(cameras)
     origins, directions = out.ray_bundle.origins, out.ray_bundle.directions
@@ -418,10 +407,11 @@ def sphere_capture(*, n_views: int = 8, image_size: int = 16) -> MultiViewData:
     """Renders of a sphere off the origin (radius 0.22, centre (0.08, 0, -0.05))."""
     eyes = 2.0 * fibonacci_sphere(n_views).float()
     cameras = cameras_looking_at_origin(eyes, image_size=image_size, fov=40.0)
-    renderer = DVRRenderer(
+    renderer = DVRRenderer.for_images(
         field=SphereField(centre=(0.08, 0.0, -0.05), radius=0.22, sharpness=50.0),
-        raysampler=SecantRaysampler(image_width=image_size, image_height=image_size, n_steps=64),
+        image_size=image_size,
         background_color=1.0,
+        n_steps=64,
     )
     with torch.no_grad():
         out = renderer(cameras)

@@ -13,7 +13,6 @@ from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 import dvr_plugin.surface.root_finding as root_finding
 from dvr_plugin.accel.march_graphs import FixedShapeGridMarch, MarchGraphs, points_per_round
 from dvr_plugin.accel.occupancy_grid import OccupancyGrid
-from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.surface.query import FieldQuery
 
@@ -187,15 +186,14 @@ def test_recorded_march_matches_eager_on_cuda(latent_size):
         latent = latent[:1].expand(2, -1).contiguous()  # the grid describes one code
 
     def renderer(graphs):
-        sampler = SecantRaysampler(
-            image_width=48,
-            image_height=48,
+        return DVRRenderer.for_images(
+            field=field,
+            image_size=48,
             n_steps=64,
             occupancy_grid=grid,
             cuda_graphs=graphs,
             march_precision="float32",
         )
-        return DVRRenderer(field=field, raysampler=sampler)
 
     eager, graphed = renderer(False), renderer(True)
     optimizer = torch.optim.SGD(field.parameters(), lr=1e-3)

@@ -43,6 +43,30 @@ def test_implicit_renderer_route_matches_dvr_renderer(field_type):
     torch.testing.assert_close(images[..., 5:8], ours.normals, atol=1e-4, rtol=0)
 
 
+def test_for_images_builds_the_pixel_grid_renderer():
+    field = demo_scene()
+    cameras = _cameras()
+    renderer = DVRRenderer.for_images(
+        field=field, image_size=(30, 40), background_color=1.0, n_steps=64, compute_normals=False
+    )
+    assert (renderer.raysampler.image_height, renderer.raysampler.image_width) == (30, 40)
+    assert renderer.raysampler.n_steps == 64 and renderer.raysampler.compute_normals is False
+    reference = DVRRenderer(
+        field=field,
+        raysampler=SecantRaysampler(
+            image_width=40, image_height=30, n_steps=64, compute_normals=False
+        ),
+        background_color=1.0,
+    )
+    with torch.no_grad():
+        out, expected = renderer(cameras), reference(cameras)
+    assert out.images.shape == (2, 30, 40, 3) and out.normals is None
+    torch.testing.assert_close(out.images, expected.images, rtol=0, atol=0)
+    assert DVRRenderer.for_images(field=field, image_size=16).raysampler.image_width == 16
+    with pytest.raises(ValueError, match="image_size"):
+        DVRRenderer.for_images(field=field, image_size=(1, 2, 3))
+
+
 def test_implicit_renderer_route_with_a_plain_volumetric_function():
     """A hand-written PyTorch3D volumetric function (probabilities, level 0.5)."""
 

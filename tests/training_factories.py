@@ -15,7 +15,6 @@ import torch
 from dvr_plugin.cli.fit_commands import add_fit_parser, add_render_parser
 from dvr_plugin.data import MultiViewData, cameras_looking_at_origin, fibonacci_sphere
 from dvr_plugin.fields.shapes import SphereField
-from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.training.config import FitConfig, apply_overrides
 
@@ -30,12 +29,11 @@ class TrainingFactory:
         """``n_views`` renders of a sphere (exact analytic surface) from a Fibonacci sphere."""
         eyes = 2.0 * fibonacci_sphere(n_views).float()
         cameras = cameras_looking_at_origin(eyes, image_size=image_size, fov=40.0)
-        renderer = DVRRenderer(
+        renderer = DVRRenderer.for_images(
             field=SphereField(radius=radius, sharpness=50.0),
-            raysampler=SecantRaysampler(
-                image_width=image_size, image_height=image_size, n_steps=64
-            ),
+            image_size=image_size,
             background_color=1.0,
+            n_steps=64,
         )
         with torch.no_grad():
             out = renderer(cameras)

@@ -10,7 +10,6 @@ import torch
 
 from ..fields.shapes import demo_scene
 from ..io import make_dirs
-from ..renderer.raysampler import SecantRaysampler
 from ..renderer.renderer import DVRRenderer
 from ..visualize import colorize_depth, colorize_normals, image_grid, save_png
 
@@ -46,12 +45,8 @@ def render_demo(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     make_dirs(out_dir)
     cameras = orbit_cameras(n_views, device=device)
-    renderer = DVRRenderer(
-        field=demo_scene(),
-        raysampler=SecantRaysampler(
-            image_width=image_size, image_height=image_size, n_steps=n_steps
-        ),
-        background_color=1.0,
+    renderer = DVRRenderer.for_images(
+        field=demo_scene(), image_size=image_size, background_color=1.0, n_steps=n_steps
     ).to(device)
     start = time.perf_counter()
     with torch.no_grad():

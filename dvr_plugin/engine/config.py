@@ -253,7 +253,7 @@ class BaseConfig:
 
 
 def positive(name: str, value: int) -> None:
-    """Raise ``ValueError`` unless ``value >= 1`` (``name`` is the dotted key)."""
+    """Raise ``ValueError`` unless ``value >= 1`` (``name``: the dotted key or argument)."""
     if not value >= 1:
         raise ValueError(f"{name} must be >= 1, got {value}.")
 

@@ -14,7 +14,6 @@ from typing import Any, Optional
 import torch
 
 from ..metrics import mask_iou, psnr, ssim
-from ..renderer.raysampler import SecantRaysampler
 from ..renderer.renderer import DVRRenderer
 from ..visualize import colorize_depth, colorize_normals, image_grid
 
@@ -72,17 +71,12 @@ def render_views(
     """
     from tqdm.auto import tqdm
 
-    height, width = int(image_size[0]), int(image_size[1])
-    renderer = DVRRenderer(
+    renderer = DVRRenderer.for_images(
         field=field,
-        raysampler=SecantRaysampler(
-            image_width=width,
-            image_height=height,
-            n_steps=n_steps,
-            n_secant_steps=n_secant_steps,
-            compute_normals=True,
-        ),
+        image_size=(int(image_size[0]), int(image_size[1])),
         background_color=list(background),
+        n_steps=n_steps,
+        n_secant_steps=n_secant_steps,
     )
     parts: list[Any] = []
     bar = tqdm(total=len(cameras), desc=description, unit="view", disable=not progress, leave=False)

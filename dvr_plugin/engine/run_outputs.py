@@ -99,7 +99,7 @@ def open_run_outputs(
     return train_log, val_log, board
 
 
-def progress_bar(*, total: int, initial: int, enabled: bool, desc: str) -> Any:
+def progress_bar(*, total: int, initial: int = 0, enabled: bool, desc: str) -> Any:
     """
     The tqdm bar of a training loop (``initial`` steps done of ``total``): refreshed often in a
     terminal, every 30 seconds when stderr goes to a log file.

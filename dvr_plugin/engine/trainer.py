@@ -45,6 +45,8 @@ from torch import nn
 
 from ..fields.field import UNIT_CUBE_BOUNDS
 from ..renderer.rays import intersect_box
+from ..renderer.raysampler import SecantRaysampler
+from ..renderer.renderer import DVRRenderer
 from .checkpoint import (
     capture_rng_state,
     checkpoint_exists,
@@ -157,6 +159,36 @@ def build_optimizer(
         optimizer, milestones=optim.lr_milestones, gamma=optim.lr_gamma
     )
     return optimizer, scheduler
+
+
+def training_renderer(
+    field, config: Any, *, check_finite: bool = True, **sampler_options: Any
+) -> DVRRenderer:
+    """
+    The renderer of a task's training rays: ``config.train.n_secant_steps`` secant steps, no
+    normals, ``config.background`` behind the object. It marches the first step count of
+    ``config.train.step_milestones``; a training step passes the scheduled count.
+
+    Args:
+        field: what the renderer calls (the model's field, or a wrapper of it).
+        config: a task configuration (:class:`dvr_plugin.engine.config.BaseConfig` with a
+            :class:`dvr_plugin.engine.config.BaseTrainConfig` ``train`` section).
+        check_finite: the renderer's check of the colours (see
+            :class:`dvr_plugin.renderer.renderer.DVRRenderer`).
+        **sampler_options: more keyword arguments of
+            :class:`dvr_plugin.renderer.raysampler.SecantRaysampler` (``occupancy_grid``, ...).
+    """
+    return DVRRenderer(
+        field=field,
+        raysampler=SecantRaysampler(
+            n_steps=config.train.step_milestones[0],
+            n_secant_steps=config.train.n_secant_steps,
+            compute_normals=False,
+            **sampler_options,
+        ),
+        background_color=config.background,
+        check_finite=check_finite,
+    )
 
 
 def seed_everything(seed: int) -> None:

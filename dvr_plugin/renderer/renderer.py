@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from torch import nn
 from ..fields.appearance import ViewDependentField, geometry_of, view_dependent_field_of
 from ..fields.field import evaluate_field, field_type_of
 from .raymarcher import SurfaceRaymarcher
+from .rays import ImageSize, image_size_hw
 from .raysampler import SecantRaysampler, SurfaceRayBundle
 
 
@@ -174,6 +176,44 @@ class DVRRenderer(nn.Module):
             check_finite=check_finite,
         )
         self.chunk_size = chunk_size
+
+    @classmethod
+    def for_images(
+        cls,
+        *,
+        field,
+        image_size: ImageSize,
+        background_color: float | Sequence[float] = 0.0,
+        check_finite: bool = True,
+        **sampler_options: Any,
+    ) -> DVRRenderer:
+        """
+        A renderer of full images: a :class:`SecantRaysampler` over the ``image_size`` pixel
+        grid.
+
+        Example::
+
+            renderer = DVRRenderer.for_images(field=field, image_size=(96, 128), n_steps=64)
+            out = renderer(cameras)          # out.images (B, 96, 128, 3), out.depths (B, 96, 128)
+
+        Args (keyword-only):
+            field: as for the constructor.
+            image_size: ``(H, W)`` or an int (square images).
+            background_color, check_finite: as for the constructor.
+            **sampler_options: the raysampler's other keyword arguments (``n_steps``,
+                ``n_secant_steps``, ``compute_normals``, ``occupancy_grid``, ...).
+
+        Returns:
+            The renderer; its outputs are `(B, H, W, ...)`.
+        """
+        height, width = image_size_hw(image_size)
+        raysampler = SecantRaysampler(image_width=width, image_height=height, **sampler_options)
+        return cls(
+            field=field,
+            raysampler=raysampler,
+            background_color=background_color,
+            check_finite=check_finite,
+        )
 
     def forward(
         self,

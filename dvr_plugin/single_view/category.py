@@ -63,6 +63,7 @@ from ..data import (
     random_elevation,
     write_dvr_layout,
 )
+from ..engine.config import positive
 
 MESH_FILE = "mesh.ply"
 SPLITS = ("train", "val", "test")
@@ -368,8 +369,7 @@ def render_object(
     Returns:
         :class:`MultiViewData` with images, masks, z-depth (0 = background) and the cameras.
     """
-    if supersample < 1:
-        raise ValueError(f"supersample must be >= 1, got {supersample}.")
+    positive("supersample", supersample)
     device = cameras.device
     size = [int(s) for s in cameras.image_size[0].tolist()]
     big = (size[0] * supersample, size[1] * supersample)
@@ -500,12 +500,10 @@ class CategorySettings:
             raise ValueError(f"classes must not repeat, got {self.classes}.")
         if self.n_train < 1 or self.n_val < 0 or self.n_test < 0:
             raise ValueError("n_train must be >= 1 and n_val, n_test >= 0.")
-        if self.n_views < 1:
-            raise ValueError(f"n_views must be >= 1, got {self.n_views}.")
+        positive("n_views", self.n_views)
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}.")
-        if self.supersample < 1:
-            raise ValueError(f"supersample must be >= 1, got {self.supersample}.")
+        positive("supersample", self.supersample)
         if self.camera_distance <= 0.9:
             raise ValueError(
                 "camera_distance must exceed 0.9 (outside the unit cube), got "
@@ -569,8 +567,7 @@ def make_category(
     from tqdm.auto import tqdm
 
     settings = settings or CategorySettings()
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}.")
+    positive("workers", workers)
     out = Path(out_dir)
     _check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)

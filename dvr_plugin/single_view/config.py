@@ -87,8 +87,7 @@ class SingleViewDataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 or null, got {value}.")
-        if self.workers < 1:
-            raise ValueError(f"data.workers must be >= 1, got {self.workers}.")
+        positive("data.workers", self.workers)
 
 
 @dataclass
@@ -113,8 +112,7 @@ class EncoderConfig:
     lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.latent_size < 1:
-            raise ValueError(f"encoder.latent_size must be >= 1, got {self.latent_size}.")
+        positive("encoder.latent_size", self.latent_size)
         if self.backbone not in BACKBONES:
             raise ValueError(f"encoder.backbone must be one of {BACKBONES}, got {self.backbone!r}.")
         if self.input_size < 0:

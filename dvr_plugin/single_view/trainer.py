@@ -44,11 +44,14 @@ from ..engine.losses import (
 from ..engine.run_outputs import COMPARISON_NAME, VAL_DIR_NAME, write_json
 from ..engine.sampling import gather, sample_pixels
 from ..engine.schedule import StepSchedule
-from ..engine.trainer import BaseTrainer, build_optimizer, check_output_folder
+from ..engine.trainer import (
+    BaseTrainer,
+    build_optimizer,
+    check_output_folder,
+    training_renderer,
+)
 from ..fields.field import evaluate_field
 from ..io import make_dirs, open_path, path_manager
-from ..renderer.raysampler import SecantRaysampler
-from ..renderer.renderer import DVRRenderer
 from ..visualize import colorize_normals, image_grid, save_png
 from .config import (
     TASK_NAME,
@@ -202,15 +205,7 @@ class SingleViewTrainer(BaseTrainer):
         self.val_data = None if val_data is None else val_data.to(self.device)
         self.use_depth = self.train_data.depths is not None
         self.model: SingleViewModel = build_model(config, load_weights=not resuming).to(self.device)
-        self.renderer = DVRRenderer(
-            field=self.model.field,
-            raysampler=SecantRaysampler(
-                n_steps=config.train.step_milestones[0],
-                n_secant_steps=config.train.n_secant_steps,
-                compute_normals=False,
-            ),
-            background_color=config.background,
-        )
+        self.renderer = training_renderer(self.model.field, config)
         self.schedule = StepSchedule(config.train.step_milestones)
         self.optimizer, self.scheduler = build_optimizer(
             config.optim,

@@ -62,7 +62,7 @@ from ..engine.sampling import (
     sample_pixels,
 )
 from ..engine.schedule import StepSchedule
-from ..engine.trainer import BaseTrainer, build_optimizer
+from ..engine.trainer import BaseTrainer, build_optimizer, training_renderer
 from ..fields.appearance import RenderingNetwork, ViewDependentField, geometry_of
 from ..fields.field import (
     FieldOutput,
@@ -73,8 +73,6 @@ from ..fields.field import (
 )
 from ..fields.hash_grid import HashGridEncoding, HashGridField
 from ..renderer.rays import intersect_box
-from ..renderer.raysampler import SecantRaysampler
-from ..renderer.renderer import DVRRenderer
 from ..visualize import save_png
 from .camera_refinement import CameraRefinement
 from .config import FitConfig, TrainConfig
@@ -380,19 +378,14 @@ class Trainer(BaseTrainer):
         if config.train.occupancy_grid > 0:
             self.grid = OccupancyGrid(resolution=config.train.occupancy_grid).to(self.device)
         self._grid_fresh = False
-        self.renderer = DVRRenderer(
-            field=self.network,
-            raysampler=SecantRaysampler(
-                n_steps=config.train.step_milestones[0],
-                n_secant_steps=config.train.n_secant_steps,
-                compute_normals=False,
-                cuda_graphs=config.train.cuda_graphs,
-                occupancy_grid=self.grid,
-            ),
-            background_color=config.background,
+        self.renderer = training_renderer(
+            self.network,
+            config,
             # a non-finite colour makes the loss non-finite, which train_step reports: no second
             # host synchronisation per step for the same check
             check_finite=False,
+            cuda_graphs=config.train.cuda_graphs,
+            occupancy_grid=self.grid,
         )
         self.schedule = StepSchedule(config.train.step_milestones)
         groups = parameter_groups(

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -38,8 +37,9 @@ from typing import Any, Optional
 import torch
 
 from dvr_plugin.data.paths import shared_data_dir
+from dvr_plugin.engine.config import positive
 from dvr_plugin.engine.evaluation import RenderedViews, image_metrics, render_views
-from dvr_plugin.engine.run_outputs import write_json
+from dvr_plugin.engine.run_outputs import progress_bar, write_json
 from dvr_plugin.io import make_dirs
 from dvr_plugin.meshing import extract_mesh, save_mesh
 from dvr_plugin.metrics import depth_error, evaluate_meshes
@@ -135,10 +135,8 @@ class ComparisonOptions:
     save_models: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_pts_per_ray < 1:
-            raise ValueError(f"n_pts_per_ray must be >= 1, got {self.n_pts_per_ray}.")
-        if self.figure_views < 1:
-            raise ValueError(f"figure_views must be >= 1, got {self.figure_views}.")
+        positive("n_pts_per_ray", self.n_pts_per_ray)
+        positive("figure_views", self.figure_views)
         if self.render_chunk < 0:
             raise ValueError(f"render_chunk must be >= 0, got {self.render_chunk}.")
 
@@ -535,19 +533,9 @@ def _train_loop(
         ``iterations``, ``train_seconds``, ``seconds_per_iteration``, ``train_peak_bytes``,
         ``stopped_early`` and ``last`` (the last step's statistics).
     """
-    from tqdm.auto import tqdm
-
     total = config.train.iterations
     budget = config.train.time_budget_s
-    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    bar = tqdm(
-        total=total,
-        desc=desc,
-        unit="it",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=0.2 if interactive else 30.0,
-    )
+    bar = progress_bar(total=total, enabled=progress, desc=desc)
     last: dict[str, float] = {}
     stopped = False
     reset_peak_memory(device)

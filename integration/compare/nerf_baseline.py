@@ -35,7 +35,7 @@ from pytorch3d.renderer.implicit.utils import RayBundle
 from torch import nn
 
 from dvr_plugin.data import MultiViewData, index_cameras
-from dvr_plugin.engine.config import resolve_device
+from dvr_plugin.engine.config import positive, resolve_device
 from dvr_plugin.engine.evaluation import RenderedViews
 from dvr_plugin.engine.losses import rgb_loss
 from dvr_plugin.engine.sampling import gather
@@ -80,8 +80,7 @@ class BoxStratifiedRaysampler(nn.Module):
         min_depth: float = 0.0,
     ) -> None:
         super().__init__()
-        if n_pts_per_ray < 1:
-            raise ValueError(f"n_pts_per_ray must be >= 1, got {n_pts_per_ray}.")
+        positive("n_pts_per_ray", n_pts_per_ray)
         if (image_width is None) != (image_height is None):
             raise ValueError("Give both image_width and image_height, or neither.")
         box = torch.tensor([list(bounds[0]), list(bounds[1])], dtype=torch.float32)
@@ -118,8 +117,7 @@ class BoxStratifiedRaysampler(nn.Module):
             `(B, ..., n)` and ``xys`` `(B, ..., 2)`.
         """
         n = self.n_pts_per_ray if n_pts_per_ray is None else int(n_pts_per_ray)
-        if n < 1:
-            raise ValueError(f"n_pts_per_ray must be >= 1, got {n}.")
+        positive("n_pts_per_ray", n)
         device = cameras.device
         if xys is None:
             if self.image_width is None:
@@ -298,8 +296,7 @@ class VolumeBaseline(nn.Module):
             `(N, H, W)`, ``depths`` `(N, H, W)` (0 where the opacity is <= 0.5), ``normals``
             `(N, H, W, 3)`.
         """
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+        positive("chunk_size", chunk_size)
         height, width = int(image_size[0]), int(image_size[1])
         grid = ndc_grid((height, width), device=self.background.device).reshape(-1, 2)
         parts: list[tuple[torch.Tensor, ...]] = []
