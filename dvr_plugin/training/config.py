@@ -159,6 +159,16 @@ class HashGridConfig:
     rgb_hidden_size: int = 64
     rgb_n_layers: int = 2
 
+    def encoding_options(self) -> dict[str, int]:
+        """The keyword arguments of a :class:`~dvr_plugin.fields.hash_grid.HashGridEncoding`."""
+        return {
+            "n_levels": self.n_levels,
+            "features_per_level": self.features_per_level,
+            "log2_table_size": self.log2_table_size,
+            "base_resolution": self.base_resolution,
+            "max_resolution": self.max_resolution,
+        }
+
     def __post_init__(self) -> None:
         for name in ("n_levels", "features_per_level", "base_resolution", "hidden_size"):
             positive(f"model.hash_grid.{name}", getattr(self, name))

@@ -134,11 +134,7 @@ def build_field(config: FitConfig) -> nn.Module:
     if model.encoding == "hash_grid":
         grid = model.hash_grid
         geometry: nn.Module = HashGridField(
-            n_levels=grid.n_levels,
-            features_per_level=grid.features_per_level,
-            log2_table_size=grid.log2_table_size,
-            base_resolution=grid.base_resolution,
-            max_resolution=grid.max_resolution,
+            **grid.encoding_options(),
             include_points=grid.include_points,
             hidden_size=grid.hidden_size,
             n_layers=grid.n_layers,
@@ -180,14 +176,7 @@ def colour_point_grid(model: Any) -> HashGridEncoding:
     coarse-to-fine annealing (the colour may be sharp from the start; the geometry's
     annealing is what keeps the surface smooth).
     """
-    grid = model.hash_grid
-    return HashGridEncoding(
-        n_levels=grid.n_levels,
-        features_per_level=grid.features_per_level,
-        log2_table_size=grid.log2_table_size,
-        base_resolution=grid.base_resolution,
-        max_resolution=grid.max_resolution,
-    )
+    return HashGridEncoding(**model.hash_grid.encoding_options())
 
 
 def parameter_groups(
