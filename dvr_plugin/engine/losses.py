@@ -27,6 +27,7 @@ Which function to use for which DVR term (names as in :class:`LossWeights`):
   ``(|grad f| - 1)^2`` for signed-distance fields.
 - ``mask``: :func:`soft_mask_loss` on the smallest outside value along each ray from
   :func:`min_outside_along_rays`, sharpened by :func:`soft_mask_alpha` (IDR's mask loss).
+- ``volume``: the volume-rendering warm-up of :mod:`dvr_plugin.engine.volume_warmup`.
 
 :func:`total_loss` weighs and adds the terms. ``docs/losses.md`` gives the formulas.
 """
@@ -866,6 +867,8 @@ class LossWeights:
         eikonal: :func:`eikonal_penalty` / :func:`eikonal_loss`, for signed-distance fields
             (0: off; IDR uses 0.1).
         mask: :func:`soft_mask_loss` (0: off; IDR uses 100).
+        volume: :func:`dvr_plugin.engine.volume_warmup.volume_loss`, the volume-rendering
+            warm-up (0: off).
     """
 
     rgb: float = 1.0
@@ -877,6 +880,7 @@ class LossWeights:
     image_gradient: float = 0.0
     eikonal: float = 0.0
     mask: float = 0.0
+    volume: float = 0.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -376,6 +376,17 @@ class LossConfig(BaseLossConfig):
         mask_alpha_factor, mask_alpha_every, mask_alpha_increases: the sharpness is multiplied
             by ``mask_alpha_factor`` every ``mask_alpha_every`` steps, ``mask_alpha_increases``
             times (IDR: 2, five times); ``mask_alpha_every: 0`` keeps it constant.
+        volume: weight of the volume-rendering warm-up (:mod:`dvr_plugin.engine.volume_warmup`;
+            0 = off): UNISURF / NeuS-style volume rendering of the same field on a few rays per
+            image, which lets the photographs carve surfaces that surface rendering alone
+            cannot move (concavities closed by the initial sphere).
+        volume_until: the step at which the warm-up has faded out (its weight falls linearly
+            from ``volume`` to 0; 0 = constant weight, no fading).
+        volume_rays: rays per image rendered as a volume (the first of each image's batch).
+        volume_samples: sections per ray (N; N + 1 field evaluations with normals).
+        volume_sharpness_start, volume_sharpness_end: the SDF sharpness ``s`` (1 / scene
+            units), raised geometrically from start to end over the warm-up (unused for
+            occupancy fields).
     """
 
     depth: float = 0.0
@@ -390,6 +401,12 @@ class LossConfig(BaseLossConfig):
     mask_alpha_factor: float = 2.0
     mask_alpha_every: int = 1000
     mask_alpha_increases: int = 5
+    volume: float = 0.0
+    volume_until: int = 0
+    volume_rays: int = 512
+    volume_samples: int = 64
+    volume_sharpness_start: float = 20.0
+    volume_sharpness_end: float = 200.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -413,6 +430,14 @@ def _check_geometry_loss(loss: LossConfig) -> None:
         raise ValueError(f"loss.mask_alpha_factor must be >= 1, got {loss.mask_alpha_factor}.")
     if loss.mask_alpha_every < 0 or loss.mask_alpha_increases < 0:
         raise ValueError("loss.mask_alpha_every and loss.mask_alpha_increases must be >= 0.")
+    if loss.volume_until < 0:
+        raise ValueError(f"loss.volume_until must be >= 0, got {loss.volume_until}.")
+    positive("loss.volume_rays", loss.volume_rays)
+    positive("loss.volume_samples", loss.volume_samples)
+    for name in ("volume_sharpness_start", "volume_sharpness_end"):
+        value = getattr(loss, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"loss.{name} must be positive, got {value}.")
 
 
 @dataclass

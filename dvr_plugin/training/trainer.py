@@ -63,6 +63,7 @@ from ..engine.sampling import (
 )
 from ..engine.schedule import StepSchedule
 from ..engine.trainer import BaseTrainer, build_optimizer, training_renderer
+from ..engine.volume_warmup import volume_loss, volume_render_rays, volume_schedule
 from ..fields.appearance import RenderingNetwork, ViewDependentField, geometry_of
 from ..fields.field import (
     FieldOutput,
@@ -544,6 +545,53 @@ class Trainer(BaseTrainer):
         alpha = self._mask_alpha(self.step)
         return soft_mask_loss(minimum.values, gt_mask, alpha, select=select)
 
+    def _volume_term(
+        self,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        gt_rgb: torch.Tensor,
+        gt_mask: torch.Tensor,
+    ) -> Optional[torch.Tensor]:
+        """
+        The volume-rendering warm-up (:mod:`dvr_plugin.engine.volume_warmup`) on
+        ``loss.volume_rays`` rays of each image, evenly spaced through its batch (the sampler
+        may order foreground patches first), already scaled by its fade-out; ``None`` once it
+        has faded out or where no ray crosses the box.
+        """
+        loss = self.config.loss
+        fade, sharpness = volume_schedule(
+            self.step,
+            until=loss.volume_until,
+            sharpness_start=loss.volume_sharpness_start,
+            sharpness_end=loss.volume_sharpness_end,
+        )
+        total = gt_mask.shape[0] if self.shard is None else self.shard.total
+        n_rays = gt_mask.shape[1]
+        count = min(loss.volume_rays, n_rays)
+        rays = torch.arange(count, device=gt_mask.device) * (n_rays // count)
+        offsets = torch.rand((total, count), generator=self.generator, device=self.device)
+        if self.shard is not None:
+            offsets = self.shard.take(offsets)
+        if fade <= 0:
+            return None
+        origins, directions = origins[:, rays].detach(), directions[:, rays].detach()
+        near, far, missed = intersect_box(origins, directions, self.box_min, self.box_max)
+        select = ~missed & torch.isfinite(near) & torch.isfinite(far) & (far > near)
+        if not bool(select.any()):
+            return None
+        render = volume_render_rays(
+            self.network,
+            origins,
+            directions,
+            near,
+            far,
+            select,
+            n_samples=loss.volume_samples,
+            sharpness=sharpness,
+            offsets=offsets,
+        )
+        return fade * volume_loss(render, gt_rgb[:, rays], gt_mask[:, rays], select)
+
     def _update_annealing(self) -> None:
         """Set the coarse-to-fine progress of the field's annealed encodings (Fourier bands,
         hash-grid levels: :func:`~dvr_plugin.fields.field.set_annealing_progress`) to
@@ -608,6 +656,8 @@ class Trainer(BaseTrainer):
             terms["image_gradient"] = image_gradient_loss(pred_rgb, gt_rgb, hit & gt_mask)
         if self.weights.mask > 0:
             terms["mask"] = self._mask_term(bundle.origins, bundle.directions, hit, gt_mask)
+        if self.weights.volume > 0:
+            terms["volume"] = self._volume_term(bundle.origins, bundle.directions, gt_rgb, gt_mask)
         return terms, hit
 
     def train_step(self) -> dict[str, float]:

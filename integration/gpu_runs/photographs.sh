@@ -13,6 +13,7 @@
 #   bash integration/gpu_runs/photographs.sh normal_weight  # the normal-smoothness weight
 #   bash integration/gpu_runs/photographs.sh sampling   # patches (and the image-gradient term) or not
 #   bash integration/gpu_runs/photographs.sh colour     # a hash grid in the colour head, on scan 24
+#   bash integration/gpu_runs/photographs.sh volume     # the volume-rendering warm-up, on scan 24
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
@@ -190,6 +191,17 @@ colour)  # the colour head's own hash grid of the surface point (fine texture), 
   wait
   RUNS="scan24_monosdf scan24_monosdf_grid scan24_monosdf_grid_slow scan24_idr_grid"
   ;;
+volume)  # the volume-rendering warm-up (loss.volume) on scan 24, on the recipe and the hash-grid SDF
+  HASH=(model.encoding=hash_grid optim.encoding_lr=1e-2 model.hash_grid.max_resolution=256 loss.normal=0.5)
+  VOLUME=(loss.volume=${VOLUME_WEIGHT:-4} loss.volume_until=${VOLUME_UNTIL:-2000})
+  S24=$DATA/dtu_scan24_384/scan24
+  slot; fit scan24_hash "$S24" monosdf - "${HASH[@]}" &
+  slot; fit scan24_hash_volume "$S24" monosdf - "${HASH[@]}" "${VOLUME[@]}" &
+  slot; fit scan24_volume "$S24" monosdf - "${VOLUME[@]}" &
+  slot; fit scan24_hash_volume_kept "$S24" monosdf - "${HASH[@]}" loss.volume=2 loss.volume_until=0 loss.volume_sharpness_start=50 &
+  wait
+  RUNS="scan24_hash scan24_hash_volume scan24_volume scan24_hash_volume_kept"
+  ;;
 recipes)
   RECIPE=(${RECIPE:-})
   wanted() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }  # a scene only where one of its fits runs
@@ -205,7 +217,7 @@ recipes)
   wait
   RUNS="cow_dtu cow_studio teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
-*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|colour|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|colour|volume|recipes"; exit 2 ;;
 esac
 
 if [[ -n ${ONLY:-} ]]; then KEEP=""; for r in $RUNS; do [[ " $ONLY " == *" $r "* ]] && KEEP+="$r "; done; RUNS=$KEEP; fi
