@@ -135,13 +135,19 @@ def _dtu_world_mats(to_world: np.ndarray, *, monosdf: bool) -> list[np.ndarray]:
     return mats
 
 
-def _write_dtu_scan(
-    root: Path, *, monosdf: bool, image_name: str, mask_dir: str, cameras_file: str
-) -> np.ndarray:
+# (a MonoSDF crop, image i's file name, the mask folder, the cameras file) of the DTU layouts
+_DTU_LAYOUTS = {
+    "dtu": (False, "image/{:06d}.png", "mask", "cameras_sphere.npz"),
+    "monosdf": (True, "{:06d}_rgb.png", "derived_mask_384", "cameras.npz"),
+}
+
+
+def _write_dtu_scan(root: Path, layout: str) -> np.ndarray:
     """
-    The rig as a DTU scan: ``image_name.format(i)`` images, full masks in ``mask_dir``, the
-    cameras in ``cameras_file``; returns the expected ``to_world``.
+    The rig as a DTU scan in ``layout`` (a key of :data:`_DTU_LAYOUTS`): images, full masks and
+    cameras; returns the expected ``to_world``.
     """
+    monosdf, image_name, mask_dir, cameras_file = _DTU_LAYOUTS[layout]
     to_world = DTU_SCALE_MAT @ np.diag([2.0, 2.0, 2.0, 1.0])
     arrays = {}
     for i, (world_mat, image) in enumerate(
@@ -157,24 +163,12 @@ def _write_dtu_scan(
 
 def write_dtu(root: Path) -> np.ndarray:
     """A DTU scan (IDR / NeuS layout); returns the expected ``to_world``."""
-    return _write_dtu_scan(
-        root,
-        monosdf=False,
-        image_name="image/{:06d}.png",
-        mask_dir="mask",
-        cameras_file="cameras_sphere.npz",
-    )
+    return _write_dtu_scan(root, "dtu")
 
 
 def write_monosdf(root: Path) -> np.ndarray:
     """A MonoSDF crop of a DTU scan; returns the expected ``to_world``."""
-    return _write_dtu_scan(
-        root,
-        monosdf=True,
-        image_name="{:06d}_rgb.png",
-        mask_dir="derived_mask_384",
-        cameras_file="cameras.npz",
-    )
+    return _write_dtu_scan(root, "monosdf")
 
 
 def write_nerf_synthetic(root: Path) -> np.ndarray:

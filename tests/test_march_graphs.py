@@ -49,7 +49,10 @@ def test_fixed_shape_march_finds_the_compacting_marchs_brackets(n_steps, block, 
     spacing = (far - near) / (n_steps - 1)
     with torch.no_grad():
         expected = root_finding._march_chunk_grid(
-            query, ids, origins, directions, near, spacing, n_steps, block, None, True, grid
+            query,
+            root_finding._MarchRays(ids, origins, directions, near, spacing),
+            root_finding._MarchSteps(n_steps, block, None, True),
+            grid,
         )
         march = FixedShapeGridMarch(
             n_rays=n_rays + padding,
@@ -88,7 +91,10 @@ def test_fixed_shape_march_with_latent_codes_and_bracket_values():
     ids = torch.arange(n_rays)
     with torch.no_grad():
         expected = root_finding._march_chunk_grid(
-            query, ids, origins, directions, near, spacing, n_steps, 4, None, True, grid
+            query,
+            root_finding._MarchRays(ids, origins, directions, near, spacing),
+            root_finding._MarchSteps(n_steps, 4, None, True),
+            grid,
         )
         march = FixedShapeGridMarch(
             n_rays=n_rays + 2,

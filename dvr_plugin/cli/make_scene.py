@@ -59,6 +59,13 @@ def parse_views(tokens: Optional[list[str]]) -> Optional[list[int]]:
     return views
 
 
+def _add_height_width_option(
+    parser: argparse.ArgumentParser, flag: str, *, default: tuple[int, int], help: str
+) -> None:
+    """``flag H W``: an image size of two ints, height first."""
+    parser.add_argument(flag, type=int, nargs=2, default=default, metavar=("H", "W"), help=help)
+
+
 def add_make_scene_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``make-scene``: render a mesh as a DTU-like capture with exact ground truth."""
     parser = subparsers.add_parser(
@@ -78,12 +85,10 @@ def add_make_scene_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("mesh", help="a closed mesh (.obj with its .mtl texture, or .ply)")
     add_new_folder_option(parser)
     parser.add_argument("--lighting", choices=("dtu", "studio"), default="dtu")
-    parser.add_argument(
+    _add_height_width_option(
+        parser,
         "--image-size",
-        type=int,
-        nargs=2,
         default=(300, 400),
-        metavar=("H", "W"),
         help="output image size (the cameras' aspect ratio; default 300 400)",
     )
     parser.add_argument("--shininess", type=float, default=32.0, help="highlight exponent")
@@ -111,12 +116,10 @@ def add_make_scene_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a DTU cameras file (world_mat_i, scale_mat_i); "
         "default: DTU scan 24 in the shared data",
     )
-    parser.add_argument(
+    _add_height_width_option(
+        parser,
         "--camera-image-size",
-        type=int,
-        nargs=2,
         default=(1200, 1600),
-        metavar=("H", "W"),
         help="the image size the cameras file's world_mat_i project into (default 1200 1600)",
     )
     parser.add_argument(

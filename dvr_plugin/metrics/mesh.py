@@ -8,8 +8,8 @@ The protocol (see :func:`evaluate_meshes`):
    ground truth's bounding box to a box centred at the origin whose longest side is 1.
 2. Sample ``n_points`` surface points with face normals from each mesh
    (``pytorch3d.ops.sample_points_from_meshes``) and score them with
-   :func:`dvr_plugin.metrics.pointcloud.pointcloud_scores` (accuracy, completeness, Chamfer-L1
-   and -L2, normal consistency, precision / recall / F-score).
+   :func:`dvr_plugin.metrics.pointcloud.evaluate_pointclouds` in the frame of step 1 (accuracy,
+   completeness, Chamfer-L1 and -L2, normal consistency, precision / recall / F-score).
 3. Volumetric IoU: ``n_iou_points`` uniform points in the padded cube ``[-0.55, 0.55]^3``; a
    point is inside a mesh when the absolute generalised winding number is ``>= 0.5``. The
    ground truth must be watertight (every edge shared by exactly two faces), which is checked.
@@ -31,7 +31,7 @@ from .pointcloud import (
     NORMALIZE_MODES,
     ThresholdsLike,
     check_same_device,
-    pointcloud_scores,
+    evaluate_pointclouds,
     unit_cube_transform,
 )
 
@@ -411,15 +411,17 @@ def evaluate_meshes(
             )
     pred_lengths = torch.where(_counts(pred, "faces") > 0, n_points, 0).to(torch.int64)
     gt_lengths = torch.full((len(gt),), n_points, dtype=torch.int64, device=device)
-    out = pointcloud_scores(
+    # the meshes are in the evaluation frame already
+    out = evaluate_pointclouds(
         pred_points,
         gt_points,
-        pred_lengths=pred_lengths,
-        gt_lengths=gt_lengths,
         pred_normals=pred_normals,
         gt_normals=gt_normals,
+        pred_lengths=pred_lengths,
+        gt_lengths=gt_lengths,
         thresholds=thresholds,
         threshold_sweep=threshold_sweep,
+        normalize="none",
     )
     if iou_points is not None:
         out["iou"] = _iou_at(pred, gt, iou_points, max_pairs=max_pairs)

@@ -47,6 +47,15 @@ TASK_NAME = "single-view"
 SUPERVISIONS = ("rgb", "depth", "both")
 # Depth weight of the reference's single-view variants when loss.depth is null.
 REFERENCE_DEPTH_WEIGHT = {"rgb": 0.0, "depth": 1.0, "both": 10.0}
+# The members of the data section that are keyword arguments of ``load_category``.
+LOADER_OPTIONS = (
+    "classes",
+    "depth",
+    "max_objects_per_class",
+    "max_views",
+    "empty_masks",
+    "workers",
+)
 
 
 @dataclass
@@ -88,6 +97,16 @@ class SingleViewDataConfig:
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 or null, got {value}.")
         positive("data.workers", self.workers)
+
+    def loader_options(self, **changes: Any) -> dict[str, Any]:
+        """
+        The keyword arguments of :func:`dvr_plugin.single_view.dataset.load_category` that this
+        section sets (``classes``, ``depth``, ``max_objects_per_class``, ``max_views``,
+        ``empty_masks``, ``workers``), with ``changes`` applied.
+        """
+        options = {name: getattr(self, name) for name in LOADER_OPTIONS}
+        options.update(changes)
+        return options
 
 
 @dataclass

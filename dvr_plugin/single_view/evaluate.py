@@ -259,26 +259,15 @@ def evaluate_category(
     n_points = n_points or config.eval.mesh_points
     input_view = config.eval.input_view if input_view is None else input_view
     image_size = tuple(state.get("image_size") or ())
-    options = dict(
-        classes=config.data.classes,
-        depth="none",
-        max_views=config.data.max_views,
-        empty_masks="ignore",
-        workers=config.data.workers,
-        image_size=image_size or None,
+    options = config.data.loader_options(
+        depth="none", empty_masks="ignore", image_size=image_size or None
     )
     test = load_category(
-        root, split, device=device, max_objects_per_class=max_objects_per_class, **options
+        root, split, device=device, **dict(options, max_objects_per_class=max_objects_per_class)
     )
     train = None
     if retrieval or oracle:
-        train = load_category(
-            root,
-            config.data.train_split,
-            device=device,
-            max_objects_per_class=config.data.max_objects_per_class,
-            **options,
-        )
+        train = load_category(root, config.data.train_split, device=device, **options)
     make_dirs(out_dir)
     timing: dict[str, float] = {"load_seconds": time.perf_counter() - start_time}
 

@@ -456,14 +456,7 @@ def load_training_data(config: SingleViewConfig, device: torch.device):
     data_cfg = config.data
     if not data_cfg.path:
         raise ValueError("data.path is required: the category root (dvr make-category output).")
-    options = dict(
-        classes=data_cfg.classes,
-        depth=data_cfg.depth,
-        max_objects_per_class=data_cfg.max_objects_per_class,
-        max_views=data_cfg.max_views,
-        empty_masks=data_cfg.empty_masks,
-        workers=data_cfg.workers,
-    )
+    options = data_cfg.loader_options()
     train = load_category(data_cfg.path, data_cfg.train_split, device=device, **options)
     val = load_category(
         data_cfg.path,

@@ -153,24 +153,54 @@ class _FirstInside(NamedTuple):
     previous: torch.Tensor
 
 
+class _MarchRays(NamedTuple):
+    """
+    The rays of one march.
+
+    Members:
+        ray_ids: `(M,)` indices into the flat ray list (passed on to the query).
+        origins, directions: `(M, 3)`.
+        near: `(M,)` depth of the first sample.
+        spacing: `(M,)` depth between two samples.
+    """
+
+    ray_ids: torch.Tensor
+    origins: torch.Tensor
+    directions: torch.Tensor
+    near: torch.Tensor
+    spacing: torch.Tensor
+
+    def rows(self, index: slice | torch.Tensor) -> _MarchRays:
+        """The rays ``index`` (a slice or `(m,)` indices) of every member."""
+        return _MarchRays(*(member[index] for member in self))
+
+
+class _MarchSteps(NamedTuple):
+    """
+    How one march samples and evaluates its rays.
+
+    Members:
+        n_steps: samples per ray.
+        block: samples (with a grid: occupied samples) per ray per round.
+        chunk_size: the most points per query call, or ``None`` for all at once.
+        check_finite: raise on non-finite query values.
+    """
+
+    n_steps: int
+    block: int
+    chunk_size: int | None
+    check_finite: bool
+
+
 def _round_block(block: int, n_active: int) -> int:
     """A round's block: at least ``block``, and enough to give ~MARCH_ROUND_POINTS points."""
     return max(block, MARCH_ROUND_POINTS // max(n_active, 1))
 
 
-def _march_chunk_dense(
-    query: InsideQuery,
-    ray_ids: torch.Tensor,
-    origins: torch.Tensor,
-    directions: torch.Tensor,
-    near: torch.Tensor,
-    spacing: torch.Tensor,
-    n_steps: int,
-    block: int,
-    chunk_size: int | None,
-    check_finite: bool,
-) -> _FirstInside:
+def _march_chunk_dense(query: InsideQuery, rays: _MarchRays, steps: _MarchSteps) -> _FirstInside:
     """Every sample of every ray, a block of steps at a time, with early exit between blocks."""
+    ray_ids, origins, directions, near, spacing = rays
+    n_steps, block, chunk_size, check_finite = steps
     n_rays = near.shape[0]
     index = torch.full((n_rays,), n_steps, dtype=torch.long, device=near.device)
     value = near.new_zeros(n_rays)
@@ -214,23 +244,15 @@ def _march_chunk_dense(
 
 
 def _march_chunk_grid(
-    query: InsideQuery,
-    ray_ids: torch.Tensor,
-    origins: torch.Tensor,
-    directions: torch.Tensor,
-    near: torch.Tensor,
-    spacing: torch.Tensor,
-    n_steps: int,
-    block: int,
-    chunk_size: int | None,
-    check_finite: bool,
-    grid: OccupancyTest,
+    query: InsideQuery, rays: _MarchRays, steps: _MarchSteps, grid: OccupancyTest
 ) -> _FirstInside:
     """
     Only the samples in occupied cells, a block of them per ray at a time, with early exit.
     The value before the first inside sample is kept where the same round evaluated it (NaN
     otherwise: that end is evaluated with the refinement).
     """
+    ray_ids, origins, directions, near, spacing = rays
+    n_steps, block, chunk_size, check_finite = steps
     n_rays = near.shape[0]
     device = near.device
     index = torch.full((n_rays,), n_steps, dtype=torch.long, device=device)
@@ -409,17 +431,14 @@ def find_surface(
             if recorded is not None:
                 parts.append(_FirstInside(*recorded))
         eager_chunks = range(0, n_rays, rays_per_chunk) if not parts else range(0)
+        rays = _MarchRays(ray_ids, origins, directions, near, spacing)
+        steps = _MarchSteps(n_steps, block, chunk_size, check_finite)
         for i in eager_chunks:
-            sl = slice(i, i + rays_per_chunk)
-            args = (query, ray_ids[sl], origins[sl], directions[sl], near[sl], spacing[sl])
+            chunk = rays.rows(slice(i, i + rays_per_chunk))
             if grid is not None:
-                parts.append(
-                    _march_chunk_grid(
-                        *args, n_steps, block, chunk_size, check_finite, grid
-                    )
-                )
+                parts.append(_march_chunk_grid(query, chunk, steps, grid))
             else:
-                parts.append(_march_chunk_dense(*args, n_steps, block, chunk_size, check_finite))
+                parts.append(_march_chunk_dense(query, chunk, steps))
     first = _FirstInside(*(torch.cat(items) for items in zip(*parts, strict=True)))
     started_inside = first.index == 0
     hit = (first.index > 0) & (first.index < n_steps)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -417,13 +417,7 @@ class NerfaccStatus:
     version: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "available": self.available,
-            "stage": self.stage,
-            "error": self.error,
-            "seconds": self.seconds,
-            "version": self.version,
-        }
+        return asdict(self)
 
     def short(self) -> str:
         """One line for a table."""
