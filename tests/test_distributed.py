@@ -39,13 +39,19 @@ STEPS = 4  # steps of every run
 RESUME_AT = 2  # the step at which the interrupted runs stop
 # The global batch: 3 images (2 on rank 0, 1 on rank 1: uneven shards), the normal term on (it
 # draws jitter for a number of points that differs between the ranks), an LR milestone, and an
-# occupancy grid refreshed every other step (every rank must keep the same grid).
+# occupancy grid refreshed every other step (every rank must keep the same grid), and the
+# volume-rendering warm-up (its stratified offsets are drawn for the global batch), fading out
+# before the last step.
 OVERRIDES = {
     "train.iterations": STEPS,
     "train.occupancy_grid": 16,
     "train.grid_refresh_every": 2,
     "train.images_per_batch": 3,
     "loss.normal": 0.1,
+    "loss.volume": 0.5,
+    "loss.volume_until": 3,
+    "loss.volume_rays": 32,
+    "loss.volume_samples": 8,
     "optim.lr": 2e-3,
     "optim.lr_milestones": [3],
 }
