@@ -363,6 +363,7 @@ def test_loss_weights_defaults_and_presets():
         "image_gradient": 0.0,
         "eikonal": 0.0,
         "mask": 0.0,
+        "volume": 0.0,
     }
     assert LossWeights.from_dict(weights.to_dict()) == weights
     dtu = LossWeights.reference("dtu_rgb")
