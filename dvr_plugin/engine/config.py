@@ -170,9 +170,7 @@ class BaseLossConfig:
 
     def __post_init__(self) -> None:
         for name in ("rgb", "freespace", "occupancy", "normal", "normal_jitter"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}.")
+            non_negative(f"loss.{name}", getattr(self, name))
 
 
 @dataclass
@@ -256,6 +254,12 @@ def positive(name: str, value: int) -> None:
     """Raise ``ValueError`` unless ``value >= 1`` (``name``: the dotted key or argument)."""
     if not value >= 1:
         raise ValueError(f"{name} must be >= 1, got {value}.")
+
+
+def non_negative(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is finite and ``>= 0`` (``name``: the dotted key)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
 
 
 # ---------------------------------------------------------------------------------------------
