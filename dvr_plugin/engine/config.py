@@ -148,6 +148,18 @@ class BaseTrainConfig:
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"train.time_budget_s must be > 0, got {self.time_budget_s}.")
 
+    def sampling_options(self) -> dict[str, Any]:
+        """
+        The keyword arguments of :func:`dvr_plugin.engine.sampling.sample_pixels` that this
+        section sets (``n_rays``, ``mode``, ``foreground_fraction``, ``foreground_at_least``).
+        """
+        return {
+            "n_rays": self.rays_per_image,
+            "mode": self.sampling,
+            "foreground_fraction": self.foreground_fraction,
+            "foreground_at_least": self.foreground_at_least,
+        }
+
 
 @dataclass
 class BaseLossConfig:

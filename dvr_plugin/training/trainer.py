@@ -244,15 +244,7 @@ def draw_pixel_batch(
     batch = min(train.images_per_batch, len(data))
     index = torch.randperm(len(data), generator=image_generator)[:batch]
     masks = data.masks[index.to(data.masks.device)]
-    sample = sample_pixels(
-        masks,
-        train.rays_per_image,
-        mode=train.sampling,
-        foreground_fraction=train.foreground_fraction,
-        foreground_at_least=train.foreground_at_least,
-        continuous=train.continuous_pixels,
-        generator=generator,
-    )
+    sample = sample_pixels(masks, generator=generator, **train.sampling_options())
     return index, masks, sample
 
 
