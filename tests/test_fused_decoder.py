@@ -228,8 +228,10 @@ def test_bad_inputs_are_refused():
             fused_decoder_values(field, unit_cube_points(1, 4).double(), torch.zeros(1, 4))
         with pytest.raises(ValueError, match="needs a latent code of size 4"):
             fused_decoder_values(field, unit_cube_points(1, 4))
-        with pytest.raises(ValueError, match=r"latent \(B, 4\) are needed"):
+        with pytest.raises(ValueError, match=r"latent must have shape \(2, 4\)"):
             fused_decoder_values(field, unit_cube_points(2, 4), torch.zeros(1, 4))
+        with pytest.raises(ValueError, match=r"points must have shape \(B, P, 3\)"):
+            fused_decoder_values(field, unit_cube_points(2, 4).reshape(8, 3), torch.zeros(8, 4))
 
 
 def test_a_call_that_autograd_would_record_is_refused():

@@ -181,13 +181,9 @@ def _check_inputs(
         raise ValueError(f"points are on {points.device}, the field on {device}.")
     if field.latent_size == 0:
         return None  # the eager field ignores a code it does not use
-    if latent is None:
-        raise ValueError(f"This field needs a latent code of size {field.latent_size}.")
-    if points.dim() != 3 or latent.shape != (points.shape[0], field.latent_size):
-        raise ValueError(
-            f"points (B, P, 3) and latent (B, {field.latent_size}) are needed, got "
-            f"{tuple(points.shape)} and {tuple(latent.shape)}."
-        )
+    if points.dim() != 3:  # one code per batch row
+        raise ValueError(f"points must have shape (B, P, 3), got {tuple(points.shape)}.")
+    field._check_latent(points, latent)  # the eager field's rule for the code's shape
     if latent.dtype != torch.float32 or latent.device != device:
         raise ValueError(
             f"latent must be float32 on {device}, got {latent.dtype} on {latent.device}."

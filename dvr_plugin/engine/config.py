@@ -148,6 +148,18 @@ class BaseTrainConfig:
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"train.time_budget_s must be > 0, got {self.time_budget_s}.")
 
+    def sampling_options(self) -> dict[str, Any]:
+        """
+        The keyword arguments of :func:`dvr_plugin.engine.sampling.sample_pixels` that this
+        section sets (``n_rays``, ``mode``, ``foreground_fraction``, ``foreground_at_least``).
+        """
+        return {
+            "n_rays": self.rays_per_image,
+            "mode": self.sampling,
+            "foreground_fraction": self.foreground_fraction,
+            "foreground_at_least": self.foreground_at_least,
+        }
+
 
 @dataclass
 class BaseLossConfig:
@@ -170,9 +182,7 @@ class BaseLossConfig:
 
     def __post_init__(self) -> None:
         for name in ("rgb", "freespace", "occupancy", "normal", "normal_jitter"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}.")
+            non_negative(f"loss.{name}", getattr(self, name))
 
 
 @dataclass
@@ -256,6 +266,12 @@ def positive(name: str, value: int) -> None:
     """Raise ``ValueError`` unless ``value >= 1`` (``name``: the dotted key or argument)."""
     if not value >= 1:
         raise ValueError(f"{name} must be >= 1, got {value}.")
+
+
+def non_negative(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is finite and ``>= 0`` (``name``: the dotted key)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from ..renderer.implicit_gradient import attach_implicit_gradient
 from ..renderer.rays import intersect_box
 from ..surface.precision import check_precision
 from ..surface.query import inside_sign, inside_values
-from ..surface.root_finding import find_surface
+from ..surface.root_finding import find_surface_of_rays
 
 _INSTALL_HINT = (
     "The Implicitron integration needs pytorch3d.implicitron and its imports omegaconf, "
@@ -477,32 +477,24 @@ class DVRSurfaceRenderer(BaseRenderer, torch.nn.Module):
 
         n_rays = flat_origins.shape[0]
         recorder = _MarchRecorder(query, n_rays, flat_origins)
-        hit = torch.zeros(n_rays, dtype=torch.bool, device=flat_origins.device)
-        started_inside = torch.zeros_like(hit)
-        length = far.clone()
-        active = torch.nonzero(~missed, as_tuple=True)[0]
-        if active.numel() > 0:
-            n_steps = (
-                self.n_steps_training
-                if mode == EvaluationMode.TRAINING
-                else self.n_steps_evaluation
-            )
-            search = find_surface(
-                recorder,
-                flat_origins.detach()[active],
-                flat_directions.detach()[active],
-                near[active],
-                far[active],
-                n_steps=n_steps,
-                n_secant_steps=self.n_secant_steps,
-                chunk_size=self.chunk_size,
-                check_finite=self.check_finite,
-                ray_ids=active,
-                march_precision=self.march_precision,
-            )
-            hit[active] = search.hit
-            started_inside[active] = search.started_inside
-            length[active] = torch.where(search.hit, search.depth, recorder.best_length[active])
+        n_steps = (
+            self.n_steps_training if mode == EvaluationMode.TRAINING else self.n_steps_evaluation
+        )
+        length, hit, started_inside = find_surface_of_rays(
+            recorder,
+            flat_origins,
+            flat_directions,
+            near,
+            far,
+            missed,
+            n_steps=n_steps,
+            n_secant_steps=self.n_secant_steps,
+            chunk_size=self.chunk_size,
+            check_finite=self.check_finite,
+            march_precision=self.march_precision,
+        )
+        # a searched ray without a crossing stops at the sample that came closest to inside
+        length = torch.where(hit | missed, length, recorder.best_length)
 
         geometry = attach_implicit_gradient(
             query,

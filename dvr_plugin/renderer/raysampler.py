@@ -25,7 +25,7 @@ from ..accel.refine_graphs import RefinementGraphs
 from ..fields.field import UNIT_CUBE_BOUNDS, check_field_type
 from ..surface.precision import REFINE_PRECISIONS, check_precision
 from ..surface.query import FieldQuery, VolumetricFunctionQuery
-from ..surface.root_finding import find_surface
+from ..surface.root_finding import find_surface_of_rays
 from .implicit_gradient import attach_implicit_gradient
 from .rays import (
     check_camera_batch,
@@ -261,34 +261,27 @@ class SecantRaysampler(nn.Module):
         near = torch.where(missed, closest, near)
         far = torch.where(missed, closest, far)
 
-        hit = torch.zeros(n_rays, dtype=torch.bool, device=origins.device)
-        started_inside = torch.zeros_like(hit)
-        depth = far.clone()
-        active = torch.nonzero(~missed, as_tuple=True)[0]
-        if active.numel() > 0:
-            search = find_surface(
-                query,
-                origins.detach()[active],
-                directions.detach()[active],
-                near[active],
-                far[active],
-                n_steps=n_steps,
-                n_secant_steps=self.n_secant_steps,
-                chunk_size=self._march_chunk_size(),
-                check_finite=self.check_finite,
-                ray_ids=active,
-                march_precision=self.march_precision,
-                refine_precision=self.refine_precision,
-                early_exit=self.early_exit,
-                block_size=self.block_size,
-                occupancy_grid=self.occupancy_grid,
-                refine_graphs=self._refine_graphs,
-                march_graphs=self._march_graphs,
-            )
-            hit[active] = search.hit
-            started_inside[active] = search.started_inside
-            no_surface = torch.where(search.started_inside, near[active], far[active])
-            depth[active] = torch.where(search.hit, search.depth, no_surface)
+        depth, hit, started_inside = find_surface_of_rays(
+            query,
+            origins,
+            directions,
+            near,
+            far,
+            missed,
+            n_steps=n_steps,
+            n_secant_steps=self.n_secant_steps,
+            chunk_size=self._march_chunk_size(),
+            check_finite=self.check_finite,
+            march_precision=self.march_precision,
+            refine_precision=self.refine_precision,
+            early_exit=self.early_exit,
+            block_size=self.block_size,
+            occupancy_grid=self.occupancy_grid,
+            refine_graphs=self._refine_graphs,
+            march_graphs=self._march_graphs,
+        )
+        # a ray that starts inside and finds no crossing stops at its first sample
+        depth = torch.where(started_inside & ~hit, near, depth)
         geometry = attach_implicit_gradient(
             query,
             origins,

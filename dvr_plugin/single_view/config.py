@@ -23,7 +23,6 @@ Unknown keys and values of the wrong type raise ``ValueError`` naming the key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -36,6 +35,7 @@ from ..engine.config import (
     BaseTrainConfig,
     OptimConfig,
     Override,
+    non_negative,
     positive,
     resolve_config,
 )
@@ -222,8 +222,8 @@ class SingleViewLossConfig(BaseLossConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.depth is not None and not (math.isfinite(self.depth) and self.depth >= 0):
-            raise ValueError(f"loss.depth must be a finite number >= 0, got {self.depth}.")
+        if self.depth is not None:
+            non_negative("loss.depth", self.depth)
 
     def weights(self, supervision: str) -> LossWeights:
         """The :class:`LossWeights` of a supervision variant (unused terms weigh 0)."""

@@ -279,14 +279,7 @@ class SingleViewTrainer(BaseTrainer):
         inputs = data.float_images(input_views)
         images = data.float_images(target_views)
         masks = data.masks[target_device]
-        sample = sample_pixels(
-            masks,
-            cfg.train.rays_per_image,
-            mode=cfg.train.sampling,
-            foreground_fraction=cfg.train.foreground_fraction,
-            foreground_at_least=cfg.train.foreground_at_least,
-            generator=self.generator,
-        )
+        sample = sample_pixels(masks, generator=self.generator, **cfg.train.sampling_options())
         gt_rgb = gather(images, sample)
         gt_mask = gather(masks, sample)
         gt_depth = gather(data.depths[target_device], sample) if self.use_depth else None

@@ -501,3 +501,47 @@ def find_surface(
                 )
         depth[r] = found
     return SurfaceSearch(depth=depth, hit=hit, started_inside=started_inside)
+
+
+def find_surface_of_rays(
+    query: InsideQuery,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    missed: torch.Tensor,
+    **options: Any,
+) -> SurfaceSearch:
+    """
+    :func:`find_surface` on the rays that are not ``missed``, with the result of every ray:
+    the rays not searched and the rays without a surface keep ``depth = far``, ``hit`` and
+    ``started_inside`` False where not searched.
+
+    Args:
+        query: the inside function, which knows the rays by their ids ``0 .. N - 1``.
+        origins, directions: `(N, 3)` rays (searched detached).
+        near, far: `(N,)` the part of each ray to search.
+        missed: `(N,)` bool, the rays not to search (e.g. they miss the bounding box).
+        **options: the keyword arguments of :func:`find_surface` (``n_steps`` ...).
+
+    Returns:
+        SurfaceSearch with `(N,)` tensors.
+    """
+    hit = torch.zeros(origins.shape[0], dtype=torch.bool, device=origins.device)
+    started_inside = torch.zeros_like(hit)
+    depth = far.clone()
+    active = torch.nonzero(~missed, as_tuple=True)[0]
+    if active.numel() > 0:
+        search = find_surface(
+            query,
+            origins.detach()[active],
+            directions.detach()[active],
+            near[active],
+            far[active],
+            ray_ids=active,
+            **options,
+        )
+        hit[active] = search.hit
+        started_inside[active] = search.started_inside
+        depth[active] = torch.where(search.hit, search.depth, far[active])
+    return SurfaceSearch(depth=depth, hit=hit, started_inside=started_inside)

@@ -352,6 +352,10 @@ class TrainConfig(BaseTrainConfig):
             )
         positive("train.images_per_batch", self.images_per_batch)
 
+    def sampling_options(self) -> dict[str, Any]:
+        """:meth:`BaseTrainConfig.sampling_options` and ``continuous`` (``continuous_pixels``)."""
+        return {**super().sampling_options(), "continuous": self.continuous_pixels}
+
 
 @dataclass
 class LossConfig(BaseLossConfig):

@@ -244,16 +244,40 @@ def draw_pixel_batch(
     batch = min(train.images_per_batch, len(data))
     index = torch.randperm(len(data), generator=image_generator)[:batch]
     masks = data.masks[index.to(data.masks.device)]
-    sample = sample_pixels(
-        masks,
-        train.rays_per_image,
-        mode=train.sampling,
-        foreground_fraction=train.foreground_fraction,
-        foreground_at_least=train.foreground_at_least,
-        continuous=train.continuous_pixels,
-        generator=generator,
-    )
+    sample = sample_pixels(masks, generator=generator, **train.sampling_options())
     return index, masks, sample
+
+
+def gather_pixel_batch(
+    data: MultiViewData,
+    index: torch.Tensor,
+    masks: torch.Tensor,
+    sample: PixelSample,
+    *,
+    with_depth: bool = False,
+) -> tuple[Any, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """
+    The cameras and the ground truth at the pixels of a batch of :func:`draw_pixel_batch`
+    (or of a rank's block of it).
+
+    Args:
+        data: the views the batch was drawn from (on the training device).
+        index: `(B,)` image indices (CPU).
+        masks: `(B, H, W)` their masks.
+        sample: the pixels (:class:`dvr_plugin.engine.sampling.PixelSample`, `(B, R)`).
+        with_depth: also gather ``data.depths`` (otherwise ``gt_depth`` is ``None``).
+
+    Returns:
+        cameras: the B cameras of ``index``.
+        gt_rgb: `(B, R, 3)` colours at the pixels.
+        gt_mask: `(B, R)` bool, the masks at the pixels.
+        gt_depth: `(B, R)` depths at the pixels, or ``None``.
+    """
+    index_device = index.to(data.images.device)
+    gt_rgb = gather(data.images[index_device], sample)
+    gt_mask = gather(masks, sample)
+    gt_depth = gather(data.depths[index_device], sample) if with_depth else None
+    return index_cameras(data.cameras, index), gt_rgb, gt_mask, gt_depth
 
 
 class Trainer(BaseTrainer):
@@ -724,21 +748,15 @@ class Trainer(BaseTrainer):
         index, masks, sample = draw_pixel_batch(
             data, cfg.train, image_generator=self.choice_generator, generator=self.generator
         )
-        batch = index.shape[0]
-        index_device = index.to(self.device)
         if self.dist is not None:
             # Every rank drew the whole global batch (generators in step); it keeps its images.
-            self.shard = self.dist.shard(batch)
-            index, index_device, masks, sample = (
-                self.shard.take(value) for value in (index, index_device, masks, sample)
-            )
-        images = data.images[index_device]
-        gt_rgb = gather(images, sample)
-        gt_mask = gather(masks, sample)
-        gt_depth = gather(data.depths[index_device], sample) if self.has_depth else None
-        cameras = index_cameras(data.cameras, index)
+            self.shard = self.dist.shard(index.shape[0])
+            index, masks, sample = (self.shard.take(value) for value in (index, masks, sample))
+        cameras, gt_rgb, gt_mask, gt_depth = gather_pixel_batch(
+            data, index, masks, sample, with_depth=self.has_depth
+        )
         if self.camera_refinement is not None and self.step >= cfg.train.camera_refine_after:
-            cameras = self.camera_refinement(cameras, index_device)
+            cameras = self.camera_refinement(cameras, index.to(self.device))
         return cameras, sample, gt_rgb, gt_mask, gt_depth
 
     def _checked_loss(

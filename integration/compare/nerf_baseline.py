@@ -34,16 +34,15 @@ from pytorch3d.renderer import EmissionAbsorptionRaymarcher, ImplicitRenderer
 from pytorch3d.renderer.implicit.utils import RayBundle
 from torch import nn
 
-from dvr_plugin.data import MultiViewData, index_cameras
+from dvr_plugin.data import MultiViewData
 from dvr_plugin.engine.config import positive, resolve_device
 from dvr_plugin.engine.evaluation import RenderedViews
 from dvr_plugin.engine.losses import rgb_loss
-from dvr_plugin.engine.sampling import gather
 from dvr_plugin.engine.trainer import build_optimizer, seed_everything
 from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, evaluate_field, field_type_of
 from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
 from dvr_plugin.training import FitConfig, build_field
-from dvr_plugin.training.trainer import draw_pixel_batch
+from dvr_plugin.training.trainer import draw_pixel_batch, gather_pixel_batch
 
 Bounds = tuple[Sequence[float], Sequence[float]]
 
@@ -432,10 +431,7 @@ class VolumeBaselineTrainer:
             data, cfg.train, image_generator=self.image_generator, generator=self.generator
         )
         batch = index.shape[0]
-        index_device = index.to(self.device)
-        gt_rgb = gather(data.images[index_device], sample)
-        gt_mask = gather(masks, sample)
-        cameras = index_cameras(data.cameras, index)
+        cameras, gt_rgb, gt_mask, _ = gather_pixel_batch(data, index, masks, sample)
 
         self.field.train()
         out = self.model(cameras, sample.xys, stratified=True, generator=self.generator)

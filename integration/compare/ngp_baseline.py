@@ -52,16 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dvr_plugin.data import MultiViewData, index_cameras
+from dvr_plugin.data import MultiViewData
 from dvr_plugin.engine.config import resolve_device
 from dvr_plugin.engine.evaluation import RenderedViews
-from dvr_plugin.engine.sampling import gather
 from dvr_plugin.engine.trainer import seed_everything
 from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, FieldOutput, check_integers, relu_mlp
 from dvr_plugin.fields.hash_grid import HashGridEncoding
 from dvr_plugin.renderer.rays import intersect_box, ndc_grid, rays_from_cameras
 from dvr_plugin.training import FitConfig
-from dvr_plugin.training.trainer import draw_pixel_batch
+from dvr_plugin.training.trainer import draw_pixel_batch, gather_pixel_batch
 
 BACKENDS = ("auto", "nerfacc", "torch")
 NERFACC_VERSION = "0.5.3"
@@ -744,10 +743,8 @@ class NGPBaselineTrainer:
         index, masks, sample = draw_pixel_batch(
             data, cfg.train, image_generator=self.image_generator, generator=self.generator
         )
-        index_device = index.to(self.device)
-        gt_rgb = gather(data.images[index_device], sample).reshape(-1, 3)
-        gt_mask = gather(masks, sample).reshape(-1)
-        cameras = index_cameras(data.cameras, index)
+        cameras, gt_rgb, gt_mask, _ = gather_pixel_batch(data, index, masks, sample)
+        gt_rgb, gt_mask = gt_rgb.reshape(-1, 3), gt_mask.reshape(-1)
         self.field.train()
         self._update_grid()
         origins, directions, near, far, _ = self._rays(cameras, sample.xys)
