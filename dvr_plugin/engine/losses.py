@@ -684,6 +684,53 @@ def outside_sign(field_type: str) -> float:
     return 1.0 if check_field_type(field_type) == "sdf" else -1.0
 
 
+def stratified_ray_offsets(
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    select: torch.Tensor,
+    offsets: torch.Tensor | float,
+    *,
+    n_samples: int,
+    caller: str,
+) -> torch.Tensor:
+    """
+    Check the inputs of a stratified search between ``near`` and ``far`` along rays (the soft
+    mask's :func:`min_outside_along_rays`, the warm-up's
+    :func:`dvr_plugin.engine.volume_warmup.volume_render_rays`) and return the offsets.
+
+    Args:
+        origins, directions: `(B, R, 3)` rays.
+        near, far: `(B, R)` depth ranges; every selected one must be finite with
+            ``far > near``.
+        select: `(B, R)` bool, the rays searched.
+        offsets: `(B, R)` positions in [0, 1) within the strata, or one number for all.
+        n_samples: the samples per ray (an integer >= 1).
+        caller: the function named in the error for a selected ray without a range.
+
+    Returns:
+        `(B, R)` offsets (detached, like ``near``).
+    """
+    _check_tensor("origins", origins, (None, None, 3))
+    _same_shape("origins", origins, "directions", directions)
+    batch_rays = origins.shape[:2]
+    _check_tensor("near", near, tuple(batch_rays))
+    _check_tensor("far", far, tuple(batch_rays))
+    _check_mask("select", select, batch_rays)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}.")
+    with torch.no_grad():
+        length = far.detach() - near.detach()
+        bad = select & ~(torch.isfinite(near) & torch.isfinite(length) & (length > 0))
+        if bool(bad.any()):
+            raise ValueError(
+                f"{caller}: {int(bad.sum())} selected ray(s) have no depth range "
+                "(far <= near or non-finite); leave them out of select."
+            )
+        return _as_ray_tensor("offsets", offsets, near.detach())
+
+
 def min_outside_along_rays(
     field,
     origins: torch.Tensor,
@@ -728,14 +775,17 @@ def min_outside_along_rays(
     Returns:
         :class:`RayMinimum` with `(B, R)` values (with gradient) and depths.
     """
-    _check_tensor("origins", origins, (None, None, 3))
-    _same_shape("origins", origins, "directions", directions)
+    u = stratified_ray_offsets(
+        origins,
+        directions,
+        near,
+        far,
+        select,
+        offsets,
+        n_samples=n_samples,
+        caller="min_outside_along_rays",
+    )
     batch_rays = origins.shape[:2]
-    _check_tensor("near", near, tuple(batch_rays))
-    _check_tensor("far", far, tuple(batch_rays))
-    _check_mask("select", select, batch_rays)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}.")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     if field_type is None:
@@ -749,13 +799,6 @@ def min_outside_along_rays(
         origins, directions = origins.detach(), directions.detach()
         lower = torch.where(select, like, zero)
         length = torch.where(select, far.detach() - like, zero)
-        bad = select & ~(torch.isfinite(lower) & torch.isfinite(length) & (length > 0))
-        if bool(bad.any()):
-            raise ValueError(
-                f"min_outside_along_rays: {int(bad.sum())} selected ray(s) have no depth range "
-                "(far <= near or non-finite); leave them out of select."
-            )
-        u = _as_ray_tensor("offsets", offsets, like)
         steps = torch.arange(n_samples, dtype=like.dtype, device=like.device)
         depths = lower[..., None] + (steps + u[..., None]) * (length / n_samples)[..., None]
         # the rays searched: the selected ones, or all of them when a latent code is given

@@ -37,6 +37,7 @@ import torch
 
 from ..fields.appearance import view_dependent_field_of
 from ..fields.field import check_field_type, evaluate_field, field_type_of
+from .losses import stratified_ray_offsets
 
 
 class VolumeRender(NamedTuple):
@@ -121,19 +122,17 @@ def volume_render_rays(
     Returns:
         :class:`VolumeRender`.
     """
-    if origins.dim() != 3 or origins.shape[-1] != 3 or directions.shape != origins.shape:
-        raise ValueError(
-            "origins and directions must both have shape (B, R, 3), got "
-            f"{tuple(origins.shape)} and {tuple(directions.shape)}."
-        )
+    offsets = stratified_ray_offsets(
+        origins,
+        directions,
+        near,
+        far,
+        select,
+        offsets,
+        n_samples=n_samples,
+        caller="volume_render_rays",
+    )
     batch_rays = origins.shape[:2]
-    for name, value in (("near", near), ("far", far), ("select", select)):
-        if value.shape != batch_rays:
-            raise ValueError(
-                f"{name} must have shape {tuple(batch_rays)}, got {tuple(value.shape)}."
-            )
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}.")
     field_type = field_type_of(field)
     dtype, device = origins.dtype, origins.device
     count = n_samples + 1
@@ -143,12 +142,7 @@ def volume_render_rays(
     rows, cols = select.nonzero(as_tuple=True)
     with torch.no_grad():
         lower, length = near.detach()[rows, cols], (far - near).detach()[rows, cols]
-        if not bool((torch.isfinite(lower) & torch.isfinite(length) & (length > 0)).all()):
-            raise ValueError(
-                "volume_render_rays: a selected ray has no depth range (far <= near or "
-                "non-finite); leave it out of select."
-            )
-        u = offsets if isinstance(offsets, float) else offsets.detach()[rows, cols][:, None]
+        u = offsets[rows, cols][:, None]
         steps = torch.arange(count, dtype=dtype, device=device)
         depths_sel = lower[:, None] + (steps + u) * (length / n_samples)[:, None]  # (M, N + 1)
     depths = torch.zeros(*batch_rays, count, dtype=dtype, device=device)

@@ -533,6 +533,14 @@ class Trainer(BaseTrainer):
             increases=loss.mask_alpha_increases,
         )
 
+    def _box_ranges(
+        self, origins: torch.Tensor, directions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(B, R)` depths where the `(B, R, 3)` rays enter and leave the marching box, and
+        whether a ray has a finite, non-empty range there (the rays a search along them takes)."""
+        near, far, missed = intersect_box(origins, directions, self.box_min, self.box_max)
+        return near, far, ~missed & torch.isfinite(near) & torch.isfinite(far) & (far > near)
+
     def _mask_term(
         self,
         origins: torch.Tensor,
@@ -546,8 +554,7 @@ class Trainer(BaseTrainer):
         ``loss.mask_samples`` depths in the box.
         """
         origins, directions = origins.detach(), directions.detach()
-        near, far, missed = intersect_box(origins, directions, self.box_min, self.box_max)
-        has_range = ~missed & torch.isfinite(near) & torch.isfinite(far) & (far > near)
+        near, far, has_range = self._box_ranges(origins, directions)
         select = has_range & ~(hit & gt_mask)
         total = hit.shape[0] if self.shard is None else self.shard.total
         offsets = torch.rand((total, hit.shape[1]), generator=self.generator, device=self.device)
@@ -599,8 +606,7 @@ class Trainer(BaseTrainer):
         if fade <= 0:
             return None
         origins, directions = origins[:, rays].detach(), directions[:, rays].detach()
-        near, far, missed = intersect_box(origins, directions, self.box_min, self.box_max)
-        select = ~missed & torch.isfinite(near) & torch.isfinite(far) & (far > near)
+        near, far, select = self._box_ranges(origins, directions)
         if not bool(select.any()):
             return None
         render = volume_render_rays(
