@@ -8,6 +8,9 @@ scene config's ``train.images_per_batch`` x ``train.rays_per_image`` pixels, dra
   dvr               ours, :class:`dvr_plugin.training.Trainer` with the packaged config's device
                     overrides (on CUDA: occupancy grid, CUDA graphs, TF32 march)
   dvr-hash          the same with the hash-grid field (model.encoding: hash_grid)
+  dvr-sdf           the same with the geometry of ``--config dtu``'s GPU recipe: a hash-grid
+                    signed-distance field, the eikonal term, the soft mask loss and a short
+                    volume-rendering warm-up (``fit_methods.SDF_RECIPE_OVERRIDES``)
   dvr-dense         the same without grid and graphs: the reference implementation's dense march
                     (``train.occupancy_grid=0``, ``train.cuda_graphs=false``, float32 march)
   pytorch3d-volume  PyTorch3D's ``ImplicitRenderer`` + ``EmissionAbsorptionRaymarcher`` on the
@@ -300,6 +303,7 @@ def run_benchmark(
         builders: dict[str, Callable[[], Any]] = {
             "dvr": lambda: DVRMethod(scene, method="dvr"),
             "dvr-hash": lambda: DVRMethod(scene, method="dvr-hash"),
+            "dvr-sdf": lambda: DVRMethod(scene, method="dvr-sdf"),
             "dvr-dense": lambda: DVRMethod(scene, method="dvr-dense"),
             "pytorch3d-volume": lambda: VolumeMethod(scene, samples=samples, chunk=chunk),
             "nerfacc": lambda: NGPMethod(

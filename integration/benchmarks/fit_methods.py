@@ -5,14 +5,15 @@ takes one training step (and returns its losses), ``steps`` counts them, ``evalu
 scores the current state (held-out images, extracted mesh) and ``settings`` describes it for
 the report.
 
-  dvr / dvr-hash / dvr-dense  :class:`DVRMethod`, :class:`dvr_plugin.training.Trainer`
+  dvr / dvr-hash / dvr-sdf / dvr-dense  :class:`DVRMethod`, :class:`dvr_plugin.training.Trainer`
   pytorch3d-volume            :class:`VolumeMethod`, PyTorch3D's volume renderer on the same
                               network (:mod:`integration.compare.nerf_baseline`)
   nerfacc                     :class:`NGPMethod`, an Instant-NGP-style field on nerfacc or its
                               PyTorch stand-in (:mod:`integration.compare.ngp_baseline`)
 
 :func:`method_config` gives the configuration each one trains with: the scene's, plus the
-overrides that make the method (:data:`DENSE_MARCH_OVERRIDES`, :data:`HASH_GRID_OVERRIDES`).
+overrides that make the method (:data:`DENSE_MARCH_OVERRIDES`, :data:`HASH_GRID_OVERRIDES`,
+:data:`SDF_RECIPE_OVERRIDES`).
 Scores are in the units of :mod:`.fit_scenes` (PSNR in dB; mesh distances in units of the
 ground truth's bounding box, in the fitting frame).
 """
@@ -33,10 +34,11 @@ from integration.compare.harness import volume_baseline_config
 from integration.compare.nerf_baseline import VolumeBaselineTrainer, rendered_surface_level
 from integration.compare.ngp_baseline import NerfaccStatus, NGPBaselineTrainer, NGPSettings
 
-METHODS = ("dvr", "dvr-hash", "dvr-dense", "pytorch3d-volume", "nerfacc")
+METHODS = ("dvr", "dvr-hash", "dvr-sdf", "dvr-dense", "pytorch3d-volume", "nerfacc")
 METHOD_LABELS = {
     "dvr": "dvr (ours: grid + CUDA graphs + TF32 on CUDA)",
     "dvr-hash": "dvr-hash (ours with the hash-grid field, model.encoding: hash_grid)",
+    "dvr-sdf": "dvr-sdf (ours: hash-grid SDF + soft mask + volume warm-up)",
     "dvr-dense": "dvr-dense (reference-style dense march)",
     "pytorch3d-volume": "pytorch3d-volume (ImplicitRenderer, same network)",
     "nerfacc": "nerfacc (Instant-NGP-style hash grid + OccGridEstimator)",
@@ -46,19 +48,39 @@ DENSE_MARCH_OVERRIDES = ("train.occupancy_grid=0", "train.cuda_graphs=false")
 # ``dvr-hash``: the packaged config with the hash-grid field in place of the Fourier decoder, its
 # tables at Instant-NGP's learning rate (everything else, the rays per step included, unchanged)
 HASH_GRID_OVERRIDES = ("model.encoding=hash_grid", "optim.encoding_lr=1e-2")
+# ``dvr-sdf``: the geometry of ``--config dtu``'s GPU recipe on the scene's own colour head: a
+# hash-grid signed-distance field (finest level 256 cells) that starts as a sphere, the eikonal
+# term, IDR's soft mask loss in place of DVR's free-space / occupancy points, and the
+# volume-rendering warm-up fading out over the first ``SDF_WARM_UP_STEPS`` steps (a
+# time-to-quality run is short, so the warm-up is too)
+SDF_WARM_UP_STEPS = 1000
+SDF_RECIPE_OVERRIDES = (
+    *HASH_GRID_OVERRIDES,
+    "model.hash_grid.max_resolution=256",
+    "model.field_type=sdf",
+    "model.geometric_init_radius=0.3",
+    "loss.eikonal=0.1",
+    "loss.mask=100",
+    "loss.freespace=0",
+    "loss.occupancy=0",
+    "loss.volume=4",
+    f"loss.volume_until={SDF_WARM_UP_STEPS}",
+)
 
 
 def method_config(scene: Scene, method: str) -> FitConfig:
     """
     The resolved configuration a method trains with: the scene's packaged config and
-    overrides, plus the method's own (``dvr-dense``, ``dvr-hash``); ``pytorch3d-volume``'s
-    converted by :func:`integration.compare.harness.volume_baseline_config`.
+    overrides, plus the method's own (``dvr-dense``, ``dvr-hash``, ``dvr-sdf``);
+    ``pytorch3d-volume``'s converted by :func:`integration.compare.harness.volume_baseline_config`.
     """
     extra: list[str] = []
     if method == "dvr-dense":
         extra = list(DENSE_MARCH_OVERRIDES)
     elif method == "dvr-hash":
         extra = list(HASH_GRID_OVERRIDES)
+    elif method == "dvr-sdf":
+        extra = list(SDF_RECIPE_OVERRIDES)
     config = load_config(packaged_config(SCENE_CONFIGS[scene.name]), [*scene.overrides, *extra])
     config, _ = resolve_config(config)
     if method == "pytorch3d-volume":
@@ -95,13 +117,15 @@ def _network_label(config: FitConfig) -> str:
 
 class DVRMethod(_TrainerMethod):
     """
-    ``dvr`` / ``dvr-hash`` / ``dvr-dense``: :class:`Trainer` stepped by hand, scored with its
-    validation.
+    ``dvr`` / ``dvr-hash`` / ``dvr-sdf`` / ``dvr-dense``: :class:`Trainer` stepped by hand,
+    scored with its validation.
     """
 
     def __init__(self, scene: Scene, *, method: str) -> None:
-        if method not in ("dvr", "dvr-hash", "dvr-dense"):
-            raise ValueError(f"DVRMethod runs dvr, dvr-hash or dvr-dense, got {method!r}.")
+        if method not in ("dvr", "dvr-hash", "dvr-sdf", "dvr-dense"):
+            raise ValueError(
+                f"DVRMethod runs dvr, dvr-hash, dvr-sdf or dvr-dense, got {method!r}."
+            )
         dense = method == "dvr-dense"
         self.config = method_config(scene, method)
         self.trainer = Trainer(
