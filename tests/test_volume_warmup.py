@@ -154,6 +154,17 @@ def test_schedule_fades_the_weight_and_sharpens_geometrically():
         volume_schedule(0, until=10, sharpness_start=1.0, sharpness_end=-1.0)
 
 
+def test_schedule_fades_to_the_floor_and_keeps_the_end_sharpness():
+    options = {"until": 100, "sharpness_start": 20.0, "sharpness_end": 320.0, "floor": 0.2}
+    fade, sharpness = volume_schedule(50, **options)
+    assert fade == pytest.approx(0.6) and sharpness == pytest.approx(80.0)
+    for step in (100, 5000):
+        fade, sharpness = volume_schedule(step, **options)
+        assert fade == pytest.approx(0.2) and sharpness == pytest.approx(320.0)
+    with pytest.raises(ValueError, match="floor must lie in"):
+        volume_schedule(0, until=10, sharpness_start=1.0, sharpness_end=2.0, floor=1.5)
+
+
 def _sphere_sdf_field(view_dependent: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     geometry = OccupancyTextureField(
@@ -240,6 +251,11 @@ def test_fit_logs_the_warm_up_fades_it_out_and_resumes(tmp_path):
     for name in ("loss", "volume"):  # the same values, the faded-out steps NaN in both
         assert [str(v) for v in log[name]] == [str(v) for v in log_b[name]], name
 
+    overrides["loss.volume_floor"] = 0.25  # kept on at a quarter of its weight after step 8
+    trainer("c", 12).fit()
+    log_c = read_csv(os.path.join(tmp_path, "c", "train_log.csv"))
+    assert all(math.isfinite(value) and value > 0 for value in log_c["volume"])
+
 
 def test_config_defaults_and_errors():
     config = FitConfig()
@@ -247,6 +263,7 @@ def test_config_defaults_and_errors():
     assert config.loss.weights().volume == 0
     for key, value, match in [
         ("volume_until", -1, "volume_until"),
+        ("volume_floor", 1.5, "volume_floor"),
         ("volume_rays", 0, "volume_rays"),
         ("volume_samples", 0, "volume_samples"),
         ("volume_sharpness_start", 0.0, "volume_sharpness_start"),

@@ -202,20 +202,29 @@ def volume_loss(
 
 
 def volume_schedule(
-    step: int, *, until: int, sharpness_start: float, sharpness_end: float
+    step: int,
+    *,
+    until: int,
+    sharpness_start: float,
+    sharpness_end: float,
+    floor: float = 0.0,
 ) -> tuple[float, float]:
     """
     The warm-up's ``(weight factor, sharpness)`` at a training step: with ``p = min(step /
-    until, 1)``, the weight factor ``1 - p`` (the term fades out linearly and is off from
-    ``until`` on) and the sharpness ``start * (end / start) ** p`` (geometric). ``until = 0``:
-    no fading, the start sharpness throughout.
+    until, 1)``, the weight factor ``1 - (1 - floor) * p`` (the term fades out linearly to
+    ``floor`` at ``until`` and stays there; ``floor = 0`` turns it off from ``until`` on) and
+    the sharpness ``start * (end / start) ** p`` (geometric, then kept at ``end``). ``until =
+    0``: no fading, the start sharpness throughout.
     """
     if step < 0 or until < 0:
         raise ValueError(f"step and until must be >= 0, got {step} and {until}.")
+    if not (math.isfinite(floor) and 0.0 <= floor <= 1.0):
+        raise ValueError(f"floor must lie in [0, 1], got {floor}.")
     for name, value in (("sharpness_start", sharpness_start), ("sharpness_end", sharpness_end)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value}.")
     if until == 0:
         return 1.0, float(sharpness_start)
     progress = min(step / until, 1.0)
-    return 1.0 - progress, float(sharpness_start * (sharpness_end / sharpness_start) ** progress)
+    fade = 1.0 - (1.0 - floor) * progress
+    return fade, float(sharpness_start * (sharpness_end / sharpness_start) ** progress)

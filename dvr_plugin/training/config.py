@@ -385,7 +385,9 @@ class LossConfig(BaseLossConfig):
             image, which lets the photographs carve surfaces that surface rendering alone
             cannot move (concavities closed by the initial sphere).
         volume_until: the step at which the warm-up has faded out (its weight falls linearly
-            from ``volume`` to 0; 0 = constant weight, no fading).
+            from ``volume`` to ``volume * volume_floor``; 0 = constant weight, no fading).
+        volume_floor: the fraction of ``volume`` kept from ``volume_until`` on, at the end
+            sharpness (0 = the term is off after the warm-up).
         volume_rays: rays per image rendered as a volume (the first of each image's batch).
         volume_samples: sections per ray (N; N + 1 field evaluations with normals).
         volume_sharpness_start, volume_sharpness_end: the SDF sharpness ``s`` (1 / scene
@@ -407,6 +409,7 @@ class LossConfig(BaseLossConfig):
     mask_alpha_increases: int = 5
     volume: float = 0.0
     volume_until: int = 0
+    volume_floor: float = 0.0
     volume_rays: int = 512
     volume_samples: int = 64
     volume_sharpness_start: float = 20.0
@@ -436,6 +439,8 @@ def _check_geometry_loss(loss: LossConfig) -> None:
         raise ValueError("loss.mask_alpha_every and loss.mask_alpha_increases must be >= 0.")
     if loss.volume_until < 0:
         raise ValueError(f"loss.volume_until must be >= 0, got {loss.volume_until}.")
+    if not (math.isfinite(loss.volume_floor) and 0.0 <= loss.volume_floor <= 1.0):
+        raise ValueError(f"loss.volume_floor must lie in [0, 1], got {loss.volume_floor}.")
     positive("loss.volume_rays", loss.volume_rays)
     positive("loss.volume_samples", loss.volume_samples)
     for name in ("volume_sharpness_start", "volume_sharpness_end"):

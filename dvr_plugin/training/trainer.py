@@ -595,6 +595,7 @@ class Trainer(BaseTrainer):
             until=loss.volume_until,
             sharpness_start=loss.volume_sharpness_start,
             sharpness_end=loss.volume_sharpness_end,
+            floor=loss.volume_floor,
         )
         total = gt_mask.shape[0] if self.shard is None else self.shard.total
         n_rays = gt_mask.shape[1]
