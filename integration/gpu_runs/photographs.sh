@@ -14,6 +14,8 @@
 #   bash integration/gpu_runs/photographs.sh sampling   # patches (and the image-gradient term) or not
 #   bash integration/gpu_runs/photographs.sh colour     # a hash grid in the colour head, on scan 24
 #   bash integration/gpu_runs/photographs.sh volume     # the volume-rendering warm-up, on scan 24
+#   bash integration/gpu_runs/photographs.sh regrowth   # after the warm-up: a kept volume term, the normal weight
+#   bash integration/gpu_runs/photographs.sh lego       # the lego: its config, and with the DTU GPU recipe's field
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
 # SMOKE=1 runs the same on the CPU at toy sizes (a check of the script, not of the method).
@@ -202,6 +204,26 @@ volume)  # the volume-rendering warm-up (loss.volume) on scan 24, on the recipe 
   wait
   RUNS="scan24_hash scan24_hash_volume scan24_volume scan24_hash_volume_kept"
   ;;
+regrowth)  # scan 24 once the warm-up has ended (UNTIL, default 2000): the packaged recipe, the
+  # volume term kept at a tenth of its weight, the normal weight at 0.2 instead of 0.5
+  S24=$DATA/dtu_scan24_384/scan24
+  ENDED=(loss.volume_until=${UNTIL:-2000})
+  slot; fit scan24_ended "$S24" monosdf - "${ENDED[@]}" &
+  slot; fit scan24_ended_floor "$S24" monosdf - "${ENDED[@]}" loss.volume_floor=0.1 &
+  slot; fit scan24_ended_normal "$S24" monosdf - "${ENDED[@]}" loss.normal=0.2 &
+  wait
+  RUNS="scan24_ended scan24_ended_floor scan24_ended_normal"
+  ;;
+lego)  # the NeRF-synthetic lego: its packaged config, and with the hash-grid SDF and the volume
+  # warm-up of --config dtu's GPU recipe (its own normal weight and texture head kept)
+  LEGO=$DATA/nerf_synthetic_lego/lego
+  DTU_FIELD=(model.encoding=hash_grid model.hash_grid.max_resolution=256 optim.encoding_lr=1e-2
+             loss.volume=4 loss.volume_until=5000)
+  slot; CONFIG=nerf-synthetic fit lego "$LEGO" nerf-synthetic - &
+  slot; CONFIG=nerf-synthetic fit lego_hash_volume "$LEGO" nerf-synthetic - "${DTU_FIELD[@]}" &
+  wait
+  RUNS="lego lego_hash_volume"
+  ;;
 recipes)
   RECIPE=(${RECIPE:-})
   wanted() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }  # a scene only where one of its fits runs
@@ -217,7 +239,7 @@ recipes)
   wait
   RUNS="cow_dtu cow_studio teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
-*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|colour|volume|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|colour|volume|regrowth|lego|recipes"; exit 2 ;;
 esac
 
 if [[ -n ${ONLY:-} ]]; then KEEP=""; for r in $RUNS; do [[ " $ONLY " == *" $r "* ]] && KEEP+="$r "; done; RUNS=$KEEP; fi
