@@ -268,13 +268,13 @@ def finish_fit(
         size = config.eval.turntable_size or trainer.train_data.image_size[0]
         frames = turntable_frames(
             field,
+            orbit,
             n_frames=config.eval.turntable_frames,
             image_size=size,
             n_steps=config.eval.n_steps,
             background=config.background,
             device=device,
             progress=progress,
-            **orbit,
         )
         save_gif(frames, os.path.join(out_dir, "turntable.gif"))
     report["timing"]["turntable_seconds"] = time.perf_counter() - start
@@ -397,6 +397,7 @@ def render_checkpoint(
         size = image_size or int((state.get("image_size") or [128])[0])
         frames = turntable_frames(
             field,
+            orbit,
             n_frames=n_frames,
             image_size=size,
             n_steps=n_steps,
@@ -404,7 +405,6 @@ def render_checkpoint(
             device=device_t,
             with_normals=False,
             progress=progress,
-            **orbit,
         )
         for i, frame in enumerate(frames):
             path = os.path.join(out_dir, f"frame_{i:03d}.png")
