@@ -234,14 +234,13 @@ def test_the_colour_check_can_be_turned_off():
 def test_render_views_and_turntable_show_progress_on_stderr_only_when_asked(capsys):
     field, cameras = SphereField(), make_cameras(2)
     render_views(field, cameras, (SIZE, SIZE), n_steps=8)
-    turntable_frames(field, n_frames=2, image_size=SIZE, distance=1.5, fov=45.0, elevation=20.0,
-                     n_steps=8)
+    orbit = {"distance": 1.5, "fov": 45.0, "elevation": 20.0}
+    turntable_frames(field, orbit, n_frames=2, image_size=SIZE, n_steps=8)
     quiet = capsys.readouterr()
     assert quiet.out == "" and quiet.err == ""
     render_views(field, cameras, (SIZE, SIZE), n_steps=8, progress=True, description="held-out")
-    frames = turntable_frames(field, n_frames=2, image_size=SIZE, distance=1.5, fov=45.0,
-                              elevation=20.0, n_steps=8, progress=True)
+    frames = turntable_frames(field, orbit, n_frames=2, image_size=SIZE, n_steps=8, progress=True)
     shown = capsys.readouterr()
     assert shown.out == ""
     assert "held-out" in shown.err and "turntable" in shown.err and "/2 " in shown.err
-    assert len(frames) == 2
+    assert len(frames) == 2 and frames[0].shape == (SIZE, 2 * SIZE, 3)

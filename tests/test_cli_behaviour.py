@@ -374,6 +374,7 @@ def test_render_passes_each_option_to_its_setting(monkeypatch, tmp_path):
         "fps": 5,
         "device": "cpu",
         "progress": False,
+        "names": RENDER_SETTING_FLAGS,
     }
 
 

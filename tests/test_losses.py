@@ -21,7 +21,7 @@ from dvr_plugin.engine.losses import (
     total_loss,
     world_point_loss,
 )
-from dvr_plugin.engine.sampling import gather, sample_patches
+from dvr_plugin.engine.sampling import gather, sample_uniform
 
 T, F = True, False
 
@@ -340,7 +340,9 @@ def test_image_gradient_loss_with_sampled_patches():
     cols = torch.arange(width, dtype=torch.float32)[None, :].expand(height, width)
     gt_image = torch.rand(2, height, width, 3, generator=torch.Generator().manual_seed(0))
     ramp = (0.3 * cols + 0.4 * rows)[None, :, :, None]  # d/dcol = 0.3, d/drow = 0.4
-    sample = sample_patches(2, (height, width), 32, generator=torch.Generator().manual_seed(0))
+    sample = sample_uniform(
+        2, (height, width), 32, patches=True, generator=torch.Generator().manual_seed(0)
+    )
     gt = gather(gt_image, sample)
     pred = gather(gt_image + ramp, sample)
     valid = torch.ones(2, 32, dtype=torch.bool)

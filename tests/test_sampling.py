@@ -11,8 +11,6 @@ from dvr_plugin.engine.sampling import (
     PixelSample,
     gather,
     sample_foreground_balanced,
-    sample_foreground_balanced_patches,
-    sample_patches,
     sample_pixels,
     sample_uniform,
 )
@@ -91,7 +89,7 @@ def test_reproducible_with_generator():
 def test_patches_are_2x2_in_documented_order():
     assert PATCH_OFFSETS == ((0, 0), (0, 1), (1, 0), (1, 1))
     height, width = 7, 9
-    sample = sample_patches(2, (height, width), 48, generator=_generator())
+    sample = sample_uniform(2, (height, width), 48, patches=True, generator=_generator())
     _check_in_image(sample, height, width)
     rows = sample.rows.reshape(2, 12, 4)
     cols = sample.cols.reshape(2, 12, 4)
@@ -112,7 +110,7 @@ def test_patches_are_2x2_in_documented_order():
 
 
 def test_patches_continuous_share_one_offset():
-    sample = sample_patches(1, (6, 6), 16, continuous=True, generator=_generator(3))
+    sample = sample_uniform(1, (6, 6), 16, patches=True, continuous=True, generator=_generator(3))
     _check_in_image(sample, 6, 6)
     pixels = ndc_to_pixels(sample.xys, (6, 6)).reshape(1, 4, 4, 2)
     offsets = pixels - torch.stack([sample.cols, sample.rows], dim=-1).reshape(1, 4, 4, 2)
@@ -121,9 +119,9 @@ def test_patches_continuous_share_one_offset():
 
 def test_patch_validation():
     with pytest.raises(ValueError, match="divisible by 4"):
-        sample_patches(1, 8, 10)
+        sample_uniform(1, 8, 10, patches=True)
     with pytest.raises(ValueError, match="at least 2x2"):
-        sample_patches(1, (1, 8), 4)
+        sample_uniform(1, (1, 8), 4, patches=True)
 
 
 def test_foreground_share():
@@ -171,13 +169,13 @@ def _patch_touches(masks: torch.Tensor, sample: PixelSample) -> torch.Tensor:
 def test_foreground_balanced_patches_share_order_and_distinct_corners():
     masks = make_masks()
     n_rays, fraction = 48, 0.25  # 12 patches, 3 touching the mask
-    sample = sample_foreground_balanced_patches(
-        masks, n_rays, foreground_fraction=fraction, generator=_generator()
+    sample = sample_foreground_balanced(
+        masks, n_rays, patches=True, foreground_fraction=fraction, generator=_generator()
     )
     _check_in_image(sample, 12, 17)
     rows = sample.rows.reshape(3, 12, 4)
     cols = sample.cols.reshape(3, 12, 4)
-    # 2x2 patches in PATCH_OFFSETS order, as sample_patches gives them
+    # 2x2 patches in PATCH_OFFSETS order, as sample_uniform gives them
     for k, (dr, dc) in enumerate(PATCH_OFFSETS):
         assert torch.equal(rows[..., k], rows[..., 0] + dr)
         assert torch.equal(cols[..., k], cols[..., 0] + dc)
@@ -189,8 +187,8 @@ def test_foreground_balanced_patches_share_order_and_distinct_corners():
     # one pixel wide holds that pixel
     line = torch.zeros(1, 8, 8, dtype=torch.bool)
     line[0, :, 5] = True
-    s = sample_foreground_balanced_patches(
-        line, 16, foreground_fraction=1.0, generator=_generator()
+    s = sample_foreground_balanced(
+        line, 16, patches=True, foreground_fraction=1.0, generator=_generator()
     )
     assert set(s.cols.reshape(4, 4)[:, 0].tolist()) <= {4, 5}
     assert bool(_patch_touches(line, s).all())
@@ -200,8 +198,8 @@ def test_foreground_balanced_patches_fallbacks_and_validation():
     masks = torch.zeros(3, 5, 6, dtype=torch.bool)
     masks[1] = True  # full: every patch touches
     masks[2, 0, 0] = True  # one pixel: a single patch position touches it
-    sample = sample_foreground_balanced_patches(
-        masks, 16, foreground_fraction=0.5, generator=_generator()
+    sample = sample_foreground_balanced(
+        masks, 16, patches=True, foreground_fraction=0.5, generator=_generator()
     )
     touches = _patch_touches(masks, sample)
     assert not touches[0].any()  # empty mask: all background
@@ -209,11 +207,11 @@ def test_foreground_balanced_patches_fallbacks_and_validation():
     assert touches[2].tolist() == [True, True, False, False]  # the lone corner, twice
     assert sample.rows[2, :8].tolist() == [0, 0, 1, 1] * 2
     with pytest.raises(ValueError, match="divisible by 4"):
-        sample_foreground_balanced_patches(masks, 10)
+        sample_foreground_balanced(masks, 10, patches=True)
     with pytest.raises(ValueError, match="at least 2x2"):
-        sample_foreground_balanced_patches(torch.ones(1, 1, 8, dtype=torch.bool), 4)
+        sample_foreground_balanced(torch.ones(1, 1, 8, dtype=torch.bool), 4, patches=True)
     with pytest.raises(ValueError, match="foreground_fraction"):
-        sample_foreground_balanced_patches(masks, 8, foreground_fraction=-0.1)
+        sample_foreground_balanced(masks, 8, patches=True, foreground_fraction=-0.1)
     via = sample_pixels(
         masks, 16, mode="foreground_balanced_patch", foreground_fraction=0.5,
         generator=_generator(),

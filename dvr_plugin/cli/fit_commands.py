@@ -391,12 +391,16 @@ def run_render_command(args: argparse.Namespace) -> int:
     ``dvr render``: every option is checked before the checkpoint is loaded; the progress bar
     goes to stderr, the JSON summary to stdout.
     """
-    from ..training.fit import check_render_settings, render_checkpoint
+    from ..training.fit import render_checkpoint
 
     settings = {name: option_value(args, flag) for name, flag in RENDER_SETTING_FLAGS.items()}
-    check_render_settings(**settings, names=RENDER_SETTING_FLAGS)
     result = render_checkpoint(
-        args.checkpoint, args.out, **settings, device=args.device, progress=not args.quiet
+        args.checkpoint,
+        args.out,
+        **settings,
+        device=args.device,
+        progress=not args.quiet,
+        names=RENDER_SETTING_FLAGS,
     )
     summary = {k: v for k, v in result.items() if k != "images"}
     summary["n_images"] = len(result["images"])

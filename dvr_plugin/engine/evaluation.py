@@ -7,7 +7,7 @@ turntables, and mesh metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -249,14 +249,10 @@ def orbit_cameras(
 @torch.no_grad()
 def turntable_frames(
     field,
+    orbit: Mapping[str, Any],
     *,
     n_frames: int,
     image_size: int,
-    distance: float,
-    fov: float,
-    elevation: float,
-    axis: Sequence[float] = (0.0, 1.0, 0.0),
-    up: Optional[Sequence[float]] = None,
     n_steps: int = 128,
     background: Sequence[float] = (1.0, 1.0, 1.0),
     device: torch.device | str = "cpu",
@@ -264,19 +260,13 @@ def turntable_frames(
     progress: bool = False,
 ) -> list[torch.Tensor]:
     """
-    Frames of a turntable (:func:`orbit_cameras`): each `(S, S, 3)`, or `(S, 2S, 3)` (colour next
-    to normals) when ``with_normals``; ``progress`` shows a progress bar (tqdm, on stderr).
+    Frames of a turntable: ``n_frames`` views of :func:`orbit_cameras` on the circle ``orbit``
+    (its keyword arguments ``distance``, ``fov``, ``elevation`` and optionally ``axis``, ``up``,
+    as :func:`orbit_settings` gives them), each `(S, S, 3)`, or `(S, 2S, 3)` (colour next to
+    normals) when ``with_normals``, ``S = image_size``; ``progress`` shows a progress bar
+    (tqdm, on stderr).
     """
-    cameras = orbit_cameras(
-        n_frames,
-        image_size=image_size,
-        distance=distance,
-        fov=fov,
-        elevation=elevation,
-        axis=axis,
-        up=up,
-        device=device,
-    )
+    cameras = orbit_cameras(n_frames, image_size=image_size, device=device, **orbit)
     rendered = render_views(
         field,
         cameras,

@@ -22,7 +22,7 @@ Which function to use for which DVR term (names as in :class:`LossWeights`):
 - ``normal``: :func:`normal_smoothness_loss` on normals at surface points and at points moved by
   :func:`jitter_points`.
 - ``image_gradient``: :func:`image_gradient_loss` on 2x2 patches from
-  :func:`dvr_plugin.engine.sampling.sample_patches`.
+  :func:`dvr_plugin.engine.sampling.sample_uniform` (``patches=True``).
 - ``eikonal``: :func:`eikonal_loss` (or :func:`eikonal_penalty` on gradients at hand),
   ``(|grad f| - 1)^2`` for signed-distance fields.
 - ``mask``: :func:`soft_mask_loss` on the smallest outside value along each ray from

@@ -141,31 +141,12 @@ def _make_sample(
     return PixelSample(rows, cols, pixels_to_ndc(pixels, image_size))
 
 
-def _flat_sample(
-    flat: torch.Tensor,
-    image_size: tuple[int, int],
-    *,
-    continuous: bool,
-    generator: torch.Generator | None,
-    dtype: torch.dtype,
-) -> PixelSample:
-    """:func:`_make_sample` of `(B, R)` flat pixel indices ``row * W + col``."""
-    width = image_size[1]
-    return _make_sample(
-        flat // width,
-        flat % width,
-        image_size,
-        continuous=continuous,
-        generator=generator,
-        dtype=dtype,
-    )
-
-
 def sample_uniform(
     batch_size: int,
     image_size: ImageSize,
     n_rays: int,
     *,
+    patches: bool = False,
     continuous: bool = False,
     replacement: bool = False,
     generator: torch.Generator | None = None,
@@ -173,15 +154,23 @@ def sample_uniform(
     dtype: torch.dtype = torch.float32,
 ) -> PixelSample:
     """
-    Random pixels, independently for every image of the batch.
+    Random pixels, or random 2x2 pixel patches, independently for every image of the batch.
+
+    With ``patches=True`` rays ``4k .. 4k + 3`` form patch ``k`` in the order of
+    :data:`PATCH_OFFSETS` (top-left, top-right, bottom-left, bottom-right), and with
+    ``continuous=True`` the four positions of a patch share one random offset inside their
+    pixels, so they stay exactly one pixel apart.
 
     Args:
         batch_size: B.
-        image_size: ``(H, W)`` or an int.
-        n_rays: R, rays per image.
+        image_size: ``(H, W)`` or an int; both sides at least 2 for patches.
+        n_rays: R, rays per image; a multiple of 4 for patches.
+        patches: draw ``R / 4`` 2x2 patches (the ``"patch"`` mode) instead of ``R`` pixels.
         continuous: uniform positions inside the pixels instead of pixel centres.
-        replacement: draw pixels independently (they may repeat); otherwise the R pixels of an
-            image are distinct and ``R <= H * W`` is required.
+        replacement: draw pixels (patch positions) independently, so that they may repeat;
+            otherwise the R pixels of an image are distinct and ``R <= H * W`` is required
+            (with patches, the top-left corners of an image's patches are distinct; the
+            patches may still overlap).
         generator: optional ``torch.Generator`` on ``device``.
         device: where to make the samples (default: the generator's device, else CPU).
         dtype: floating type of ``xys``.
@@ -191,68 +180,19 @@ def sample_uniform(
     """
     _check_counts(batch_size, n_rays)
     height, width = image_size_hw(image_size)
+    n_positions, n_picks = _positions(height, width, n_rays, patches=patches)
     device = _resolve_device(device, generator)
     flat = _pick_indices(
         batch_size,
-        height * width,
-        n_rays,
+        n_positions,
+        n_picks,
         replacement=replacement,
         generator=generator,
         device=device,
-        what="pixels",
+        what="2x2 patch positions" if patches else "pixels",
     )
-    return _flat_sample(
-        flat, (height, width), continuous=continuous, generator=generator, dtype=dtype
-    )
-
-
-def sample_patches(
-    batch_size: int,
-    image_size: ImageSize,
-    n_rays: int,
-    *,
-    continuous: bool = False,
-    replacement: bool = False,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> PixelSample:
-    """
-    Random 2x2 pixel patches, independently for every image of the batch.
-
-    Rays ``4k .. 4k + 3`` form patch ``k`` in the order of :data:`PATCH_OFFSETS` (top-left,
-    top-right, bottom-left, bottom-right). With ``continuous=True`` the four positions of a patch
-    share one random offset inside their pixels, so they stay exactly one pixel apart.
-
-    Args:
-        batch_size: B.
-        image_size: ``(H, W)`` or an int; both sides must be at least 2.
-        n_rays: R, rays per image; a multiple of 4.
-        continuous: one uniform offset inside the pixels per patch instead of pixel centres.
-        replacement: draw patch positions independently (the same patch may repeat); otherwise
-            the top-left corners of an image's patches are distinct (patches may still overlap).
-        generator: optional ``torch.Generator`` on ``device``.
-        device: where to make the samples (default: the generator's device, else CPU).
-        dtype: floating type of ``xys``.
-
-    Returns:
-        PixelSample with ``rows``, ``cols`` `(B, R)` and ``xys`` `(B, R, 2)`.
-    """
-    _check_counts(batch_size, n_rays)
-    height, width = image_size_hw(image_size)
-    _check_patch_request(n_rays, height, width)
-    device = _resolve_device(device, generator)
-    corners = _pick_indices(
-        batch_size,
-        (height - 1) * (width - 1),
-        n_rays // RAYS_PER_PATCH,
-        replacement=replacement,
-        generator=generator,
-        device=device,
-        what="2x2 patch positions",
-    )
-    return _patches_at(
-        corners, (height, width), continuous=continuous, generator=generator, dtype=dtype
+    return _sample_at(
+        flat, (height, width), patches, continuous=continuous, generator=generator, dtype=dtype
     )
 
 
@@ -265,34 +205,50 @@ def _check_patch_request(n_rays: int, height: int, width: int) -> None:
         )
 
 
-def _patches_at(
-    corners: torch.Tensor,
+def _positions(height: int, width: int, n_rays: int, *, patches: bool) -> tuple[int, int]:
+    """
+    How many positions an image offers and how many of them ``n_rays`` rays take: its pixels,
+    or (``patches``) the top-left corners of its 2x2 patches, one per four rays.
+    """
+    if not patches:
+        return height * width, n_rays
+    _check_patch_request(n_rays, height, width)
+    return (height - 1) * (width - 1), n_rays // RAYS_PER_PATCH
+
+
+def _sample_at(
+    flat: torch.Tensor,
     image_size: tuple[int, int],
+    patches: bool,
     *,
     continuous: bool,
     generator: torch.Generator | None,
     dtype: torch.dtype,
 ) -> PixelSample:
     """
-    The rays of 2x2 patches from `(B, P)` flat top-left corner indices ``row * (W - 1) + col``:
-    `(B, 4 P)` rays in :data:`PATCH_OFFSETS` order, the four of a patch sharing one sub-pixel
-    offset when ``continuous``.
+    The sample of `(B, P)` flat positions (:func:`_positions`): pixel indices ``row * W + col``
+    (`(B, P)` rays), or with ``patches`` the top-left corners ``row * (W - 1) + col`` of 2x2
+    patches (`(B, 4 P)` rays in :data:`PATCH_OFFSETS` order, the four of a patch sharing one
+    sub-pixel offset when ``continuous``).
     """
-    batch_size, n_patches = corners.shape
-    n_rays = n_patches * RAYS_PER_PATCH
-    corner_width = image_size[1] - 1
-    offsets = torch.tensor(PATCH_OFFSETS, device=corners.device, dtype=torch.long)  # (4, 2)
-    rows = (corners // corner_width)[..., None] + offsets[:, 0]
-    cols = (corners % corner_width)[..., None] + offsets[:, 1]
     sub_pixel = None
-    if continuous:
-        sub_pixel = torch.rand(
-            batch_size, n_patches, 1, 2, generator=generator, device=corners.device, dtype=dtype
-        )
-        sub_pixel = sub_pixel.expand(-1, -1, RAYS_PER_PATCH, -1).reshape(batch_size, n_rays, 2)
+    if patches:
+        batch_size, n_patches = flat.shape
+        n_rays = n_patches * RAYS_PER_PATCH
+        corner_width = image_size[1] - 1
+        offsets = torch.tensor(PATCH_OFFSETS, device=flat.device, dtype=torch.long)  # (4, 2)
+        rows = ((flat // corner_width)[..., None] + offsets[:, 0]).reshape(batch_size, n_rays)
+        cols = ((flat % corner_width)[..., None] + offsets[:, 1]).reshape(batch_size, n_rays)
+        if continuous:
+            sub_pixel = torch.rand(
+                batch_size, n_patches, 1, 2, generator=generator, device=flat.device, dtype=dtype
+            )
+            sub_pixel = sub_pixel.expand(-1, -1, RAYS_PER_PATCH, -1).reshape(batch_size, n_rays, 2)
+    else:
+        rows, cols = flat // image_size[1], flat % image_size[1]
     return _make_sample(
-        rows.reshape(batch_size, n_rays),
-        cols.reshape(batch_size, n_rays),
+        rows,
+        cols,
         image_size,
         continuous=continuous,
         offsets=sub_pixel,
@@ -314,6 +270,7 @@ def sample_foreground_balanced(
     masks: torch.Tensor,
     n_rays: int,
     *,
+    patches: bool = False,
     foreground_fraction: float = 0.5,
     at_least: bool = False,
     continuous: bool = False,
@@ -321,7 +278,8 @@ def sample_foreground_balanced(
     dtype: torch.dtype = torch.float32,
 ) -> PixelSample:
     """
-    A fixed share of pixels from inside each image's mask, the rest from outside.
+    A fixed share of pixels (or 2x2 patches) from inside each image's mask, the rest from
+    outside.
 
     Image ``b`` gets ``n_fg = round(foreground_fraction * R)`` foreground rays (rays
     ``0 .. n_fg - 1``) and ``R - n_fg`` background rays. Fallbacks: an image whose mask is empty
@@ -329,63 +287,23 @@ def sample_foreground_balanced(
     region the pixels are distinct while the region is large enough; otherwise its pixels are used
     in turn in a random order (every pixel once before any twice).
 
-    Args:
-        masks: `(B, H, W)` object masks; bool, or numbers where ``> 0.5`` means object.
-        n_rays: R, rays per image.
-        foreground_fraction: the share of rays from inside the mask, in [0, 1].
-        at_least: make ``foreground_fraction`` a floor: an image whose mask covers a larger
-            share of it keeps that share (only small objects are sampled more often).
-        continuous: uniform positions inside the pixels instead of pixel centres.
-        generator: optional ``torch.Generator`` on ``masks.device``.
-        dtype: floating type of ``xys``.
-
-    Returns:
-        PixelSample with ``rows``, ``cols`` `(B, R)` and ``xys`` `(B, R, 2)`.
-    """
-    masks = _as_bool_masks(masks)
-    batch_size, height, width = masks.shape
-    _check_counts(batch_size, n_rays)
-    _check_fraction(foreground_fraction)
-    device = _resolve_device(masks.device, generator)
-    flat = _balanced_picks(
-        masks.reshape(batch_size, height * width),
-        n_rays,
-        foreground_fraction=foreground_fraction,
-        at_least=at_least,
-        generator=generator,
-        device=device,
-    )
-    return _flat_sample(
-        flat, (height, width), continuous=continuous, generator=generator, dtype=dtype
-    )
-
-
-def sample_foreground_balanced_patches(
-    masks: torch.Tensor,
-    n_rays: int,
-    *,
-    foreground_fraction: float = 0.5,
-    at_least: bool = False,
-    continuous: bool = False,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> PixelSample:
-    """
-    2x2 patches (as :func:`sample_patches`), a fixed share of them touching each image's mask.
-
-    Image ``b`` gets ``P = R / 4`` patches: ``round(foreground_fraction * P)`` with at least one
-    of their four pixels inside the mask (rays ``0 .. 4 n_fg - 1``), the rest wholly outside
-    it, with the fallbacks and the order of :func:`sample_foreground_balanced` applied to the
-    patch positions. Rays ``4k .. 4k + 3`` form patch ``k`` in :data:`PATCH_OFFSETS` order.
+    With ``patches=True`` image ``b`` gets ``P = R / 4`` patches as :func:`sample_uniform` draws
+    them (rays ``4k .. 4k + 3`` form patch ``k`` in :data:`PATCH_OFFSETS` order):
+    ``round(foreground_fraction * P)`` with at least one of their four pixels inside the mask
+    (rays ``0 .. 4 n_fg - 1``), the rest wholly outside it, with the fallbacks and the order
+    above applied to the patch positions.
 
     Args:
         masks: `(B, H, W)` object masks; bool, or numbers where ``> 0.5`` means object. Both
-            sides at least 2.
-        n_rays: R, rays per image; a multiple of 4.
-        foreground_fraction: the share of patches touching the mask, in [0, 1].
-        at_least: make ``foreground_fraction`` a floor: an image where a larger share of the
-            patch positions touches the mask keeps that share.
-        continuous: one uniform offset inside the pixels per patch instead of pixel centres.
+            sides at least 2 for patches.
+        n_rays: R, rays per image; a multiple of 4 for patches.
+        patches: draw 2x2 patches (the ``"foreground_balanced_patch"`` mode) instead of pixels.
+        foreground_fraction: the share of rays (patches) from inside the mask, in [0, 1].
+        at_least: make ``foreground_fraction`` a floor: an image whose mask covers a larger
+            share of it (of its patch positions) keeps that share (only small objects are
+            sampled more often).
+        continuous: uniform positions inside the pixels instead of pixel centres (one offset
+            per patch).
         generator: optional ``torch.Generator`` on ``masks.device``.
         dtype: floating type of ``xys``.
 
@@ -395,21 +313,22 @@ def sample_foreground_balanced_patches(
     masks = _as_bool_masks(masks)
     batch_size, height, width = masks.shape
     _check_counts(batch_size, n_rays)
-    _check_patch_request(n_rays, height, width)
+    n_positions, n_picks = _positions(height, width, n_rays, patches=patches)
     _check_fraction(foreground_fraction)
     device = _resolve_device(masks.device, generator)
-    # a patch position touches the mask when any of its four pixels is inside it
-    touches = masks[:, :-1, :-1] | masks[:, :-1, 1:] | masks[:, 1:, :-1] | masks[:, 1:, 1:]
-    corners = _balanced_picks(
-        touches.reshape(batch_size, (height - 1) * (width - 1)),
-        n_rays // RAYS_PER_PATCH,
+    inside = masks
+    if patches:  # a patch position touches the mask when any of its four pixels is inside it
+        inside = masks[:, :-1, :-1] | masks[:, :-1, 1:] | masks[:, 1:, :-1] | masks[:, 1:, 1:]
+    flat = _balanced_picks(
+        inside.reshape(batch_size, n_positions),
+        n_picks,
         foreground_fraction=foreground_fraction,
         at_least=at_least,
         generator=generator,
         device=device,
     )
-    return _patches_at(
-        corners, (height, width), continuous=continuous, generator=generator, dtype=dtype
+    return _sample_at(
+        flat, (height, width), patches, continuous=continuous, generator=generator, dtype=dtype
     )
 
 
@@ -495,12 +414,12 @@ def sample_pixels(
     """
     if mode not in SAMPLING_MODES:
         raise ValueError(f"mode must be one of {SAMPLING_MODES}, got {mode!r}.")
+    patches = mode in PATCH_MODES
     if mode in BALANCED_MODES:
-        patches = mode in PATCH_MODES
-        balanced = sample_foreground_balanced_patches if patches else sample_foreground_balanced
-        return balanced(
+        return sample_foreground_balanced(
             masks,
             n_rays,
+            patches=patches,
             foreground_fraction=foreground_fraction,
             at_least=foreground_at_least,
             continuous=continuous,
@@ -509,11 +428,11 @@ def sample_pixels(
         )
     masks = _as_bool_masks(masks)
     batch_size, height, width = masks.shape
-    sampler = sample_uniform if mode == "uniform" else sample_patches
-    return sampler(
+    return sample_uniform(
         batch_size,
         (height, width),
         n_rays,
+        patches=patches,
         continuous=continuous,
         replacement=replacement,
         generator=generator,

@@ -268,13 +268,13 @@ def finish_fit(
         size = config.eval.turntable_size or trainer.train_data.image_size[0]
         frames = turntable_frames(
             field,
+            orbit,
             n_frames=config.eval.turntable_frames,
             image_size=size,
             n_steps=config.eval.n_steps,
             background=config.background,
             device=device,
             progress=progress,
-            **orbit,
         )
         save_gif(frames, os.path.join(out_dir, "turntable.gif"))
     report["timing"]["turntable_seconds"] = time.perf_counter() - start
@@ -328,13 +328,14 @@ def render_checkpoint(
     device: str = "auto",
     fps: int = 12,
     progress: bool = False,
+    names: Optional[Mapping[str, str]] = None,
 ) -> dict[str, Any]:
     """
     Render a fitted checkpoint: an orbit (turntable GIF plus one PNG per frame) or the views of
     its data set (PNG per view and a comparison grid with the ground truth).
 
-    Every argument is checked (:func:`check_render_settings`, the checkpoint exists, ``out_dir``
-    is not a file) before the checkpoint is loaded.
+    Every argument is checked (the settings can render, the checkpoint exists, ``out_dir`` is
+    not a file) before the checkpoint is loaded.
 
     Args:
         checkpoint: a checkpoint written by a fit.
@@ -348,17 +349,22 @@ def render_checkpoint(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` ...
         fps: GIF frame rate.
         progress: show a progress bar (tqdm, on stderr) while rendering.
+        names: the name a message gives a setting (e.g. ``{"n_frames": "--frames"}`` for a
+            command line; default: the argument's name).
 
     Returns:
         ``{"images": [...], "gif": path or None, "grid": path or None, "seconds": float}``.
 
     Raises:
-        ValueError: a bad setting, an output path that is a file, an unknown device.
+        ValueError: a bad setting (frames, pixels, steps or frame rate that are not positive
+            integers, steps >= 2; a camera distance that is not positive; a field of view
+            outside (0, 180) degrees; a non-finite elevation), an output path that is a file, an
+            unknown device.
         FileNotFoundError: no checkpoint at ``checkpoint``.
     """
     from ..engine.checkpoint import checkpoint_exists
 
-    check_render_settings(
+    _check_render_settings(
         cameras=cameras,
         n_frames=n_frames,
         image_size=image_size,
@@ -367,6 +373,7 @@ def render_checkpoint(
         elevation=elevation,
         n_steps=n_steps,
         fps=fps,
+        names=names or {},
     )
     if not checkpoint_exists(str(checkpoint)):
         raise FileNotFoundError(f"No checkpoint at {checkpoint}.")
@@ -397,6 +404,7 @@ def render_checkpoint(
         size = image_size or int((state.get("image_size") or [128])[0])
         frames = turntable_frames(
             field,
+            orbit,
             n_frames=n_frames,
             image_size=size,
             n_steps=n_steps,
@@ -404,7 +412,6 @@ def render_checkpoint(
             device=device_t,
             with_normals=False,
             progress=progress,
-            **orbit,
         )
         for i, frame in enumerate(frames):
             path = os.path.join(out_dir, f"frame_{i:03d}.png")
@@ -449,25 +456,19 @@ def render_checkpoint(
 RENDER_CAMERAS = ("orbit", "held-out", "all")
 
 
-def check_render_settings(
+def _check_render_settings(
     *,
-    cameras: str = "orbit",
-    n_frames: int = 36,
-    image_size: Optional[int] = None,
-    distance: Optional[float] = None,
-    fov: Optional[float] = None,
-    elevation: Optional[float] = None,
-    n_steps: int = 128,
-    fps: int = 12,
-    names: Optional[Mapping[str, str]] = None,
+    cameras: str,
+    n_frames: int,
+    image_size: Optional[int],
+    distance: Optional[float],
+    fov: Optional[float],
+    elevation: Optional[float],
+    n_steps: int,
+    fps: int,
+    names: Mapping[str, str],
 ) -> None:
-    """
-    Raise ``ValueError`` for a setting of :func:`render_checkpoint` that cannot render: frames,
-    pixels, steps or frame rate that are not positive integers (steps: >= 2), a camera distance
-    that is not positive, a field of view outside (0, 180) degrees, a non-finite elevation.
-    ``names`` maps an argument to the name the message uses (e.g. ``{"n_frames": "--frames"}``).
-    """
-    names = names or {}
+    """Raise ``ValueError`` for a setting of :func:`render_checkpoint` that cannot render."""
 
     def label(key: str) -> str:
         return names.get(key, key)
