@@ -597,6 +597,8 @@ class Trainer(BaseTrainer):
             sharpness_end=loss.volume_sharpness_end,
             floor=loss.volume_floor,
         )
+        if fade <= 0:  # the same on every rank: no draw is skipped on one rank alone
+            return None
         total = gt_mask.shape[0] if self.shard is None else self.shard.total
         n_rays = gt_mask.shape[1]
         count = min(loss.volume_rays, n_rays)
@@ -604,8 +606,6 @@ class Trainer(BaseTrainer):
         offsets = torch.rand((total, count), generator=self.generator, device=self.device)
         if self.shard is not None:
             offsets = self.shard.take(offsets)
-        if fade <= 0:
-            return None
         origins, directions = origins[:, rays].detach(), directions[:, rays].detach()
         near, far, select = self._box_ranges(origins, directions)
         if not bool(select.any()):
