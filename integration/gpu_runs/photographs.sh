@@ -15,6 +15,7 @@
 #   bash integration/gpu_runs/photographs.sh colour     # a hash grid in the colour head, on scan 24
 #   bash integration/gpu_runs/photographs.sh volume     # the volume-rendering warm-up, on scan 24
 #   bash integration/gpu_runs/photographs.sh regrowth   # after the warm-up: a kept volume term, the normal weight
+#   bash integration/gpu_runs/photographs.sh psnr       # scan 24: the recipe beside batch, grid and learning-rate levers
 #   bash integration/gpu_runs/photographs.sh lego       # the lego: its config, and with the DTU GPU recipe's field
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
@@ -214,6 +215,17 @@ regrowth)  # scan 24 once the warm-up has ended (UNTIL, default 2000): the packa
   wait
   RUNS="scan24_ended scan24_ended_floor scan24_ended_normal"
   ;;
+psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe beside three levers for held-out PSNR
+  # that are not specific to the scene: twice the images per step (8 x 2048 rays), a finer
+  # finest hash-grid level (512 cells), twice the networks' learning rate
+  S24=$DATA/dtu_scan24_384/scan24
+  slot; fit scan24_recipe "$S24" monosdf - &
+  slot; fit scan24_batch8 "$S24" monosdf - train.images_per_batch=8 &
+  slot; fit scan24_res512 "$S24" monosdf - model.hash_grid.max_resolution=512 &
+  slot; fit scan24_lr2 "$S24" monosdf - optim.lr=1e-3 &
+  wait
+  RUNS="scan24_recipe scan24_batch8 scan24_res512 scan24_lr2"
+  ;;
 lego)  # the NeRF-synthetic lego: its packaged config, and with the hash-grid SDF and the volume
   # warm-up of --config dtu's GPU recipe (its own normal weight and texture head kept)
   LEGO=$DATA/nerf_synthetic_lego/lego
@@ -239,7 +251,7 @@ recipes)
   wait
   RUNS="cow_dtu cow_studio teapot_dtu teapot_studio scan24_monosdf scan24_idr lego"
   ;;
-*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|colour|volume|regrowth|lego|recipes"; exit 2 ;;
+*) echo "usage: photographs.sh ablation|key|sdf_ablation|cameras|normal_weight|sampling|colour|volume|regrowth|psnr|lego|recipes"; exit 2 ;;
 esac
 
 if [[ -n ${ONLY:-} ]]; then KEEP=""; for r in $RUNS; do [[ " $ONLY " == *" $r "* ]] && KEEP+="$r "; done; RUNS=$KEEP; fi
