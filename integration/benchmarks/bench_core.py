@@ -48,6 +48,7 @@ from integration.benchmarks import bench_volume
 from integration.benchmarks.common import (
     MATMUL_CEILINGS,
     adam,
+    add_quick_and_out_arguments,
     benchmark_parser,
     cameras,
     decoder_flops_per_point,
@@ -559,8 +560,7 @@ def _json_default(value):
 
 def main(argv=None) -> None:
     parser = benchmark_parser(__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes for a CPU smoke run")
-    parser.add_argument("--out", default=None, help="folder for bench_core.json / .md")
+    add_quick_and_out_arguments(parser, "bench_core", quick="small sizes for a CPU smoke run")
     parser.add_argument("--grid-resolution", type=int, default=64)
     parser.add_argument(
         "--max-seconds", type=float, default=None, help="skip the remaining cases after this"

@@ -61,19 +61,16 @@ from dvr_plugin.fields.hash_grid import HashGridField
 from dvr_plugin.renderer.implicit_gradient import guard_denominator
 from dvr_plugin.surface.query import FieldQuery, inside_sign
 from integration.benchmarks.common import (
+    RowTable,
+    add_quick_and_out_arguments,
     add_row_budget_arguments,
     benchmark_parser,
     comma_list,
-    echo_table_start,
     error_row,
-    finish_report,
     fmt_bytes,
     measure,
-    new_report,
     release_memory,
     report_files_writer,
-    row_recorder,
-    skip_over_budget,
     speedup_against_eager,
     synchronize,
     table_lines,
@@ -467,11 +464,11 @@ def run_benchmark(
     repeats: int | None = None,
     max_seconds: float | None = None,
     write: Callable[[dict], None] | None = None,
-    echo: bool = True,
 ) -> dict:
     """
-    Every (field, N, variant) row (module docstring), printed as a markdown table while it
-    runs (with ``echo``) and passed to ``write`` after every row.
+    The surface stage of a training step, timed for every (field, N, variant) row (module
+    docstring) into a :class:`~integration.benchmarks.common.RowTable` (each row printed as it
+    comes and the report so far passed to ``write``).
 
     Args:
         device: ``"cuda"``, ``"cpu"``, ...
@@ -490,9 +487,12 @@ def run_benchmark(
     fields = check_fields(fields)
     sizes = tuple(sizes) if sizes is not None else (QUICK_SIZES if quick else SIZES)
     repeats = repeats if repeats is not None else (3 if quick else 20)
-    started = time.perf_counter()
-    report = new_report(
+    table = RowTable(
         device,
+        header=HEADER,
+        format_row=format_row,
+        max_seconds=max_seconds,
+        write=write,
         quick=quick,
         variants=variants,
         sizes=list(sizes),
@@ -501,12 +501,9 @@ def run_benchmark(
         inductor_caches=_inductor_caches(),
         fields={},
     )
-    if echo:
-        echo_table_start(report, HEADER)
-    record = row_recorder(report, started=started, format_row=format_row, echo=echo, write=write)
     for name in fields:
         field = build_field(name, quick=quick, device=device)
-        report["fields"][name] = {
+        table.report["fields"][name] = {
             "label": describe_field(name, field),
             "tangent": tangent_method(field),
             "parameters": sum(p.numel() for p in field.parameters()),
@@ -514,8 +511,7 @@ def run_benchmark(
         for n_points in sizes:
             reference = None
             for variant in variants:
-                label = f"{name} N={n_points} {variant}"
-                if skip_over_budget(report, label, started=started, max_seconds=max_seconds):
+                if table.skip(f"{name} N={n_points} {variant}"):
                     continue
                 if reference is None:
                     points, directions = surface_inputs(n_points, device=device)
@@ -530,10 +526,10 @@ def run_benchmark(
                 row.update(
                     run_case(field, variant, n_points, reference, device=device, repeats=repeats)
                 )
-                record(row)
+                table.record(row)
         del field
         release_memory(device)
-    return finish_report(report, started=started, write=write)
+    return table.finish()
 
 
 HEADER = (
@@ -591,10 +587,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ValueError: for an unknown variant or field.
     """
     parser = benchmark_parser(__doc__)
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny fields, N=64, 3 repeats (CPU smoke run)"
+    add_quick_and_out_arguments(
+        parser, "bench_decoder", quick="tiny fields, N=64, 3 repeats (CPU smoke run)"
     )
-    parser.add_argument("--out", default=None, help="folder for bench_decoder.json / .md")
     parser.add_argument(
         "--variants",
         default=None,

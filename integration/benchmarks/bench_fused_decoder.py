@@ -37,7 +37,6 @@ in ms.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -52,18 +51,15 @@ from dvr_plugin.accel.fused_decoder import (
 )
 from dvr_plugin.fields.field import UNIT_CUBE_BOUNDS, OccupancyTextureField
 from integration.benchmarks.common import (
+    RowTable,
+    add_quick_and_out_arguments,
     add_row_budget_arguments,
     benchmark_parser,
     comma_list,
-    echo_table_start,
     error_row,
-    finish_report,
     measure,
-    new_report,
     release_memory,
     report_files_writer,
-    row_recorder,
-    skip_over_budget,
     speedup_against_eager,
     synchronize,
     table_lines,
@@ -273,11 +269,11 @@ def run_benchmark(
     repeats: int | None = None,
     max_seconds: float | None = None,
     write: Callable[[dict], None] | None = None,
-    echo: bool = True,
 ) -> dict:
     """
-    Every (field, N, variant) row (module docstring), printed as a markdown table while it
-    runs (with ``echo``) and passed to ``write`` after every row.
+    The no-grad evaluations, eager and fused, timed and compared for every (field, N, variant)
+    row (module docstring) into a :class:`~integration.benchmarks.common.RowTable` (each row
+    printed as it comes and the report so far passed to ``write``).
 
     Args:
         device: ``"cuda"`` or ``"cpu"`` (the Triton interpreter).
@@ -303,9 +299,12 @@ def run_benchmark(
     n_blocks = QUICK_N_BLOCKS if quick else N_BLOCKS
     sizes = tuple(sizes) if sizes is not None else (QUICK_SIZES if quick else SIZES)
     repeats = repeats if repeats is not None else (3 if quick else 20)
-    started = time.perf_counter()
-    report = new_report(
+    table = RowTable(
         device,
+        header=HEADER,
+        format_row=format_row,
+        max_seconds=max_seconds,
+        write=write,
         triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
         quick=quick,
         precisions=list(precisions),
@@ -314,12 +313,9 @@ def run_benchmark(
         repeats=repeats,
         fields={},
     )
-    if echo:
-        echo_table_start(report, HEADER)
-    record = row_recorder(report, started=started, format_row=format_row, echo=echo, write=write)
     for hidden_size, n_frequencies in fields:
         field = build_field(hidden_size, n_frequencies, n_blocks=n_blocks, device=device)
-        report["fields"][str(hidden_size)] = (
+        table.report["fields"][str(hidden_size)] = (
             f"OccupancyTextureField H={hidden_size} x{n_blocks} F={n_frequencies}"
         )
         for n_points in sizes:
@@ -333,17 +329,16 @@ def run_benchmark(
                     # the configuration actually launched (the automatic one depends on N)
                     used = default_config(hidden_size, n_points, n_sms=n_sms, config=variant.config)
                     label += f" ({format_config(used)})" if variant.config is None else ""
-                skipped = f"H={hidden_size} N={n_points} {label}"
-                if skip_over_budget(report, skipped, started=started, max_seconds=max_seconds):
+                if table.skip(f"H={hidden_size} N={n_points} {label}"):
                     continue
                 row = {"hidden_size": hidden_size, "n_points": n_points, "variant": label}
                 row.update(
                     run_case(field, points, variant, reference, device=device, repeats=repeats)
                 )
-                record(row)
+                table.record(row)
         del field
         release_memory(device)
-    return finish_report(report, started=started, write=write)
+    return table.finish()
 
 
 HEADER = (
@@ -387,10 +382,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ValueError: for an unknown precision or a malformed configuration.
     """
     parser = benchmark_parser(__doc__)
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny field, N=256, 3 repeats (CPU smoke run)"
+    add_quick_and_out_arguments(
+        parser, "bench_fused_decoder", quick="tiny field, N=256, 3 repeats (CPU smoke run)"
     )
-    parser.add_argument("--out", default=None, help="folder for bench_fused_decoder.json / .md")
     parser.add_argument(
         "--precisions",
         default=",".join(PRECISIONS),

@@ -304,33 +304,6 @@ def speedup_against_eager(row: dict, rows: Sequence[dict], keys: Sequence[str]) 
     return f"{eager['ms'] / row['ms']:.2f}x" if eager is not None and row is not eager else "-"
 
 
-def row_recorder(
-    report: dict,
-    *,
-    started: float,
-    format_row: Callable[[dict, Sequence[dict]], str],
-    echo: bool,
-    write: Callable[[dict], None] | None,
-) -> Callable[[dict], None]:
-    """``record(row)``, which appends ``row`` to ``report["rows"]``, prints it (``echo``),
-    stamps the elapsed seconds since ``started`` and saves the report so far (``write``), so a
-    run cut short keeps its rows."""
-
-    def record(row: dict) -> None:
-        report["rows"].append(row)
-        if echo:
-            print(format_row(row, report["rows"]), flush=True)
-        finish_report(report, started=started, write=write)
-
-    return record
-
-
-def echo_table_start(report: dict, header: str) -> None:
-    """Print the device line of ``report`` (its name and torch version) and the table header."""
-    print(f"device: {report['device']} (torch {report['torch']})", flush=True)
-    print(header, flush=True)
-
-
 def error_row(start: str, n_empty: int, error: str) -> str:
     """A markdown row that failed: ``start`` (its leading cells), ``n_empty`` empty cells, then
     ``error`` (its ``|`` escaped) in the last cell."""
@@ -355,17 +328,6 @@ def over_budget(started: float, max_seconds: float | None) -> bool:
     return max_seconds is not None and time.perf_counter() - started > max_seconds
 
 
-def finish_report(
-    report: dict, *, started: float, write: Callable[[dict], None] | None
-) -> dict:
-    """Stamp ``report["elapsed_seconds"]`` (since ``started``), save the report (``write``,
-    where given) and return it."""
-    report["elapsed_seconds"] = time.perf_counter() - started
-    if write is not None:
-        write(report)
-    return report
-
-
 def skip_over_budget(
     report: dict, label: str, *, started: float, max_seconds: float | None
 ) -> bool:
@@ -375,6 +337,63 @@ def skip_over_budget(
         return False
     report["skipped"].append(label)
     return True
+
+
+class RowTable:
+    """
+    A benchmark's report, filled row by row. The clock starts when the table is made, which
+    prints the device line (its name and torch version) and the table header.
+    :meth:`record` appends a row, prints it and saves the report so far (``write``), so a run
+    cut short keeps its rows; :meth:`skip` tells whether the time budget is spent;
+    :meth:`finish` stamps the elapsed seconds and saves the report.
+
+    Args:
+        device: the device the rows run on (its name goes into the report).
+        header: the markdown header of the table.
+        format_row: ``format_row(row, rows)``, one markdown row (``rows``: those so far).
+        max_seconds: the time budget; ``None``: no budget.
+        write: saves the report; ``None``: nothing is saved.
+        settings: the report's settings, in their order (:func:`new_report`).
+    """
+
+    def __init__(
+        self,
+        device: str,
+        *,
+        header: str,
+        format_row: Callable[[dict, Sequence[dict]], str],
+        max_seconds: float | None = None,
+        write: Callable[[dict], None] | None = None,
+        **settings,
+    ) -> None:
+        self.started = time.perf_counter()
+        self.report = new_report(device, **settings)
+        self.format_row = format_row
+        self.max_seconds = max_seconds
+        self.write = write
+        print(f"device: {self.report['device']} (torch {self.report['torch']})", flush=True)
+        print(header, flush=True)
+
+    def skip(self, label: str) -> bool:
+        """Whether the time budget is spent; if so, ``label`` (the row that is not run) joins
+        ``report["skipped"]``."""
+        return skip_over_budget(
+            self.report, label, started=self.started, max_seconds=self.max_seconds
+        )
+
+    def record(self, row: dict) -> None:
+        """Append ``row`` to ``report["rows"]``, print it and save the report so far."""
+        self.report["rows"].append(row)
+        print(self.format_row(row, self.report["rows"]), flush=True)
+        self.finish()
+
+    def finish(self) -> dict:
+        """Stamp ``report["elapsed_seconds"]``, save the report (``write``, where given) and
+        return it."""
+        self.report["elapsed_seconds"] = time.perf_counter() - self.started
+        if self.write is not None:
+            self.write(self.report)
+        return self.report
 
 
 def table_lines(
@@ -395,6 +414,15 @@ def benchmark_parser(doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc.strip().split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
+
+
+def add_quick_and_out_arguments(
+    parser: argparse.ArgumentParser, stem: str, *, quick: str
+) -> None:
+    """Add ``--quick`` (a smoke run; ``quick`` says what it runs) and ``--out`` (the folder for
+    ``<stem>.json`` and ``<stem>.md``; none by default)."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", default=None, help=f"folder for {stem}.json / .md")
 
 
 def add_row_budget_arguments(parser: argparse.ArgumentParser) -> None:
