@@ -175,6 +175,15 @@ class SecantRaysampler(nn.Module):
         box = torch.tensor(bounds, dtype=torch.float32)
         if box.shape != (2, 3) or not bool((box[1] > box[0]).all()):
             raise ValueError(f"bounds must be (min_xyz, max_xyz) with min < max, got {bounds}.")
+        check_precision(march_precision, name="march_precision")
+        check_precision(refine_precision, name="refine_precision", choices=REFINE_PRECISIONS)
+        if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+            raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}.")
+        if occupancy_grid is not None and not isinstance(occupancy_grid, OccupancyGrid):
+            raise ValueError(
+                "occupancy_grid must be a dvr_plugin.accel.occupancy_grid.OccupancyGrid or None, "
+                f"got {type(occupancy_grid).__name__}."
+            )
         self.image_width = image_width
         self.image_height = image_height
         self.n_rays_per_image = n_rays_per_image
@@ -189,15 +198,6 @@ class SecantRaysampler(nn.Module):
         self.differentiable_normals = differentiable_normals
         self.grad_eps = grad_eps
         self.check_finite = check_finite
-        check_precision(march_precision, name="march_precision")
-        check_precision(refine_precision, name="refine_precision", choices=REFINE_PRECISIONS)
-        if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
-            raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}.")
-        if occupancy_grid is not None and not isinstance(occupancy_grid, OccupancyGrid):
-            raise ValueError(
-                "occupancy_grid must be a dvr_plugin.accel.occupancy_grid.OccupancyGrid or None, "
-                f"got {type(occupancy_grid).__name__}."
-            )
         self.march_precision = march_precision
         self.refine_precision = refine_precision
         self.early_exit = early_exit
