@@ -15,7 +15,7 @@
 #   bash integration/gpu_runs/photographs.sh colour     # a hash grid in the colour head, on scan 24
 #   bash integration/gpu_runs/photographs.sh volume     # the volume-rendering warm-up, on scan 24
 #   bash integration/gpu_runs/photographs.sh regrowth   # after the warm-up: a kept volume term, the normal weight
-#   bash integration/gpu_runs/photographs.sh psnr       # scan 24: the recipe beside batch, grid and learning-rate levers
+#   bash integration/gpu_runs/photographs.sh psnr       # scan 24: the recipe beside larger batches
 #   bash integration/gpu_runs/photographs.sh lego       # the lego: its config, and with the DTU GPU recipe's field
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
@@ -215,16 +215,16 @@ regrowth)  # scan 24 once the warm-up has ended (UNTIL, default 2000): the packa
   wait
   RUNS="scan24_ended scan24_ended_floor scan24_ended_normal"
   ;;
-psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe beside three levers for held-out PSNR
-  # that are not specific to the scene: twice the images per step (8 x 2048 rays), a finer
-  # finest hash-grid level (512 cells), twice the networks' learning rate
+psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe (4 images x 2048 rays per step) beside
+  # larger batches, which cost a launch-bound step little: twice the images, twice the rays per
+  # image, and twice the images at the same rays per step (more views, fewer pixels of each)
   S24=$DATA/dtu_scan24_384/scan24
   slot; fit scan24_recipe "$S24" monosdf - &
-  slot; fit scan24_batch8 "$S24" monosdf - train.images_per_batch=8 &
-  slot; fit scan24_res512 "$S24" monosdf - model.hash_grid.max_resolution=512 &
-  slot; fit scan24_lr2 "$S24" monosdf - optim.lr=1e-3 &
+  slot; fit scan24_images8 "$S24" monosdf - train.images_per_batch=8 &
+  slot; fit scan24_rays4096 "$S24" monosdf - train.rays_per_image=4096 &
+  slot; fit scan24_images8_rays1024 "$S24" monosdf - train.images_per_batch=8 train.rays_per_image=1024 &
   wait
-  RUNS="scan24_recipe scan24_batch8 scan24_res512 scan24_lr2"
+  RUNS="scan24_recipe scan24_images8 scan24_rays4096 scan24_images8_rays1024"
   ;;
 lego)  # the NeRF-synthetic lego: its packaged config, and with the hash-grid SDF and the volume
   # warm-up of --config dtu's GPU recipe (its own normal weight and texture head kept)
