@@ -216,8 +216,9 @@ regrowth)  # scan 24 once the warm-up has ended (UNTIL, default 2000): the packa
   RUNS="scan24_ended scan24_ended_floor scan24_ended_normal"
   ;;
 psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe (4 images x 2048 rays per step) beside
-  # larger batches, which cost a launch-bound step little: twice the images, twice the rays per
-  # image, and twice the images at the same rays per step (more views, fewer pixels of each)
+  # larger batches (the step is bound by kernel launches, so a larger batch should cost less
+  # than its size; this stage measures it): twice the images, twice the rays per image, and
+  # twice the images at the same rays per step (more views, fewer pixels of each)
   S24=$DATA/dtu_scan24_384/scan24
   slot; fit scan24_recipe "$S24" monosdf - &
   slot; fit scan24_images8 "$S24" monosdf - train.images_per_batch=8 &
