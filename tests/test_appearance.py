@@ -515,3 +515,25 @@ def test_colour_grid_configuration():
     assert groups[1]["params"][0] is grid.embeddings
     with pytest.raises(ValueError, match="point_grid must have an integer out_size"):
         RenderingNetwork(feature_size=0, point_grid=nn.Identity())
+
+    # a colour grid finer than the geometry's: its own finest level, the geometry's unchanged
+    finer = _fit_config(
+        encoding="hash_grid",
+        colour="view_dependent",
+        colour_point_grid=True,
+        colour_grid_max_resolution=64,
+        hash_grid={
+            "n_levels": 3,
+            "log2_table_size": 10,
+            "base_resolution": 4,
+            "max_resolution": 16,
+        },
+    )
+    model = build_field(finer)
+    assert model.appearance.point_grid.resolutions == (4, 16, 64)
+    geometry_grids = [m for m in model.geometry.modules() if isinstance(m, HashGridEncoding)]
+    assert [g.resolutions for g in geometry_grids] == [(4, 8, 16)]
+    with pytest.raises(ValueError, match="colour_grid_max_resolution needs model.colour_point"):
+        _fit_config(colour="view_dependent", colour_grid_max_resolution=64)
+    with pytest.raises(ValueError, match="colour_grid_max_resolution must be >= model.hash_grid"):
+        _fit_config(colour="view_dependent", colour_point_grid=True, colour_grid_max_resolution=8)

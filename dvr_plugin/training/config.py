@@ -221,6 +221,10 @@ class ModelConfig:
             table of its own with the level / table / resolution sizes of ``hash_grid``
             (fine texture without more geometric capacity; its tables train at
             ``optim.encoding_lr`` when set). Needs ``colour: view_dependent``.
+        colour_grid_max_resolution: cells per axis of the finest level of the colour head's
+            grid (``None``: ``hash_grid.max_resolution``, the geometry's). A colour grid finer
+            than the geometry's carries texture the capped geometry grid cannot, without
+            letting the surface follow it. Needs ``colour_point_grid``.
         hash_grid: the sizes of the hash-grid field (:class:`HashGridConfig`); with
             ``colour_point_grid`` its level, table and resolution sizes also shape the colour
             head's grid.
@@ -240,6 +244,7 @@ class ModelConfig:
     colour_view_frequencies: int = 4
     colour_point_frequencies: int = 0
     colour_point_grid: bool = False
+    colour_grid_max_resolution: Optional[int] = None
     hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
 
     def __post_init__(self) -> None:
@@ -269,6 +274,17 @@ class ModelConfig:
                 "model.colour_point_grid needs model.colour: view_dependent (the texture head "
                 f"takes no grid), got model.colour={self.colour!r}."
             )
+        if self.colour_grid_max_resolution is not None:
+            if not self.colour_point_grid:
+                raise ValueError(
+                    "model.colour_grid_max_resolution needs model.colour_point_grid: true (it "
+                    "sizes the colour head's grid)."
+                )
+            if self.colour_grid_max_resolution < self.hash_grid.base_resolution:
+                raise ValueError(
+                    "model.colour_grid_max_resolution must be >= model.hash_grid.base_resolution "
+                    f"({self.hash_grid.base_resolution}), got {self.colour_grid_max_resolution}."
+                )
 
 
 def _check_geometry_model(model: ModelConfig) -> None:

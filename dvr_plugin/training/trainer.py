@@ -173,11 +173,15 @@ def build_field(config: FitConfig) -> nn.Module:
 def colour_point_grid(model: Any) -> HashGridEncoding:
     """
     The colour head's own hash-grid encoding of the surface point (``model.colour_point_grid``):
-    the level, table and resolution sizes of ``model.hash_grid`` over the unit cube, without
-    coarse-to-fine annealing (the colour may be sharp from the start; the geometry's
-    annealing is what keeps the surface smooth).
+    the level, table and resolution sizes of ``model.hash_grid`` over the unit cube (the finest
+    level ``model.colour_grid_max_resolution`` where set), without coarse-to-fine annealing (the
+    colour may be sharp from the start; the geometry's annealing is what keeps the surface
+    smooth).
     """
-    return HashGridEncoding(**model.hash_grid.encoding_options())
+    options = model.hash_grid.encoding_options()
+    if model.colour_grid_max_resolution is not None:
+        options["max_resolution"] = model.colour_grid_max_resolution
+    return HashGridEncoding(**options)
 
 
 def parameter_groups(
