@@ -493,15 +493,11 @@ def test_colour_grid_configuration():
 
     with pytest.raises(ValueError, match="colour_point_grid needs model.colour: view_dependent"):
         _fit_config(colour_point_grid=True)
+    small_grid = {"n_levels": 3, "log2_table_size": 10, "base_resolution": 4, "max_resolution": 16}
     config = _fit_config(
         colour="view_dependent",
         colour_point_grid=True,
-        hash_grid={
-            "n_levels": 3,
-            "log2_table_size": 10,
-            "base_resolution": 4,
-            "max_resolution": 16,
-        },
+        hash_grid=small_grid,
     )
     model = build_field(config)
     grid = model.appearance.point_grid
@@ -522,12 +518,7 @@ def test_colour_grid_configuration():
         colour="view_dependent",
         colour_point_grid=True,
         colour_grid_max_resolution=64,
-        hash_grid={
-            "n_levels": 3,
-            "log2_table_size": 10,
-            "base_resolution": 4,
-            "max_resolution": 16,
-        },
+        hash_grid=small_grid,
     )
     model = build_field(finer)
     assert model.appearance.point_grid.resolutions == (4, 16, 64)
