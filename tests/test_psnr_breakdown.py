@@ -59,6 +59,12 @@ def test_shares_and_psnr_match_a_brute_force_sum():
     assert result["inside_share"] == pytest.approx(inside_sum / total)
     assert result["border_share"] == pytest.approx(1 - (missed + inside_sum) / total)
     assert result["missed_fraction"] == pytest.approx(2 * 12 / 120)
+    # the missed rows 3-4 are the top two rows of the mask: all within its 2-px border band
+    assert result["missed_on_border"] == 1.0
+    hit_deep = mask.clone()
+    hit_deep[:, 7, 6] = False  # one missed pixel deep inside each view
+    deep = error_breakdown(pred, target, mask, hit & hit_deep, border=2, blur_sigmas=())
+    assert deep["missed_on_border"] == pytest.approx(48 / 50)
     assert result["psnr_in_mask"] == pytest.approx(-10 * math.log10(total / len(in_mask)))
     assert result["psnr_inside"] == pytest.approx(-10 * math.log10(inside_sum / len(inside)))
     assert len(result["per_view"]) == 2
@@ -117,3 +123,5 @@ def test_command_line_on_a_short_demo_fit(tmp_path, one_thread):
         assert os.path.isfile(os.path.join(report, name))
     with pytest.raises(SystemExit):
         main([os.path.join(tmp_path, "missing.pt"), "--out", report])
+    with pytest.raises(SystemExit):
+        main([os.path.join(out, "checkpoint.pt"), "--out", report, "--data", str(tmp_path / "x")])

@@ -24,6 +24,7 @@ and ``error_maps.png`` (per view: photograph | render | error inside the mask | 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -100,7 +101,10 @@ def error_breakdown(
 
     Returns:
         ``psnr_in_mask``; ``missed_fraction`` (of the mask's pixels) and ``missed_share`` (of its
-        squared error); ``border_share``; ``psnr_inside`` (hit pixels away from the border);
+        squared error); ``missed_on_border`` (the fraction of the missed pixels that lie within
+        ``border`` pixels of the mask's edge: a silhouette off by a pixel or two, rather than a
+        part of the object the surface does not reach); ``border_share``; ``psnr_inside`` (hit
+        pixels away from the border);
         ``psnr_inside_affine`` (after a least-squares ``3 x 4`` colour map per view);
         ``psnr_inside_blurred`` and ``psnr_photo_detail`` (dicts keyed by sigma); ``per_view``
         PSNR in the mask.
@@ -122,7 +126,8 @@ def error_breakdown(
     error = ((pred - target) ** 2).mean(-1)
     total = error[mask].sum()
     missed = mask & ~hit
-    inside = eroded(mask, border) & hit
+    inner = eroded(mask, border)
+    inside = inner & hit
     on_border = mask & hit & ~inside
 
     def share(region: torch.Tensor) -> float:
@@ -148,6 +153,7 @@ def error_breakdown(
         "psnr_in_mask": _psnr_of(error[mask].mean()),
         "missed_fraction": float(missed.sum() / mask.sum().clamp(min=1)),
         "missed_share": share(missed),
+        "missed_on_border": float((missed & ~inner).sum() / missed.sum().clamp(min=1)),
         "border_share": share(on_border),
         "inside_share": share(inside),
         "psnr_inside": _psnr_of(error[inside].mean()),
@@ -177,6 +183,7 @@ def _table(result: dict[str, Any], label: str) -> str:
         f"| PSNR inside the mask | {result['psnr_in_mask']:.2f} dB |",
         f"| mask pixels the render misses | {100 * result['missed_fraction']:.2f}% of the "
         f"pixels, {100 * result['missed_share']:.1f}% of the error |",
+        f"| missed pixels within the border band | {100 * result['missed_on_border']:.1f}% |",
         f"| hit pixels on the silhouette's border | {100 * result['border_share']:.1f}% of the "
         "error |",
         f"| hit pixels inside | {100 * result['inside_share']:.1f}% of the error, "
@@ -206,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--every", type=int, default=1, help="every n-th view (default all)")
     parser.add_argument("--border", type=int, default=2, help="border band, pixels (default 2)")
     parser.add_argument("--steps", type=int, default=128, help="marching steps per ray")
+    parser.add_argument(
+        "--data", default=None, help="the fit's data folder, where it moved since the fit"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="the output folder")
     args = parser.parse_args(argv)
@@ -213,13 +223,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"no checkpoint at {args.checkpoint}")
     if args.every < 1 or args.border < 0 or args.steps < 2:
         parser.error("--every must be >= 1, --border >= 0 and --steps >= 2")
+    if args.data is not None and not os.path.isdir(args.data):
+        parser.error(f"--data: no folder at {args.data}")
     device = resolve_device(args.device)
     state = load_checkpoint(args.checkpoint, map_location=device)
     config = load_config(base=state["config"])
     field = build_field(config).to(device)
     field.load_state_dict(state["model"])
     field.eval()
-    data = load_fit_data(config.data, background=config.background, device=device)
+    data_config = config.data
+    if args.data is not None:
+        data_config = dataclasses.replace(data_config, path=args.data)
+    data = load_fit_data(data_config, background=config.background, device=device)
     views = data.val if args.views == "held-out" else data.train
     index = list(range(0, len(views), args.every))
     rendered = render_views(

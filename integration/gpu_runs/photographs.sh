@@ -218,7 +218,9 @@ regrowth)  # scan 24 once the warm-up has ended (UNTIL, default 2000): the packa
 psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe (4 images x 4096 rays per step) beside
   # other batches (the step is bound by kernel launches, so a larger batch costs less than its
   # size; this stage measures what it buys): the recipe's earlier 2048 rays per image, 8192 per
-  # image, and twice the images; and a colour grid, as fine as the geometry's or finer
+  # image, and twice the images; a colour grid, as fine as the geometry's or finer; and camera
+  # refinement after the coarse shape (the pixels the render misses lie within 2 px of the
+  # masks' edges: a silhouette off by a pixel, docs/real_data.md)
   S24=$DATA/dtu_scan24_384/scan24
   CGRID=(model.colour_point_grid=true)
   slot; fit scan24_recipe "$S24" monosdf - &
@@ -227,9 +229,10 @@ psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe (4 images x 4096 rays
   slot; fit scan24_images8 "$S24" monosdf - train.images_per_batch=8 &
   slot; fit scan24_colour_grid "$S24" monosdf - "${CGRID[@]}" &
   slot; fit scan24_colour_grid1024 "$S24" monosdf - "${CGRID[@]}" model.colour_grid_max_resolution=1024 &
+  slot; fit scan24_cameras "$S24" monosdf - train.refine_cameras=true train.camera_refine_after=1500 train.camera_lr=2e-5 &
   wait
   RUNS="scan24_recipe scan24_rays2048 scan24_rays8192 scan24_images8 scan24_colour_grid"
-  RUNS+=" scan24_colour_grid1024"
+  RUNS+=" scan24_colour_grid1024 scan24_cameras"
   ;;
 lego)  # the NeRF-synthetic lego: its packaged config, and with the hash-grid SDF and the volume
   # warm-up of --config dtu's GPU recipe (its own normal weight and texture head kept)
