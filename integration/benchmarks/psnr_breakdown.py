@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dvr_plugin.metrics.image import gaussian_window, psnr
+
 
 def _psnr_of(mse: torch.Tensor) -> float:
     value = float(mse)
@@ -56,9 +58,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}.")
     radius = max(1, math.ceil(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-(taps**2) / (2 * sigma * sigma))
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_window(2 * radius + 1, sigma, dtype=images.dtype, device=images.device)
     channels = images.shape[-1]
     x = images.permute(0, 3, 1, 2)
     x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
@@ -160,7 +160,7 @@ def error_breakdown(
         "psnr_inside_affine": _psnr_of(affine_error.mean()),
         "psnr_inside_blurred": blurred,
         "psnr_photo_detail": detail,
-        "per_view": [_psnr_of(error[v][mask[v]].mean()) for v in range(pred.shape[0])],
+        "per_view": [float(v) for v in psnr(pred, target, mask=mask)],
     }
 
 
