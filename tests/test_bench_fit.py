@@ -45,7 +45,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_fit")
     result = bench_fit.run_benchmark(
         scene_name="demo",
-        methods=["dvr", "dvr-hash", "dvr-sdf", "nerfacc"],
+        methods=["dvr", "dvr-hash", "dvr-sdf", "dvr-sdf-clock", "nerfacc"],
         device="cpu",
         checkpoints=CHECKPOINTS,
         quick=True,
@@ -58,10 +58,12 @@ def report(tmp_path_factory):
 
 def test_every_checkpoint_has_finite_metrics(report):
     result, _ = report
-    assert list(result["methods"]) == ["dvr", "dvr-hash", "dvr-sdf", "nerfacc"]
+    assert list(result["methods"]) == ["dvr", "dvr-hash", "dvr-sdf", "dvr-sdf-clock", "nerfacc"]
     assert result["methods"]["dvr-hash"]["settings"]["encoding"] == "hash_grid"
     sdf = result["methods"]["dvr-sdf"]["settings"]
     assert (sdf["encoding"], sdf["field_type"]) == ("hash_grid", "sdf")
+    assert not sdf["schedule_by_time"]
+    assert result["methods"]["dvr-sdf-clock"]["settings"]["schedule_by_time"]
     assert result["methods"]["dvr"]["settings"]["field_type"] == "occupancy"
     for name, entry in result["methods"].items():
         assert entry["error"] is None, (name, entry["error"])
@@ -114,14 +116,15 @@ def test_outputs_and_table_columns(report):
         "time to PSNR >= 33 dB",
     ]
     rows = [line for line in table[table.index(header) + 2 :] if line.startswith("| ")]
-    assert [row.split("|")[1].strip() for row in rows[:4]] == [
+    assert [row.split("|")[1].strip() for row in rows[:5]] == [
         "dvr",
         "dvr-hash",
         "dvr-sdf",
+        "dvr-sdf-clock",
         "nerfacc (PyTorch stand-in)",
     ]
     # a few steps of a toy fit reach neither target
-    assert all(row.rstrip(" |").endswith("not met") for row in rows[:4])
+    assert all(row.rstrip(" |").endswith("not met") for row in rows[:5])
 
 
 def test_time_to_takes_the_first_checkpoint_that_reaches_the_target():

@@ -174,6 +174,12 @@ def _check_outputs(out: str) -> dict:
         rows = [line for line in table.splitlines() if line.startswith(prefix)]
         assert len(rows) == 1, name
     assert "Machine: CPU" in table
+    # the network as it was configured (a hash grid is named as one)
+    network = results["settings"]["network"]
+    assert f"Network of (b) and (c): {network['label']} (" in table
+    assert network["label"].startswith(
+        "hash grid" if network["encoding"] == "hash_grid" else "hidden"
+    )
     return results
 
 

@@ -2,8 +2,8 @@
 The engine's training loop (``dvr_plugin.engine.trainer.BaseTrainer``) on a toy task: a line
 fitted to noisy points, its draws from both generators of the trainer. Checked: the cadence of
 logs, validations and checkpoints, an exact resume (also after a Ctrl-C inside a step), the
-refusals (overwrite, a step beyond ``train.iterations``, another task's checkpoint) and a resume
-that has nothing to do.
+refusals (overwrite, a step beyond ``train.iterations``, another task's checkpoint), a resume
+that has nothing to do, and schedules that follow the clock (``train.schedule_by_time``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dvr_plugin.engine.trainer import BaseTrainer, FitInterrupted, build_optimiz
 class Train:
     iterations: int = 6
     time_budget_s: Optional[float] = None
+    schedule_by_time: bool = False
 
 
 @dataclasses.dataclass
@@ -196,3 +197,59 @@ def test_the_time_budget_stops_the_loop(tmp_path):
     summary = trainer.fit()
     assert summary["stopped_early"] and summary["step"] == 0
     assert load_checkpoint(str(tmp_path / CHECKPOINT_NAME))["step"] == 0
+
+
+class _FakeClock:
+    """``perf_counter`` that advances ``tick`` seconds on every call: each step of the loop
+    (timed by two calls) then takes ``tick`` seconds of training time."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("by_time", [False, True])
+def test_schedules_follow_the_clock_with_schedule_by_time(tmp_path, monkeypatch, by_time):
+    import dvr_plugin.engine.trainer as engine_trainer
+
+    monkeypatch.setattr(engine_trainer, "time", _FakeClock(0.5))
+    # 100 planned steps in 5 s, 0.5 s per step: 10 steps, the clock at 10 x the step each time
+    config = ToyConfig(
+        train=Train(iterations=100, time_budget_s=5.0, schedule_by_time=by_time),
+        optim=Optim(lr_milestones=[4, 55]),
+    )
+    trainer = LineTrainer(config=config, out_dir=str(tmp_path))
+    positions = []
+    original = trainer.train_step
+
+    def recording_step() -> dict[str, float]:
+        positions.append(trainer.schedule_step)
+        return original()
+
+    trainer.train_step = recording_step
+    summary = trainer.fit()
+    assert summary["stopped_early"] and summary["step"] == 10
+    lrs = read_csv(str(tmp_path / TRAIN_LOG_NAME))["lr"]
+    if by_time:
+        assert positions == [10 * k for k in range(10)]
+        # milestone 4 passed at the second step (clock 10), 55 at the seventh (clock 60)
+        assert lrs == pytest.approx([0.05] + [0.025] * 5 + [0.0125] * 4)
+    else:
+        assert positions == list(range(10))
+        assert lrs == pytest.approx([0.05] * 4 + [0.025] * 6)
+
+
+def test_update_schedule_is_capped_and_does_nothing_without_the_option():
+    config = ToyConfig(train=Train(iterations=20, time_budget_s=2.0, schedule_by_time=True))
+    trainer = LineTrainer(config=config)
+    trainer.train_seconds = 7.0  # past the budget: the clock stops at the planned end
+    trainer.update_schedule()
+    assert trainer.schedule_step == 20
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    plain = LineTrainer(config=_config(iterations=20, time_budget_s=2.0))
+    plain.train_seconds = 1.0
+    plain.update_schedule()
+    assert plain.schedule_step == 0 and plain.optimizer.param_groups[0]["lr"] == 0.05

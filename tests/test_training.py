@@ -201,6 +201,35 @@ def test_resume_equals_uninterrupted(make_trainer):
         assert log_a["loss"] == log_b["loss"]
 
 
+def test_schedule_by_time_moves_every_schedule_to_the_clock(make_trainer):
+    overrides = {
+        "train.iterations": 100,
+        "train.time_budget_s": 10.0,
+        "train.schedule_by_time": True,
+        "train.step_milestones": {0: 16, 50: 24},
+        "optim.lr_milestones": [40, 90],
+        "model.fourier_anneal_steps": 80,
+        "loss.mask": 1.0,
+        "loss.mask_alpha_every": 30,
+    }
+    trainer = make_trainer(None, **overrides)
+    trainer.train_seconds = 6.0  # 60% of the budget: the schedules stand at step 60 of 100
+    trainer.update_schedule()
+    assert (trainer.step, trainer.schedule_step) == (0, 60)
+    stats = trainer.train_step()
+    assert stats["n_steps"] == 24
+    assert stats["lr"] == pytest.approx(0.5 * trainer.config.optim.lr)
+    assert stats["fourier_progress"] == pytest.approx(60 / 80)
+    assert stats["mask_alpha"] == pytest.approx(trainer._mask_alpha(60))
+    assert trainer._mask_alpha(60) != trainer._mask_alpha(0)
+    # a step counts as a step too: the schedules never fall behind it
+    trainer.train_seconds = 0.0
+    trainer.update_schedule()
+    assert trainer.schedule_step == 1
+    with pytest.raises(ValueError, match="schedule_by_time needs train.time_budget_s"):
+        TrainingFactory.config(**{"train.schedule_by_time": True})
+
+
 def test_short_fit_lowers_loss_and_raises_iou(make_trainer):
     with tempfile.TemporaryDirectory() as folder:
         trainer = make_trainer(

@@ -114,6 +114,11 @@ class BaseTrainConfig:
         n_secant_steps: secant refinement steps.
         time_budget_s: stop (and save) once training took this many seconds (``None`` = no
             limit); a run cut short this way is not reproducible step for step.
+        schedule_by_time: run the step-indexed schedules (learning-rate milestones, marching
+            steps, coarse-to-fine annealing, warm-ups, the soft mask's sharpness, camera
+            refinement's start) on the clock: they read the larger of the step and
+            ``iterations x seconds / time_budget_s``, so the planned schedule reaches its end
+            within the budget however fast the machine steps (needs ``time_budget_s``).
     """
 
     iterations: int = 2000
@@ -124,6 +129,7 @@ class BaseTrainConfig:
     step_milestones: dict = field(default_factory=lambda: {0: 16, 1000: 32})
     n_secant_steps: int = 8
     time_budget_s: Optional[float] = None
+    schedule_by_time: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -147,6 +153,11 @@ class BaseTrainConfig:
             raise ValueError(f"train.n_secant_steps must be >= 0, got {self.n_secant_steps}.")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"train.time_budget_s must be > 0, got {self.time_budget_s}.")
+        if self.schedule_by_time and self.time_budget_s is None:
+            raise ValueError(
+                "train.schedule_by_time needs train.time_budget_s (the seconds the schedule is "
+                "spread over); set one, or train.schedule_by_time=false."
+            )
 
     def sampling_options(self) -> dict[str, Any]:
         """

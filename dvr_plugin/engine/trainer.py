@@ -34,6 +34,7 @@ The configuration is read by attribute, whatever its class: ``seed``, ``to_dict(
 from __future__ import annotations
 
 import abc
+import bisect
 import contextlib
 import os
 import time
@@ -80,6 +81,9 @@ class RankGroup(Protocol):
 
     def broadcast_flag(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank."""
+
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank."""
 
 
 class FitInterrupted(KeyboardInterrupt):
@@ -343,6 +347,8 @@ class BaseTrainer(abc.ABC):
             raise _checkpoint_present_error(self.out_dir)
         self.step = 0
         self.train_seconds = 0.0
+        # the clock's position in the schedules (train.schedule_by_time; see update_schedule)
+        self._clock_step = 0
         self.stopped_early = False
         self.last_validation: Optional[dict[str, Any]] = None
         self.nothing_to_do: Optional[str] = None
@@ -463,9 +469,42 @@ class BaseTrainer(abc.ABC):
                 torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
             self.optimizer.step()
         lr = float(self.optimizer.param_groups[lr_group]["lr"])
-        self.scheduler.step()
+        if not self.config.train.schedule_by_time:  # else update_schedule sets it
+            self.scheduler.step()
         self.step += 1
         return lr
+
+    @property
+    def schedule_step(self) -> int:
+        """
+        The step the step-indexed schedules read (learning rate, marching steps, annealing,
+        warm-ups): ``step``, or with ``train.schedule_by_time`` the larger of ``step`` and the
+        clock's position set by :meth:`update_schedule`.
+        """
+        return max(self.step, self._clock_step)
+
+    def update_schedule(self) -> None:
+        """
+        With ``train.schedule_by_time``: move the schedules to the clock's position,
+        ``iterations x train_seconds / time_budget_s`` (whole steps, at most ``iterations``;
+        rank 0's clock on several ranks), and set the learning rate of :attr:`schedule_step`
+        (each ``optim.lr_milestones`` at or before it multiplies the groups' initial rates by
+        ``optim.lr_gamma``). :meth:`fit` calls it before every step; a loop that steps by hand
+        and keeps ``train_seconds`` calls it likewise. Without the option it does nothing, and
+        the schedules follow ``step``.
+        """
+        train = self.config.train
+        if not train.schedule_by_time:
+            return
+        share = self.train_seconds / train.time_budget_s
+        position = min(train.iterations, int(train.iterations * share))
+        if self.dist is not None:
+            position = self.dist.broadcast_int(position)
+        self._clock_step = position
+        optim = self.config.optim
+        factor = optim.lr_gamma ** bisect.bisect_right(optim.lr_milestones, self.schedule_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
 
     @staticmethod
     def _step_values(
@@ -669,6 +708,7 @@ class BaseTrainer(abc.ABC):
                     if budget is not None and self._agree(self.train_seconds >= budget):
                         self.stopped_early = True
                         break
+                    self.update_schedule()
                     at_start = (
                         self.step,
                         {name: g.get_state() for name, g in self._generators().items()},

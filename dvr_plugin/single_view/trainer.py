@@ -284,7 +284,7 @@ class SingleViewTrainer(BaseTrainer):
         gt_mask = gather(masks, sample)
         gt_depth = gather(data.depths[target_device], sample) if self.use_depth else None
         cameras = data.view_cameras(target_views)
-        n_steps = self.schedule.n_steps(self.step)
+        n_steps = self.schedule.n_steps(self.schedule_step)
 
         self.model.train()
         codes = self.model.encode(inputs)

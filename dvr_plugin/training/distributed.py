@@ -392,9 +392,13 @@ class DistributedContext:
 
     def broadcast_flag(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank (collective)."""
-        value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=self.comm_device)
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+        return bool(self.broadcast_int(1 if flag else 0))
+
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank (collective)."""
+        tensor = torch.tensor([int(value)], dtype=torch.int64, device=self.comm_device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
 
     def from_main(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """

@@ -577,7 +577,7 @@ class Trainer(BaseTrainer):
             offsets=offsets,
             field_type=self.config.model.field_type,
         )
-        alpha = self._mask_alpha(self.step)
+        alpha = self._mask_alpha(self.schedule_step)
         return soft_mask_loss(minimum.values, gt_mask, alpha, select=select)
 
     def _volume_term(
@@ -595,7 +595,7 @@ class Trainer(BaseTrainer):
         """
         loss = self.config.loss
         fade, sharpness = volume_schedule(
-            self.step,
+            self.schedule_step,
             until=loss.volume_until,
             sharpness_start=loss.volume_sharpness_start,
             sharpness_end=loss.volume_sharpness_end,
@@ -630,12 +630,12 @@ class Trainer(BaseTrainer):
     def _update_annealing(self) -> None:
         """Set the coarse-to-fine progress of the field's annealed encodings (Fourier bands,
         hash-grid levels: :func:`~dvr_plugin.fields.field.set_annealing_progress`) to
-        ``step / fourier_anneal_steps``, capped at 1; the progress is a buffer of the field,
-        saved with the model."""
+        ``schedule_step / fourier_anneal_steps``, capped at 1; the progress is a buffer of the
+        field, saved with the model."""
         steps = self.config.model.fourier_anneal_steps
         if steps <= 0:
             return
-        set_annealing_progress(self.field, min(1.0, self.step / steps))
+        set_annealing_progress(self.field, min(1.0, self.schedule_step / steps))
 
     def _forward_losses(
         self,
@@ -708,10 +708,11 @@ class Trainer(BaseTrainer):
             rays whose hit agrees with the mask).
         """
         cfg = self.config
+        position = self.schedule_step  # where this step stands in the schedules
         with record_function("train_step.sample"):
             self._update_annealing()
             cameras, sample, gt_rgb, gt_mask, gt_depth = self._draw_batch()
-            n_steps = self.schedule.n_steps(self.step)
+            n_steps = self.schedule.n_steps(position)
         with record_function("train_step.grid_refresh"):
             self._refresh_grid()
 
@@ -727,24 +728,24 @@ class Trainer(BaseTrainer):
             raise self._non_finite({name: values[name] for name in terms})
         with record_function("train_step.optimizer"):
             lr = self._optimizer_step(loss, backward=backward, parameters=self.field.parameters())
-            self._anchor_cameras()
+            self._anchor_cameras(position)
         with record_function("train_step.stats"):
             stats = self._step_values(
                 values, lr=lr, n_steps=n_steps, hit_rate=hit_rate, agreement=agreement
             )
         if self.weights.mask > 0:
-            stats["mask_alpha"] = self._mask_alpha(self.step - 1)  # the step just taken
+            stats["mask_alpha"] = self._mask_alpha(position)
         if cfg.model.fourier_anneal_steps > 0:
-            stats["fourier_progress"] = min(1.0, (self.step - 1) / cfg.model.fourier_anneal_steps)
+            stats["fourier_progress"] = min(1.0, position / cfg.model.fourier_anneal_steps)
         return stats
 
-    def _anchor_cameras(self) -> None:
+    def _anchor_cameras(self, position: int) -> None:
         """Take the common rigid motion out of the camera corrections (``train.camera_anchor``)
-        once they are being learnt."""
+        once they are being learnt (``position``: the schedule step of the step just taken)."""
         train = self.config.train
         if self.camera_refinement is None or not train.camera_anchor:
             return
-        if self.step > train.camera_refine_after:  # the step just taken learnt them
+        if position >= train.camera_refine_after:  # the step just taken learnt them
             cameras = self.train_data.cameras
             self.camera_refinement.remove_common_motion(cameras.R, cameras.T)
 
@@ -766,7 +767,10 @@ class Trainer(BaseTrainer):
         cameras, gt_rgb, gt_mask, gt_depth = gather_pixel_batch(
             data, index, masks, sample, with_depth=self.has_depth
         )
-        if self.camera_refinement is not None and self.step >= cfg.train.camera_refine_after:
+        if (
+            self.camera_refinement is not None
+            and self.schedule_step >= cfg.train.camera_refine_after
+        ):
             cameras = self.camera_refinement(cameras, index.to(self.device))
         return cameras, sample, gt_rgb, gt_mask, gt_depth
 

@@ -11,6 +11,8 @@ scene config's ``train.images_per_batch`` x ``train.rays_per_image`` pixels, dra
   dvr-sdf           the same with the geometry of ``--config dtu``'s GPU recipe: a hash-grid
                     signed-distance field, the eikonal term, the soft mask loss and a short
                     volume-rendering warm-up (``fit_methods.SDF_RECIPE_OVERRIDES``)
+  dvr-sdf-clock     dvr-sdf with its schedules (learning rate, marching steps, warm-up) spread
+                    over the last checkpoint's seconds (``train.schedule_by_time``)
   dvr-dense         the same without grid and graphs: the reference implementation's dense march
                     (``train.occupancy_grid=0``, ``train.cuda_graphs=false``, float32 march)
   pytorch3d-volume  PyTorch3D's ``ImplicitRenderer`` + ``EmissionAbsorptionRaymarcher`` on the
@@ -304,6 +306,9 @@ def run_benchmark(
             "dvr": lambda: DVRMethod(scene, method="dvr"),
             "dvr-hash": lambda: DVRMethod(scene, method="dvr-hash"),
             "dvr-sdf": lambda: DVRMethod(scene, method="dvr-sdf"),
+            "dvr-sdf-clock": lambda: DVRMethod(
+                scene, method="dvr-sdf-clock", budget=float(checkpoints[-1])
+            ),
             "dvr-dense": lambda: DVRMethod(scene, method="dvr-dense"),
             "pytorch3d-volume": lambda: VolumeMethod(scene, samples=samples, chunk=chunk),
             "nerfacc": lambda: NGPMethod(

@@ -1,7 +1,7 @@
 """
-Shared pieces of the benchmarks: a fitted reference-size network, cameras, timing, memory, and a
-count of matrix-product FLOPs split by the precision they ran in (for achieved TFLOP/s against
-measured matmul ceilings).
+Shared pieces of the benchmarks: a fitted reference-size network, cameras, timing, memory, a
+fit's network in words, and a count of matrix-product FLOPs split by the precision they ran in
+(for achieved TFLOP/s against measured matmul ceilings).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -23,6 +24,22 @@ from dvr_plugin.fields.shapes import demo_scene
 
 # Matmul ceilings measured on the H100 of the reference figures (docs/performance.md), FLOP/s.
 MATMUL_CEILINGS = {"fp32": 51e12, "tf32": 384e12, "bf16": 647e12}
+
+
+def network_label(model: Any) -> str:
+    """
+    A fit's network in words, from its ``model`` config section: the hash grid and its decoder
+    (``model.encoding: hash_grid``) or the residual decoder with its Fourier frequencies.
+    """
+    if model.encoding == "hash_grid":
+        grid = model.hash_grid
+        return (
+            f"hash grid {grid.n_levels} levels x {grid.features_per_level} features, table "
+            f"2^{grid.log2_table_size}, resolution {grid.base_resolution}-{grid.max_resolution}; "
+            f"decoder hidden {grid.hidden_size} x {grid.n_layers} layers"
+        )
+    blocks = f"hidden {model.hidden_size} x {model.n_blocks} blocks"
+    return f"{blocks}, {model.n_frequencies} frequencies"
 
 
 def decoder_flops_per_point(*, hidden_size: int = 512, n_blocks: int = 5, n_out: int = 4) -> int:

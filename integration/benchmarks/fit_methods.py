@@ -5,7 +5,8 @@ takes one training step (and returns its losses), ``steps`` counts them, ``evalu
 scores the current state (held-out images, extracted mesh) and ``settings`` describes it for
 the report.
 
-  dvr / dvr-hash / dvr-sdf / dvr-dense  :class:`DVRMethod`, :class:`dvr_plugin.training.Trainer`
+  dvr / dvr-hash / dvr-sdf / dvr-sdf-clock / dvr-dense
+                              :class:`DVRMethod`, :class:`dvr_plugin.training.Trainer`
   pytorch3d-volume            :class:`VolumeMethod`, PyTorch3D's volume renderer on the same
                               network (:mod:`integration.compare.nerf_baseline`)
   nerfacc                     :class:`NGPMethod`, an Instant-NGP-style field on nerfacc or its
@@ -21,9 +22,11 @@ ground truth's bounding box, in the fitting frame).
 from __future__ import annotations
 
 import math
-from typing import Any
+import time
+from typing import Any, Optional
 
 from dvr_plugin.training import FitConfig, Trainer, load_config, packaged_config, resolve_config
+from integration.benchmarks.common import network_label
 from integration.benchmarks.fit_scenes import (
     SCENE_CONFIGS,
     Scene,
@@ -34,11 +37,20 @@ from integration.compare.harness import volume_baseline_config
 from integration.compare.nerf_baseline import VolumeBaselineTrainer, rendered_surface_level
 from integration.compare.ngp_baseline import NerfaccStatus, NGPBaselineTrainer, NGPSettings
 
-METHODS = ("dvr", "dvr-hash", "dvr-sdf", "dvr-dense", "pytorch3d-volume", "nerfacc")
+METHODS = (
+    "dvr",
+    "dvr-hash",
+    "dvr-sdf",
+    "dvr-sdf-clock",
+    "dvr-dense",
+    "pytorch3d-volume",
+    "nerfacc",
+)
 METHOD_LABELS = {
     "dvr": "dvr (ours: grid + CUDA graphs + TF32 on CUDA)",
     "dvr-hash": "dvr-hash (ours with the hash-grid field, model.encoding: hash_grid)",
     "dvr-sdf": "dvr-sdf (ours: hash-grid SDF + soft mask + volume warm-up)",
+    "dvr-sdf-clock": "dvr-sdf-clock (dvr-sdf, its schedules spread over the time budget)",
     "dvr-dense": "dvr-dense (reference-style dense march)",
     "pytorch3d-volume": "pytorch3d-volume (ImplicitRenderer, same network)",
     "nerfacc": "nerfacc (Instant-NGP-style hash grid + OccGridEstimator)",
@@ -68,10 +80,11 @@ SDF_RECIPE_OVERRIDES = (
 )
 
 
-def method_config(scene: Scene, method: str) -> FitConfig:
+def method_config(scene: Scene, method: str, *, budget: Optional[float] = None) -> FitConfig:
     """
     The resolved configuration a method trains with: the scene's packaged config and
-    overrides, plus the method's own (``dvr-dense``, ``dvr-hash``, ``dvr-sdf``);
+    overrides, plus the method's own (``dvr-dense``, ``dvr-hash``, ``dvr-sdf``; ``dvr-sdf-clock``
+    also sets ``train.time_budget_s`` to ``budget`` seconds with ``train.schedule_by_time``);
     ``pytorch3d-volume``'s converted by :func:`integration.compare.harness.volume_baseline_config`.
     """
     extra: list[str] = []
@@ -81,6 +94,14 @@ def method_config(scene: Scene, method: str) -> FitConfig:
         extra = list(HASH_GRID_OVERRIDES)
     elif method == "dvr-sdf":
         extra = list(SDF_RECIPE_OVERRIDES)
+    elif method == "dvr-sdf-clock":
+        if budget is None or not budget > 0:
+            raise ValueError(f"dvr-sdf-clock needs a positive budget in seconds, got {budget!r}.")
+        extra = [
+            *SDF_RECIPE_OVERRIDES,
+            f"train.time_budget_s={float(budget)}",
+            "train.schedule_by_time=true",
+        ]
     config = load_config(packaged_config(SCENE_CONFIGS[scene.name]), [*scene.overrides, *extra])
     config, _ = resolve_config(config)
     if method == "pytorch3d-volume":
@@ -102,32 +123,20 @@ class _TrainerMethod:
         return self.trainer.train_step()
 
 
-def _network_label(config: FitConfig) -> str:
-    model = config.model
-    if model.encoding == "hash_grid":
-        grid = model.hash_grid
-        return (
-            f"hash grid {grid.n_levels} levels x {grid.features_per_level} features, table "
-            f"2^{grid.log2_table_size}, resolution {grid.base_resolution}-{grid.max_resolution}; "
-            f"decoder hidden {grid.hidden_size} x {grid.n_layers} layers"
-        )
-    blocks = f"hidden {model.hidden_size} x {model.n_blocks} blocks"
-    return f"{blocks}, {model.n_frequencies} frequencies"
-
-
 class DVRMethod(_TrainerMethod):
     """
-    ``dvr`` / ``dvr-hash`` / ``dvr-sdf`` / ``dvr-dense``: :class:`Trainer` stepped by hand,
-    scored with its validation.
+    ``dvr`` / ``dvr-hash`` / ``dvr-sdf`` / ``dvr-sdf-clock`` / ``dvr-dense``: :class:`Trainer`
+    stepped by hand, scored with its validation. ``budget``: the seconds of training the run
+    has (``dvr-sdf-clock`` spreads its schedules over them: each step first moves them to the
+    trainer's clock, :meth:`Trainer.update_schedule`, and adds its time to it).
     """
 
-    def __init__(self, scene: Scene, *, method: str) -> None:
-        if method not in ("dvr", "dvr-hash", "dvr-sdf", "dvr-dense"):
-            raise ValueError(
-                f"DVRMethod runs dvr, dvr-hash, dvr-sdf or dvr-dense, got {method!r}."
-            )
+    def __init__(self, scene: Scene, *, method: str, budget: Optional[float] = None) -> None:
+        names = ("dvr", "dvr-hash", "dvr-sdf", "dvr-sdf-clock", "dvr-dense")
+        if method not in names:
+            raise ValueError(f"DVRMethod runs one of {names}, got {method!r}.")
         dense = method == "dvr-dense"
-        self.config = method_config(scene, method)
+        self.config = method_config(scene, method, budget=budget)
         self.trainer = Trainer(
             config=self.config,
             train_data=scene.data.train,
@@ -140,10 +149,11 @@ class DVRMethod(_TrainerMethod):
             "occupancy_grid": train.occupancy_grid,
             "cuda_graphs": train.cuda_graphs,
             "march_precision": "auto (TF32 on CUDA)",
-            "network": _network_label(self.config),
+            "network": network_label(self.config.model),
             "field_type": self.config.model.field_type,
             "encoding": self.config.model.encoding,
             "step_milestones": {str(k): v for k, v in train.step_milestones.items()},
+            "schedule_by_time": train.schedule_by_time,
         }
         if dense:  # the march in float32 (the default lets it use TF32 on CUDA)
             sampler = getattr(getattr(self.trainer, "renderer", None), "raysampler", None)
@@ -152,6 +162,15 @@ class DVRMethod(_TrainerMethod):
                 self.settings["march_precision"] = "float32"
             else:
                 self.settings["march_precision"] = "auto (could not be set: no renderer found)"
+
+    def step(self) -> dict[str, float]:
+        if not self.config.train.schedule_by_time:
+            return self.trainer.train_step()
+        self.trainer.update_schedule()
+        start = time.perf_counter()
+        values = self.trainer.train_step()  # its values are read back: the step has ended
+        self.trainer.train_seconds += time.perf_counter() - start
+        return values
 
     def evaluate(self, scene: Scene) -> dict[str, Any]:
         scores = dict(self.trainer.validate(save_grid=False) or {})

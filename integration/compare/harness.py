@@ -53,6 +53,7 @@ from dvr_plugin.training import (
 )
 from dvr_plugin.training.fit import MESH_SCORE_KEYS as FIT_MESH_SCORE_KEYS
 from integration.benchmarks.common import (
+    network_label,
     peak_memory,
     release_memory,
     reset_peak_memory,
@@ -221,6 +222,8 @@ def run_comparison(
                 "hidden_size": config.model.hidden_size,
                 "n_blocks": config.model.n_blocks,
                 "n_frequencies": config.model.n_frequencies,
+                "encoding": config.model.encoding,
+                "label": network_label(config.model),
                 "parameters": parameters,
             },
             "iterations": config.train.iterations,

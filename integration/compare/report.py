@@ -118,9 +118,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         f"Data: {settings['data_format']}, {settings['train_views']} training and "
         f"{settings['held_out_views']} held-out views at {height}x{width}; ground-truth images "
-        f"{settings['ground_truth_images']}. Network of (b) and (c): hidden "
-        f"{net['hidden_size']} x {net['n_blocks']} blocks, {net['n_frequencies']} Fourier "
-        f"frequencies ({net['parameters']:,} parameters). Both trained for up to "
+        f"{settings['ground_truth_images']}. Network of (b) and (c): "
+        f"{net['label']} ({net['parameters']:,} parameters in (b)). Both trained for up to "
         f"{settings['iterations']} iterations of {settings['images_per_batch']} images x "
         f"{settings['rays_per_image']} rays ({settings['sampling']} pixels), Adam lr "
         f"{settings['lr']:g} halved at {settings['lr_milestones']}. DVR: marching steps "

@@ -15,7 +15,7 @@
 #   bash integration/gpu_runs/photographs.sh colour     # a hash grid in the colour head, on scan 24
 #   bash integration/gpu_runs/photographs.sh volume     # the volume-rendering warm-up, on scan 24
 #   bash integration/gpu_runs/photographs.sh regrowth   # after the warm-up: a kept volume term, the normal weight
-#   bash integration/gpu_runs/photographs.sh psnr       # scan 24: the recipe beside larger batches, finer colour
+#   bash integration/gpu_runs/photographs.sh psnr       # scan 24: the recipe beside larger batches, finer colour, the clock
 #   bash integration/gpu_runs/photographs.sh lego       # the lego: its config, and with the DTU GPU recipe's field
 #   bash integration/gpu_runs/photographs.sh recipes    # the packaged configs on every scene
 #
@@ -230,9 +230,12 @@ psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe (4 images x 4096 rays
   slot; fit scan24_colour_grid "$S24" monosdf - "${CGRID[@]}" &
   slot; fit scan24_colour_grid1024 "$S24" monosdf - "${CGRID[@]}" model.colour_grid_max_resolution=1024 &
   slot; fit scan24_cameras "$S24" monosdf - train.refine_cameras=true train.camera_refine_after=1500 train.camera_lr=2e-5 &
+  # the recipe's planned 5000 steps spread over the budget (train.schedule_by_time): the
+  # learning-rate decay, the marching steps and the warm-up's fade all reach their end
+  slot; fit scan24_clock "$S24" monosdf - train.iterations=5000 train.schedule_by_time=true &
   wait
   RUNS="scan24_recipe scan24_rays2048 scan24_rays8192 scan24_images8 scan24_colour_grid"
-  RUNS+=" scan24_colour_grid1024 scan24_cameras"
+  RUNS+=" scan24_colour_grid1024 scan24_cameras scan24_clock"
   ;;
 lego)  # the NeRF-synthetic lego: its packaged config, and with the hash-grid SDF and the volume
   # warm-up of --config dtu's GPU recipe (its own normal weight and texture head kept)
