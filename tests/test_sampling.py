@@ -13,6 +13,7 @@ from dvr_plugin.engine.sampling import (
     sample_foreground_balanced,
     sample_pixels,
     sample_uniform,
+    silhouette_band,
 )
 from dvr_plugin.renderer.rays import ndc_grid, ndc_to_pixels
 
@@ -286,3 +287,92 @@ def test_on_cuda():  # pragma: no cover - CPU-only machines
         )
         assert sample.xys.device.type == "cuda"
         assert torch.equal(sample.xys, ndc_grid((12, 17), device="cuda")[sample.rows, sample.cols])
+
+
+def _band_brute_force(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """The silhouette band by its definition: object and background both within ``width``
+    pixels (Chebyshev distance) of a position, inside the image."""
+    batch, height, width_px = masks.shape
+    band = torch.zeros_like(masks)
+    for b in range(batch):
+        for r in range(height):
+            for c in range(width_px):
+                window = masks[
+                    b, max(0, r - width) : r + width + 1, max(0, c - width) : c + width + 1
+                ]
+                band[b, r, c] = bool(window.any()) and not bool(window.all())
+    return band
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_silhouette_band_matches_its_definition(width):
+    generator = torch.Generator().manual_seed(width)
+    masks = torch.rand(3, 13, 17, generator=generator) > 0.7
+    masks[0] = False  # an empty mask has no band
+    masks[1, 3:10, 4:12] = True
+    assert torch.equal(silhouette_band(masks, width), _band_brute_force(masks, width))
+    assert not silhouette_band(masks, width)[0].any()
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        silhouette_band(masks, 0)
+
+
+@pytest.mark.parametrize("mode", ["foreground_balanced", "foreground_balanced_patch"])
+def test_boundary_share_comes_from_the_band_after_the_balanced_rays(mode):
+    masks = torch.zeros(2, 24, 28, dtype=torch.bool)
+    masks[0, 6:18, 5:20] = True
+    masks[1, 10:14, 10:13] = True
+    patches = mode == "foreground_balanced_patch"
+    n_rays, fraction = 64, 0.25
+    sample = sample_pixels(
+        masks,
+        n_rays,
+        mode=mode,
+        boundary_fraction=fraction,
+        boundary_width=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    unit = 4 if patches else 1
+    n_band = round(fraction * n_rays / unit) * unit
+    # the band of the positions drawn: pixels, or the top-left corners of patches that touch
+    # the mask
+    if patches:
+        touch = masks[:, :-1, :-1] | masks[:, :-1, 1:] | masks[:, 1:, :-1] | masks[:, 1:, 1:]
+        band = _band_brute_force(touch, 2)
+        rows, cols = sample.rows[:, -n_band::4], sample.cols[:, -n_band::4]
+    else:
+        band = _band_brute_force(masks, 2)
+        rows, cols = sample.rows[:, -n_band:], sample.cols[:, -n_band:]
+    for b in range(2):
+        assert band[b, rows[b], cols[b]].all()
+    # the balanced part is the sample without the band share, over fewer rays
+    plain = sample_pixels(
+        masks, n_rays - n_band, mode=mode, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(sample.rows[:, : n_rays - n_band], plain.rows)
+    assert torch.equal(sample.cols[:, : n_rays - n_band], plain.cols)
+
+
+def test_boundary_share_fallbacks_and_validation():
+    empty = torch.zeros(1, 8, 8, dtype=torch.bool)
+    sample = sample_pixels(empty, 16, mode="foreground_balanced", boundary_fraction=0.5)
+    assert sample.rows.shape == (1, 16)  # no band: any positions
+    masks = torch.ones(1, 8, 8, dtype=torch.bool)
+    unchanged = sample_pixels(
+        masks, 16, mode="foreground_balanced", generator=torch.Generator().manual_seed(3)
+    )
+    zero = sample_pixels(
+        masks,
+        16,
+        mode="foreground_balanced",
+        boundary_fraction=0.0,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert torch.equal(unchanged.rows, zero.rows) and torch.equal(unchanged.cols, zero.cols)
+    with pytest.raises(ValueError, match="boundary_fraction needs a balanced mode"):
+        sample_pixels(masks, 16, mode="uniform", boundary_fraction=0.1)
+    with pytest.raises(ValueError, match="boundary_fraction must lie in"):
+        sample_pixels(masks, 16, mode="foreground_balanced", boundary_fraction=1.5)
+    with pytest.raises(ValueError, match="boundary_width must be >= 1"):
+        sample_pixels(
+            masks, 16, mode="foreground_balanced", boundary_fraction=0.1, boundary_width=0
+        )

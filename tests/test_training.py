@@ -230,6 +230,15 @@ def test_schedule_by_time_moves_every_schedule_to_the_clock(make_trainer):
         TrainingFactory.config(**{"train.schedule_by_time": True})
 
 
+def test_boundary_share_reaches_the_trainer_and_is_checked(make_trainer):
+    trainer = make_trainer(None, **{"train.boundary_fraction": 0.5, "train.boundary_width": 1})
+    options = trainer.config.train.sampling_options()
+    assert (options["boundary_fraction"], options["boundary_width"]) == (0.5, 1)
+    assert math.isfinite(trainer.train_step()["loss"])
+    with pytest.raises(ValueError, match="boundary_fraction needs a balanced train.sampling"):
+        TrainingFactory.config(**{"train.sampling": "uniform", "train.boundary_fraction": 0.2})
+
+
 def test_short_fit_lowers_loss_and_raises_iou(make_trainer):
     with tempfile.TemporaryDirectory() as folder:
         trainer = make_trainer(

@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .sampling import PATCH_MODES, SAMPLING_MODES
+from .sampling import BALANCED_MODES, PATCH_MODES, SAMPLING_MODES
 from .schedule import StepSchedule
 
 C = TypeVar("C", bound="BaseConfig")
@@ -109,6 +109,9 @@ class BaseTrainConfig:
             ``"foreground_balanced"``, of the patches for ``"foreground_balanced_patch"``).
         foreground_at_least: make ``foreground_fraction`` a floor: images whose mask covers
             more of the frame keep their own share.
+        boundary_fraction: the balanced modes' share of rays (patches) drawn from the band
+            within ``boundary_width`` pixels of the masks' edges (0 = none).
+        boundary_width: that band's half-width in pixels.
         step_milestones: ``{iteration: n_steps}`` marching schedule
             (:class:`dvr_plugin.engine.schedule.StepSchedule`; normalised on load).
         n_secant_steps: secant refinement steps.
@@ -126,6 +129,8 @@ class BaseTrainConfig:
     sampling: str = "uniform"
     foreground_fraction: float = 0.5
     foreground_at_least: bool = False
+    boundary_fraction: float = 0.0
+    boundary_width: int = 2
     step_milestones: dict = field(default_factory=lambda: {0: 16, 1000: 32})
     n_secant_steps: int = 8
     time_budget_s: Optional[float] = None
@@ -148,6 +153,17 @@ class BaseTrainConfig:
             raise ValueError(
                 f"train.foreground_fraction must lie in [0, 1], got {self.foreground_fraction}."
             )
+        if not 0.0 <= self.boundary_fraction <= 1.0:
+            raise ValueError(
+                f"train.boundary_fraction must lie in [0, 1], got {self.boundary_fraction}."
+            )
+        if self.boundary_fraction > 0 and self.sampling not in BALANCED_MODES:
+            raise ValueError(
+                f"train.boundary_fraction needs a balanced train.sampling {BALANCED_MODES}, "
+                f"got {self.sampling!r}."
+            )
+        if self.boundary_width < 1:
+            raise ValueError(f"train.boundary_width must be >= 1, got {self.boundary_width}.")
         self.step_milestones = StepSchedule(self.step_milestones).milestones
         if self.n_secant_steps < 0:
             raise ValueError(f"train.n_secant_steps must be >= 0, got {self.n_secant_steps}.")
@@ -162,13 +178,16 @@ class BaseTrainConfig:
     def sampling_options(self) -> dict[str, Any]:
         """
         The keyword arguments of :func:`dvr_plugin.engine.sampling.sample_pixels` that this
-        section sets (``n_rays``, ``mode``, ``foreground_fraction``, ``foreground_at_least``).
+        section sets (``n_rays``, ``mode``, ``foreground_fraction``, ``foreground_at_least``,
+        ``boundary_fraction``, ``boundary_width``).
         """
         return {
             "n_rays": self.rays_per_image,
             "mode": self.sampling,
             "foreground_fraction": self.foreground_fraction,
             "foreground_at_least": self.foreground_at_least,
+            "boundary_fraction": self.boundary_fraction,
+            "boundary_width": self.boundary_width,
         }
 
 

@@ -32,6 +32,12 @@ Sampling modes (:func:`sample_pixels`)
   it, with the same fallbacks. The image-gradient term sees the silhouette and the object's
   texture as often as the background.
 
+Both balanced modes take an optional share of silhouette rays (``boundary_fraction``): that
+share of the pixels (patches) comes from the band of positions within ``boundary_width`` pixels
+of the mask's edge, on either side, and is placed after the balanced ones; the foreground /
+background split applies to the rest. A silhouette off by a pixel is then trained on directly
+rather than at the band's share of the image.
+
 Every function takes an optional ``torch.Generator`` for reproducible draws; it must live on the
 device the samples are made on.
 """
@@ -273,6 +279,8 @@ def sample_foreground_balanced(
     patches: bool = False,
     foreground_fraction: float = 0.5,
     at_least: bool = False,
+    boundary_fraction: float = 0.0,
+    boundary_width: int = 2,
     continuous: bool = False,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
@@ -302,6 +310,11 @@ def sample_foreground_balanced(
         at_least: make ``foreground_fraction`` a floor: an image whose mask covers a larger
             share of it (of its patch positions) keeps that share (only small objects are
             sampled more often).
+        boundary_fraction: the share of rays (patches) drawn from the silhouette band, in
+            [0, 1]: the last ``round(boundary_fraction * P)`` of the image's ``P`` pixels
+            (patches) come from the positions within ``boundary_width`` pixels of the mask's
+            edge, inside or outside (any positions when an image's mask is empty or full).
+        boundary_width: the band's half-width in pixels (>= 1).
         continuous: uniform positions inside the pixels instead of pixel centres (one offset
             per patch).
         generator: optional ``torch.Generator`` on ``masks.device``.
@@ -319,17 +332,53 @@ def sample_foreground_balanced(
     inside = masks
     if patches:  # a patch position touches the mask when any of its four pixels is inside it
         inside = masks[:, :-1, :-1] | masks[:, :-1, 1:] | masks[:, 1:, :-1] | masks[:, 1:, 1:]
+    _check_boundary(boundary_fraction, boundary_width)
+    n_band = int(round(float(boundary_fraction) * n_picks))
     flat = _balanced_picks(
         inside.reshape(batch_size, n_positions),
-        n_picks,
+        n_picks - n_band,
         foreground_fraction=foreground_fraction,
         at_least=at_least,
         generator=generator,
         device=device,
     )
+    if n_band > 0:
+        band = silhouette_band(inside, boundary_width).reshape(batch_size, n_positions)
+        on_band = _balanced_picks(
+            band, n_band, foreground_fraction=1.0, generator=generator, device=device
+        )
+        flat = torch.cat([flat, on_band], dim=1)
     return _sample_at(
         flat, (height, width), patches, continuous=continuous, generator=generator, dtype=dtype
     )
+
+
+def silhouette_band(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """
+    The positions within ``width`` pixels (Chebyshev distance) of a mask's edge, on either side.
+
+    Args:
+        masks: `(B, H, W)` bool masks.
+        width: the band's half-width in pixels (>= 1).
+
+    Returns:
+        `(B, H, W)` bool: positions whose `(2 width + 1)` square holds both object and
+        background (positions beyond the image's border do not count).
+    """
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}.")
+    kernel = 2 * width + 1
+    grid = masks[:, None].float()
+    has_object = torch.nn.functional.max_pool2d(grid, kernel, stride=1, padding=width) > 0
+    has_background = torch.nn.functional.max_pool2d(1 - grid, kernel, stride=1, padding=width) > 0
+    return (has_object & has_background)[:, 0]
+
+
+def _check_boundary(boundary_fraction: float, boundary_width: int) -> None:
+    if not 0.0 <= float(boundary_fraction) <= 1.0:
+        raise ValueError(f"boundary_fraction must lie in [0, 1], got {boundary_fraction}.")
+    if int(boundary_width) < 1:
+        raise ValueError(f"boundary_width must be >= 1, got {boundary_width}.")
 
 
 def _check_fraction(foreground_fraction: float) -> None:
@@ -387,6 +436,8 @@ def sample_pixels(
     mode: str = "uniform",
     foreground_fraction: float = 0.5,
     foreground_at_least: bool = False,
+    boundary_fraction: float = 0.0,
+    boundary_width: int = 2,
     continuous: bool = False,
     replacement: bool = False,
     generator: torch.Generator | None = None,
@@ -404,6 +455,9 @@ def sample_pixels(
         foreground_fraction: the share of foreground rays (patches) of the balanced modes.
         foreground_at_least: the balanced modes' ``at_least``: ``foreground_fraction`` is a
             floor, not the share.
+        boundary_fraction, boundary_width: the balanced modes' share of rays from the
+            silhouette band and its half-width (:func:`sample_foreground_balanced`); the other
+            modes refuse a positive share.
         continuous: uniform positions inside the pixels instead of pixel centres.
         replacement: for ``"uniform"`` and ``"patch"``, allow repeated pixels / patches.
         generator: optional ``torch.Generator`` on ``masks.device``.
@@ -415,6 +469,10 @@ def sample_pixels(
     if mode not in SAMPLING_MODES:
         raise ValueError(f"mode must be one of {SAMPLING_MODES}, got {mode!r}.")
     patches = mode in PATCH_MODES
+    if boundary_fraction and mode not in BALANCED_MODES:
+        raise ValueError(
+            f"boundary_fraction needs a balanced mode {BALANCED_MODES}, got mode {mode!r}."
+        )
     if mode in BALANCED_MODES:
         return sample_foreground_balanced(
             masks,
@@ -422,6 +480,8 @@ def sample_pixels(
             patches=patches,
             foreground_fraction=foreground_fraction,
             at_least=foreground_at_least,
+            boundary_fraction=boundary_fraction,
+            boundary_width=boundary_width,
             continuous=continuous,
             generator=generator,
             dtype=dtype,
