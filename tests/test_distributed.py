@@ -62,9 +62,9 @@ def _views():
     return TrainingFactory.sphere_views(n_views=12, image_size=32).split(every=4)
 
 
-def _trainer(train, val, **kwargs) -> Trainer:
+def _trainer(train, val, *, overrides=(), **kwargs) -> Trainer:
     return Trainer(
-        config=TrainingFactory.config(**OVERRIDES),
+        config=TrainingFactory.config(**{**OVERRIDES, **dict(overrides)}),
         train_data=train,
         val_data=val,
         progress=False,
@@ -129,6 +129,17 @@ def _worker(rank: int, world_size: int, port: int, folder: str) -> None:
         else:
             message = "no error"
         torch.save(message, os.path.join(folder, f"c{rank}.pt"))
+
+        # 4. Schedules on the clock (train.schedule_by_time): rank 0's clock decides for all.
+        clocked = _trainer(
+            train,
+            val,
+            overrides={"train.time_budget_s": 10.0, "train.schedule_by_time": True},
+        )
+        clocked.train_seconds = 8.0 if rank == 0 else 1.0
+        clocked.update_schedule()
+        lr = clocked.optimizer.param_groups[0]["lr"]
+        torch.save((clocked.schedule_step, lr), os.path.join(folder, f"d{rank}.pt"))
 
 
 def _free_port() -> int:
@@ -211,6 +222,15 @@ def test_ranks_with_different_data_fail_clearly(two_ranks):
         message = _load(two_ranks.folder, f"c{rank}.pt")
         assert "ranks disagree about the data" in message
         assert "training views: rank 0 has 9, rank 1 has 8" in message
+
+
+def test_rank_zero_clock_moves_every_ranks_schedules(two_ranks):
+    # rank 0 has used 8 of 10 s: step 3 of STEPS = 4 on both ranks, at the milestone at 3
+    # (rank 1's own clock, 1 s, would say step 0)
+    for rank in range(WORLD_SIZE):
+        position, lr = _load(two_ranks.folder, f"d{rank}.pt")
+        assert position == int(STEPS * 0.8) == 3
+        assert lr == pytest.approx(0.5 * OVERRIDES["optim.lr"])
 
 
 # ``dvr fit`` under torchrun (2 gloo ranks), then resumed in one plain process.
