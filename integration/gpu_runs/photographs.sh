@@ -233,9 +233,11 @@ psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe (4 images x 4096 rays
   # the recipe's planned 5000 steps spread over the budget (train.schedule_by_time): the
   # learning-rate decay, the marching steps and the warm-up's fade all reach their end
   slot; fit scan24_clock "$S24" monosdf - train.iterations=5000 train.schedule_by_time=true &
+  # a quarter of the patches from the silhouette band (2 px either side of the masks' edges)
+  slot; fit scan24_boundary "$S24" monosdf - train.boundary_fraction=0.25 &
   wait
   RUNS="scan24_recipe scan24_rays2048 scan24_rays8192 scan24_images8 scan24_colour_grid"
-  RUNS+=" scan24_colour_grid1024 scan24_cameras scan24_clock"
+  RUNS+=" scan24_colour_grid1024 scan24_cameras scan24_clock scan24_boundary"
   ;;
 lego)  # the NeRF-synthetic lego: its packaged config, and with the hash-grid SDF and the volume
   # warm-up of --config dtu's GPU recipe (its own normal weight and texture head kept)
