@@ -10,6 +10,9 @@ The base owns:
   ``eval.validate_every`` and a checkpoint every ``eval.checkpoint_every``; at the end the
   checkpoint, a last validation and ``curves.png``. Ctrl-C stops at the end of the step, writes
   its checkpoint and raises :class:`FitInterrupted`;
+- the schedules' position (:attr:`BaseTrainer.schedule_step`): the step, or with
+  ``train.schedule_by_time`` the clock's share of ``train.time_budget_s`` in steps, and the
+  learning rate at it (:meth:`BaseTrainer.update_schedule`);
 - the run: the seeded random state, the refusal to overwrite a checkpoint, the resume (read,
   restore, refuse one that cannot train on) and the output folder (:mod:`.run_outputs`);
 - checkpoints: model, optimiser, learning-rate schedule, step, training seconds and every
@@ -26,9 +29,9 @@ every DVR task shares are here too: the free-space / occupancy loss points, the 
 and the values a step returns.
 
 The configuration is read by attribute, whatever its class: ``seed``, ``to_dict()``,
-``train.iterations``, ``train.time_budget_s``, ``eval.log_every``, ``eval.validate_every``,
-``eval.checkpoint_every``, ``eval.tensorboard``, ``optim.grad_clip`` and
-``loss.visual_hull_depth``.
+``train.iterations``, ``train.time_budget_s``, ``train.schedule_by_time``, ``eval.log_every``,
+``eval.validate_every``, ``eval.checkpoint_every``, ``eval.tensorboard``, ``optim.grad_clip``,
+``optim.lr_milestones``, ``optim.lr_gamma`` and ``loss.visual_hull_depth``.
 """
 
 from __future__ import annotations
