@@ -492,9 +492,8 @@ class BaseTrainer(abc.ABC):
         ``iterations x train_seconds / time_budget_s`` (whole steps, at most ``iterations``;
         rank 0's clock on several ranks), and set the learning rate of :attr:`schedule_step`
         (each ``optim.lr_milestones`` at or before it multiplies the groups' initial rates by
-        ``optim.lr_gamma``). :meth:`fit` calls it before every step; a loop that steps by hand
-        and keeps ``train_seconds`` calls it likewise. Without the option it does nothing, and
-        the schedules follow ``step``.
+        ``optim.lr_gamma``). :meth:`timed_step` calls it before every step. Without the option
+        it does nothing, and the schedules follow ``step``.
         """
         train = self.config.train
         if not train.schedule_by_time:
@@ -508,6 +507,21 @@ class BaseTrainer(abc.ABC):
         factor = optim.lr_gamma ** bisect.bisect_right(optim.lr_milestones, self.schedule_step)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
+
+    def timed_step(self) -> dict[str, float]:
+        """
+        One step as :meth:`fit` takes it: :meth:`update_schedule`, :meth:`train_step`, and the
+        step's wall time added to ``train_seconds``. A loop that steps by hand calls this to
+        keep the clock (and the schedules on it) as :meth:`fit` does.
+
+        Returns:
+            :meth:`train_step`'s values.
+        """
+        self.update_schedule()
+        start = time.perf_counter()
+        values = self.train_step()
+        self.train_seconds += time.perf_counter() - start
+        return values
 
     @staticmethod
     def _step_values(
@@ -711,14 +725,11 @@ class BaseTrainer(abc.ABC):
                     if budget is not None and self._agree(self.train_seconds >= budget):
                         self.stopped_early = True
                         break
-                    self.update_schedule()
                     at_start = (
                         self.step,
                         {name: g.get_state() for name, g in self._generators().items()},
                     )
-                    start = time.perf_counter()
-                    last = self.train_step()
-                    self.train_seconds += time.perf_counter() - start
+                    last = self.timed_step()
                     bar.update(1)
                     bar.set_postfix(**self._postfix(last), refresh=False)
                     if self.step % cfg.eval.log_every == 0 or self.step == total:

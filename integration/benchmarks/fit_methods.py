@@ -22,7 +22,6 @@ ground truth's bounding box, in the fitting frame).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Optional
 
 from dvr_plugin.training import FitConfig, Trainer, load_config, packaged_config, resolve_config
@@ -127,8 +126,8 @@ class DVRMethod(_TrainerMethod):
     """
     ``dvr`` / ``dvr-hash`` / ``dvr-sdf`` / ``dvr-sdf-clock`` / ``dvr-dense``: :class:`Trainer`
     stepped by hand, scored with its validation. ``budget``: the seconds of training the run
-    has (``dvr-sdf-clock`` spreads its schedules over them: each step first moves them to the
-    trainer's clock, :meth:`Trainer.update_schedule`, and adds its time to it).
+    has (``dvr-sdf-clock`` spreads its schedules over them; each step is
+    :meth:`Trainer.timed_step`, which keeps the trainer's clock as ``dvr fit`` does).
     """
 
     def __init__(self, scene: Scene, *, method: str, budget: Optional[float] = None) -> None:
@@ -164,13 +163,7 @@ class DVRMethod(_TrainerMethod):
                 self.settings["march_precision"] = "auto (could not be set: no renderer found)"
 
     def step(self) -> dict[str, float]:
-        if not self.config.train.schedule_by_time:
-            return self.trainer.train_step()
-        self.trainer.update_schedule()
-        start = time.perf_counter()
-        values = self.trainer.train_step()  # its values are read back: the step has ended
-        self.trainer.train_seconds += time.perf_counter() - start
-        return values
+        return self.trainer.timed_step()  # keeps the trainer's clock, as `dvr fit` does
 
     def evaluate(self, scene: Scene) -> dict[str, Any]:
         scores = dict(self.trainer.validate(save_grid=False) or {})
