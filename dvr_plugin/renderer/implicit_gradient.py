@@ -85,6 +85,7 @@ def attach_implicit_gradient(
     eps: float = 1e-4,
     chunk_size: int | None = 2**16,
     return_features: bool = False,
+    dense: bool = False,
 ) -> SurfaceGeometry:
     """
     Give the root finder's depths their implicit gradient (and compute normals).
@@ -103,6 +104,10 @@ def attach_implicit_gradient(
         return_features: with gradients, a :class:`~dvr_plugin.surface.query.FieldQuery`
             and no normals requested, also return the colours at the surface from the same
             evaluation (module docstring); otherwise ``features`` is ``None``.
+        dense: with gradients, evaluate every ray, hit or not, and mask the results with
+            ``hit``: the same values and gradients in shapes that do not depend on the hit
+            count (no host synchronisation; what a recorded CUDA graph needs), at the cost of
+            evaluating the rays that missed.
 
     Returns:
         SurfaceGeometry with `(M,)` depths, `(M, 3)` normals (zero where not ``hit``) and
@@ -123,12 +128,13 @@ def attach_implicit_gradient(
         normals = torch.cat(normals) if normals else origins.new_zeros(0, 3)
         return SurfaceGeometry(depth0, torch.where(hit[:, None], normals, 0.0))
 
-    # only the rays that hit get a gradient: evaluate (and keep a graph for) those alone
-    rows = torch.nonzero(hit, as_tuple=True)[0]
+    # only the rays that hit get a gradient: evaluate (and keep a graph for) those alone, or
+    # (dense) every ray, with the misses masked out below
+    rows = ray_ids if dense else torch.nonzero(hit, as_tuple=True)[0]
     if return_features and not compute_normals and type(query) is FieldQuery:
         geometry = _with_features(query, rows, origins, directions, depth0, eps)
         if geometry is not None:
-            return geometry
+            return _masked(geometry, hit, depth0) if dense else geometry
     o, w, d0 = origins[rows], directions[rows], depth0[rows]
     offset = torch.zeros_like(o.detach()).requires_grad_(True)
     inside = query(ray_ids[rows], o + offset, w, d0[:, None])[:, 0]
@@ -143,7 +149,20 @@ def attach_implicit_gradient(
     if compute_normals:
         at_hits = _outward(grad_p if differentiable_normals else grad_p.detach())
         normals = origins.detach().new_zeros(n_rays, 3).index_put((rows,), at_hits)
-    return SurfaceGeometry(depth_out, normals)
+    geometry = SurfaceGeometry(depth_out, normals)
+    return _masked(geometry, hit, depth0) if dense else geometry
+
+
+def _masked(geometry: SurfaceGeometry, hit: torch.Tensor, depth0: torch.Tensor) -> SurfaceGeometry:
+    """A dense evaluation's results where ``hit`` `(M,)`, the sparse path's fill elsewhere."""
+    depth = torch.where(hit, geometry.depth, depth0)
+    normals = geometry.normals
+    if normals is not None:
+        normals = torch.where(hit[:, None], normals, 0.0)
+    features = geometry.features
+    if features is not None:
+        features = torch.where(hit[:, None], features, 1.0)
+    return SurfaceGeometry(depth, normals, features)
 
 
 def _outward(grad_inside: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,34 @@ class SurfaceRayBundle(NamedTuple):
     features: torch.Tensor | None = None
 
 
+class FoundSurfaces(NamedTuple):
+    """
+    The root finder's answer before the implicit gradient is attached
+    (:meth:`SecantRaysampler.find_surfaces`); ``N = B x prod(S)`` rays, ``S`` the spatial shape.
+    Everything that depends on how many rays hit (host synchronisations, data-dependent
+    shapes) happens before it; :meth:`SecantRaysampler.attach` with ``dense=True`` works in
+    fixed shapes from here.
+
+    Members:
+        origins: `(N, 3)` ray origins, world units (carrying camera gradients, if any).
+        directions: `(N, 3)` unnormalised directions (one length unit = one unit of z-depth).
+        depths: `(N,)` z-depth of the surface found (no gradient; where a ray has no surface,
+            as in :class:`SurfaceRayBundle`'s ``lengths``).
+        hit, started_inside, missed_box: `(N,)` bool, as in :class:`SurfaceRayBundle`.
+        xys: `(B, *S, 2)` NDC coordinates of the rays' pixels.
+        query: the inside function the surface was searched with (field, level, codes).
+    """
+
+    origins: torch.Tensor
+    directions: torch.Tensor
+    depths: torch.Tensor
+    hit: torch.Tensor
+    started_inside: torch.Tensor
+    missed_box: torch.Tensor
+    xys: torch.Tensor
+    query: object
+
+
 class SecantRaysampler(nn.Module):
     """
     Casts rays from PyTorch3D cameras and finds where each first enters the object.
@@ -239,6 +267,37 @@ class SecantRaysampler(nn.Module):
             SurfaceRayBundle, spatial shape `(B, H, W)`, `(B, n_rays_per_image)` or that of
             ``xys``.
         """
+        found = self.find_surfaces(
+            cameras=cameras,
+            volumetric_function=volumetric_function,
+            field=field,
+            latent=latent,
+            xys=xys,
+            n_steps=n_steps,
+            n_rays_per_image=n_rays_per_image,
+            **kwargs,
+        )
+        return self.attach(found, return_features=return_features)
+
+    def find_surfaces(
+        self,
+        *,
+        cameras: CamerasBase,
+        volumetric_function=None,
+        field=None,
+        latent: torch.Tensor | None = None,
+        xys: torch.Tensor | None = None,
+        n_steps: int | None = None,
+        n_rays_per_image: int | None = None,
+        **kwargs,
+    ) -> FoundSurfaces:
+        """
+        The first half of :meth:`forward`: rays, box clipping and root finding (no gradient
+        flows through the search). Arguments as for :meth:`forward`.
+
+        Returns:
+            FoundSurfaces of the ``N = B x prod(S)`` rays.
+        """
         n_steps = self.n_steps if n_steps is None else n_steps
         _check_steps(n_steps, self.n_secant_steps)
         check_camera_batch(cameras)  # finite parameters: checked with the rays
@@ -246,7 +305,7 @@ class SecantRaysampler(nn.Module):
         if latent is not None:
             _check_latent_device(latent, cameras)
         xys = self._ray_positions(cameras, xys, n_rays_per_image)
-        batch, spatial = xys.shape[0], xys.shape[1:-1]
+        batch = xys.shape[0]
         origins, directions = rays_from_cameras(cameras, xys)
         origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
         n_rays = origins.shape[0]
@@ -282,27 +341,57 @@ class SecantRaysampler(nn.Module):
         )
         # a ray that starts inside and finds no crossing stops at its first sample
         depth = torch.where(started_inside & ~hit, near, depth)
+        return FoundSurfaces(
+            origins=origins,
+            directions=directions,
+            depths=depth.detach(),
+            hit=hit,
+            started_inside=started_inside,
+            missed_box=missed,
+            xys=xys,
+            query=query,
+        )
+
+    def attach(
+        self, found: FoundSurfaces, *, return_features: bool = False, dense: bool = False
+    ) -> SurfaceRayBundle:
+        """
+        The second half of :meth:`forward`: the implicit gradient (and normals, colours) at
+        the surfaces that :meth:`find_surfaces` found.
+
+        Args:
+            found: what :meth:`find_surfaces` returned.
+            return_features: as for :meth:`forward`.
+            dense: evaluate every ray, hit or not, and mask the misses: the same values and
+                gradients in shapes that do not depend on the hit count, with no host
+                synchronisation (what :class:`dvr_plugin.renderer.step_graph.GraphedTrainStep`
+                records).
+
+        Returns:
+            SurfaceRayBundle, spatial shape that of ``found.xys`` without its last axis.
+        """
         geometry = attach_implicit_gradient(
-            query,
-            origins,
-            directions,
-            depth,
-            hit,
+            found.query,
+            found.origins,
+            found.directions,
+            found.depths,
+            found.hit,
             compute_normals=self.compute_normals,
             differentiable_normals=self.differentiable_normals,
             eps=self.grad_eps,
             return_features=return_features,
+            dense=dense,
         )
-        shape = (batch, *spatial)
+        shape = tuple(found.xys.shape[:-1])
         features = geometry.features
         return SurfaceRayBundle(
-            origins=origins.reshape(*shape, 3),
-            directions=directions.reshape(*shape, 3),
+            origins=found.origins.reshape(*shape, 3),
+            directions=found.directions.reshape(*shape, 3),
             lengths=geometry.depth.reshape(*shape, 1),
-            xys=xys,
-            hit=hit.reshape(shape),
-            started_inside=started_inside.reshape(shape),
-            missed_box=missed.reshape(shape),
+            xys=found.xys,
+            hit=found.hit.reshape(shape),
+            started_inside=found.started_inside.reshape(shape),
+            missed_box=found.missed_box.reshape(shape),
             normals=None if geometry.normals is None else geometry.normals.reshape(*shape, 3),
             features=None if features is None else features.reshape(*shape, 3),
         )

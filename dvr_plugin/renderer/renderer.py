@@ -27,7 +27,7 @@ from ..fields.appearance import ViewDependentField, geometry_of, view_dependent_
 from ..fields.field import evaluate_field, field_type_of
 from .raymarcher import SurfaceRaymarcher
 from .rays import ImageSize, image_size_hw
-from .raysampler import SecantRaysampler, SurfaceRayBundle
+from .raysampler import FoundSurfaces, SecantRaysampler, SurfaceRayBundle
 
 
 @dataclass
@@ -235,23 +235,51 @@ class DVRRenderer(nn.Module):
         Returns:
             DVRRenderOutput.
         """
-        model = view_dependent_field_of(self.field)
-        bundle = self.raysampler(
+        found = self.raysampler.find_surfaces(
             cameras=cameras,
             field=geometry_of(self.field),
             latent=latent,
             xys=xys,
             n_steps=n_steps,
             n_rays_per_image=n_rays_per_image,
-            return_features=True,
         )
+        return self.render_surfaces(found, latent=latent)
+
+    def render_surfaces(
+        self, found: FoundSurfaces, *, latent: torch.Tensor | None = None, dense: bool = False
+    ) -> DVRRenderOutput:
+        """
+        The second half of :meth:`forward`: implicit gradient, colour and compositing at the
+        surfaces of ``self.raysampler.find_surfaces(...)`` (called with this renderer's
+        geometry field, ``geometry_of(self.field)``).
+
+        Args:
+            found: the raysampler's :class:`~dvr_plugin.renderer.raysampler.FoundSurfaces`.
+            latent: `(B, C)` codes, the ones the surfaces were found with.
+            dense: evaluate every ray, hit or not, and mask the misses (the same images,
+                depths and gradients in shapes that do not depend on the hit count, with no
+                host synchronisation: what a recorded CUDA graph needs). Needs
+                ``check_finite=False`` (the check reads a flag on the host).
+
+        Returns:
+            DVRRenderOutput.
+        """
+        if dense and self.raymarcher.check_finite:
+            raise ValueError(
+                "render_surfaces(dense=True) needs a DVRRenderer built with check_finite=False "
+                "(the finiteness check synchronises with the host)."
+            )
+        model = view_dependent_field_of(self.field)
+        bundle = self.raysampler.attach(found, return_features=True, dense=dense)
         points = bundle.origins + bundle.lengths * bundle.directions
         # the colour from the implicit-gradient evaluation where the raysampler had it
         rgb = bundle.features
         if model is not None:
-            rgb = self._view_dependent_colour(model, points, bundle.directions, latent, bundle.hit)
+            rgb = self._view_dependent_colour(
+                model, points, bundle.directions, latent, bundle.hit, dense
+            )
         elif rgb is None:
-            rgb = self._colour(points, latent, bundle.hit)
+            rgb = self._colour(points, latent, bundle.hit, dense)
         channels = self.raymarcher(
             rays_densities=bundle.lengths[..., None],
             rays_features=rgb[..., None, :],
@@ -268,29 +296,35 @@ class DVRRenderer(nn.Module):
         )
 
     def _colour(
-        self, points: torch.Tensor, latent: torch.Tensor | None, hit: torch.Tensor
+        self,
+        points: torch.Tensor,
+        latent: torch.Tensor | None,
+        hit: torch.Tensor,
+        dense: bool = False,
     ) -> torch.Tensor:
         """
         `(B, ..., 3)` colours at `(B, ..., 3)` surface points (white without a texture head).
         Only the rays that ``hit`` `(B, ...)` are evaluated (the others are background in the
-        image whatever their colour, and get no gradient from it): with gradients all in one
-        call (a few kernels for a training batch), without them in chunks.
+        image whatever their colour, and get no gradient from it), or every ray with the
+        misses masked (``dense``): with gradients all in one call (a few kernels for a
+        training batch), without them in chunks.
         """
         batch = points.shape[0]
         flat = points.reshape(batch, -1, 3)
+        hits = hit.reshape(batch, -1)
         if torch.is_grad_enabled():
-            images, rows = torch.nonzero(hit.reshape(batch, -1), as_tuple=True)
+            images, rows = _rays_to_shade(hits, dense)
             code = None if latent is None else latent[images]
             # one ray per row, with its image's code
             colour = evaluate_field(self.field, flat[images, rows][:, None], code).rgb
             white = torch.ones_like(flat.detach())
             if colour is None:
                 return white.reshape(points.shape)
-            return white.index_put((images, rows), colour[:, 0].to(white.dtype)).reshape(
-                points.shape
-            )
+            rgb = white.index_put((images, rows), colour[:, 0].to(white.dtype))
+            if dense:
+                rgb = torch.where(hits[..., None], rgb, 1.0)
+            return rgb.reshape(points.shape)
         rgb = torch.ones_like(flat)
-        hits = hit.reshape(batch, -1)
         for b in range(batch):
             rows = torch.nonzero(hits[b], as_tuple=True)[0]
             code = None if latent is None else latent[b : b + 1]
@@ -309,12 +343,14 @@ class DVRRenderer(nn.Module):
         directions: torch.Tensor,
         latent: torch.Tensor | None,
         hit: torch.Tensor,
+        dense: bool = False,
     ) -> torch.Tensor:
         """
         `(B, ..., 3)` colours of the view-dependent head at `(B, ..., 3)` surface points seen
         along their rays' `(B, ..., 3)` directions (white where a ray missed). With gradients,
-        the hits are shaded in one call and ``points`` carry the implicit gradient, so the
-        normal's derivative through the moving surface point enters the backward pass
+        the hits (every ray with the misses masked, ``dense``) are shaded in one call and
+        ``points`` carry the implicit gradient, so the normal's derivative through the moving
+        surface point enters the backward pass
         (:meth:`~dvr_plugin.fields.appearance.ViewDependentField.shade`); without, in chunks.
         """
         batch = points.shape[0]
@@ -322,16 +358,17 @@ class DVRRenderer(nn.Module):
         flat_directions = directions.reshape(batch, -1, 3)
         hits = hit.reshape(batch, -1)
         if torch.is_grad_enabled():
-            images, rows = torch.nonzero(hits, as_tuple=True)
+            images, rows = _rays_to_shade(hits, dense)
             code = None if latent is None else latent[images]
             # one ray per row, with its image's code
             shaded = model.shade(
                 flat[images, rows][:, None], flat_directions[images, rows][:, None], code
             )
             white = torch.ones_like(flat.detach())
-            return white.index_put((images, rows), shaded.rgb[:, 0].to(white.dtype)).reshape(
-                points.shape
-            )
+            rgb = white.index_put((images, rows), shaded.rgb[:, 0].to(white.dtype))
+            if dense:
+                rgb = torch.where(hits[..., None], rgb, 1.0)
+            return rgb.reshape(points.shape)
         rgb = torch.ones_like(flat)
         for b in range(batch):
             rows = torch.nonzero(hits[b], as_tuple=True)[0]
@@ -341,3 +378,14 @@ class DVRRenderer(nn.Module):
                 shaded = model.shade(flat[b : b + 1, part], flat_directions[b : b + 1, part], code)
                 rgb[b, part] = shaded.rgb[0].to(rgb.dtype)
         return rgb.reshape(points.shape)
+
+
+def _rays_to_shade(hits: torch.Tensor, dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and ray indices `(K,)` of the rays to evaluate among `(B, R)` ``hits``: the hits,
+    or every ray (``dense``: a shape independent of the hit count)."""
+    if not dense:
+        return torch.nonzero(hits, as_tuple=True)
+    batch, n_rays = hits.shape
+    images = torch.arange(batch, device=hits.device).repeat_interleave(n_rays)
+    rows = torch.arange(n_rays, device=hits.device).repeat(batch)
+    return images, rows

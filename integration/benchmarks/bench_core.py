@@ -44,6 +44,7 @@ from dvr_plugin.fields.shapes import demo_scene
 from dvr_plugin.renderer.rays import ndc_grid
 from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
+from dvr_plugin.renderer.step_graph import GraphedTrainStep
 from integration.benchmarks import bench_volume
 from integration.benchmarks.common import (
     MATMUL_CEILINGS,
@@ -77,14 +78,25 @@ MODES: Dict[str, dict] = {
     "grid bf16 graphs": dict(
         grid=True, march_precision="bfloat16", refine_precision="tf32", cuda_graphs=True
     ),
+    # training only: the differentiable half evaluated at every ray (hits and misses, misses
+    # masked) eagerly, and recorded with the loss, backward and Adam as one CUDA graph
+    # (dvr_plugin.renderer.step_graph.GraphedTrainStep)
+    "grid tf32 graphs dense": dict(
+        grid=True, refine_precision="tf32", cuda_graphs=True, step="dense"
+    ),
+    "grid tf32 graphs step graph": dict(
+        grid=True, refine_precision="tf32", cuda_graphs=True, step="graph"
+    ),
 }
 GRAPH_MODES = ["graphs", "grid graphs", "grid tf32 graphs", "grid bf16 graphs"]
+STEP_MODES = ["grid tf32 graphs dense", "grid tf32 graphs step graph"]
 REFERENCE = dict(chunk_size=2**16, early_exit=True, march_precision="float32")
 
 
 def _sampler(mode: str, n_steps: int, grid: Optional[OccupancyGrid], image_size=None):
     settings = dict(MODES[mode])
     use_grid = settings.pop("grid", False)
+    settings.pop("step", None)
     return SecantRaysampler(
         image_width=image_size,
         image_height=image_size,
@@ -113,25 +125,43 @@ def _render_case(field, device, image_size, n_steps, mode, grid, flops):
 def _train_case(field, device, n_rays, n_steps, mode, grid, flops, repeats=10):
     if mode == "volume":
         return bench_volume.train_case(field, device, n_rays, n_steps, flops=flops)
-    renderer = DVRRenderer(field=field, raysampler=_sampler(mode, n_steps, grid))
-    optimizer = adam(field, device)  # lr 0: the field stays fixed
+    step_kind = MODES[mode].get("step")
+    renderer = DVRRenderer(
+        field=field, raysampler=_sampler(mode, n_steps, grid), check_finite=step_kind is None
+    )
+    # lr 0: the field stays fixed; a recorded step needs a capturable optimiser
+    optimizer = adam(field, device, capturable=step_kind == "graph")
     camera = cameras(1, device)
     generator = torch.Generator(device=device).manual_seed(0)
     xys = (torch.rand(1, n_rays, 2, device=device, generator=generator) * 2 - 1) * 0.6
     with torch.no_grad():
         target = renderer(camera, xys=xys, n_steps=min(n_steps, 128)).depths + 0.01
 
-    def run():
-        out = renderer(camera, xys=xys)
-        loss = ((out.depths - target).abs() * out.masks).sum() / n_rays
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def depth_l1(out, target):
+        return ((out.depths - target).abs() * out.masks).sum() / n_rays
+
+    if step_kind is not None:
+        step = GraphedTrainStep(
+            renderer=renderer, optimizer=optimizer, loss_fn=depth_l1,
+            cuda_graphs=step_kind == "graph",
+        )
+
+        def run():
+            step(camera, xys=xys, target=target)
+    else:
+
+        def run():
+            out = renderer(camera, xys=xys)
+            loss = depth_l1(out, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
     try:
+        # warm-up: the graphed step runs two eager steps, then records on the third
         result = measure(
             run, device=device, flops=flops, repeats=repeats,
-            max_seconds=max(1.5, 0.05 * repeats),
+            max_seconds=max(1.5, 0.05 * repeats), warmup=4 if step_kind else 1,
         )
     finally:
         optimizer.zero_grad(set_to_none=True)
@@ -184,7 +214,8 @@ def _plan(quick: bool, cuda: bool, targets: bool = False) -> List[dict]:
                 "dense": [128], "volume": [128], **{m: [128] for m in fast},
                 **({"grid bf16": [128]} if cuda else {})}),
             dict(workload="train", size=4096, steps=steps, modes={
-                "dense": [16, 128], "volume": [128], **{m: steps for m in fast}}),
+                "dense": [16, 128], "volume": [128], **{m: steps for m in fast},
+                **({m: steps for m in STEP_MODES} if cuda else {})}),
         ]
     if quick:
         steps = [16, 64]
@@ -194,7 +225,7 @@ def _plan(quick: bool, cuda: bool, targets: bool = False) -> List[dict]:
                 **{m: steps for m in grid_modes}}),
             dict(workload="train", size=128, steps=steps, modes={
                 "dense": steps, "volume": steps, "default": steps,
-                **{m: steps for m in grid_modes}}),
+                **{m: steps for m in grid_modes}, **{m: steps for m in STEP_MODES}}),
         ]
     all_steps = [16, 64, 128, 256, 512, 1024]
     low = [16, 64, 128]
@@ -207,7 +238,8 @@ def _plan(quick: bool, cuda: bool, targets: bool = False) -> List[dict]:
             **{m: [16, 128] for m in grid_modes}}),
         dict(workload="train", size=4096, steps=all_steps, modes={
             "dense": all_steps, "volume": [16, 64, 128, 256], "chunked fp32": [16, 128],
-            "default": all_steps, **{m: all_steps for m in grid_modes}}),
+            "default": all_steps, **{m: all_steps for m in grid_modes},
+            **{m: all_steps for m in STEP_MODES}}),
         dict(workload="train", size=65536, steps=[16, 128, 1024], modes={
             "dense": [16], "volume": [16], "default": [16, 128],
             **{m: [16, 128, 1024] for m in grid_modes}}),
@@ -241,6 +273,8 @@ def run_benchmark(
     profile: bool = False,
     write=None,
     targets: bool = False,
+    workloads: Optional[List[str]] = None,
+    modes: Optional[List[str]] = None,
 ) -> Dict:
     started = time.perf_counter()
     cuda = device.startswith("cuda")
@@ -263,9 +297,14 @@ def run_benchmark(
     print(HEADER, flush=True)
     for case in _plan(quick, cuda, targets):
         workload, size = case["workload"], case["size"]
+        if workloads is not None and workload not in workloads:
+            continue
         for n_steps in case["steps"]:
-            modes = [m for m, steps in case["modes"].items() if n_steps in steps]
-            label = f"{workload} {size} {n_steps}: {modes}"
+            chosen = [m for m, steps in case["modes"].items() if n_steps in steps]
+            chosen = [m for m in chosen if modes is None or m in modes]
+            if not chosen:
+                continue
+            label = f"{workload} {size} {n_steps}: {chosen}"
             if skip_over_budget(report, label, started=started, max_seconds=max_seconds):
                 continue
             stride = 2
@@ -273,7 +312,7 @@ def run_benchmark(
             if workload == "render":
                 reference = _reference(field, device, size, n_steps, stride)
             results = {}
-            for mode in modes:
+            for mode in chosen:
                 try:
                     if workload == "render":
                         result = _render_case(field, device, size, n_steps, mode, grid, True)
@@ -316,9 +355,9 @@ def run_benchmark(
 
 
 HEADER = (
-    "| workload | n_steps | mode | time | peak memory | vs dense | vs volume | TFLOP/s "
-    "| of roofline | hits agree | median depth diff / range |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "| workload | n_steps | mode | time | peak memory | graph pools | vs dense | vs volume "
+    "| TFLOP/s | of roofline | hits agree | median depth diff / range |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -336,7 +375,7 @@ def _row(row: Dict) -> str:
         else f"train step, {row['size']} rays"
     )
     if not isinstance(result, dict):
-        return f"| {name} | {row['n_steps']} | {row['mode']} | {result} | | | | | | | |"
+        return f"| {name} | {row['n_steps']} | {row['mode']} | {result} | | | | | | | | |"
     agree = f"{100 * result['hit_agreement']:.3f}%" if "hit_agreement" in result else "-"
     diff = (
         f"{result['median_depth_diff_rel']:.1e}" if "median_depth_diff_rel" in result else "-"
@@ -345,9 +384,11 @@ def _row(row: Dict) -> str:
         agree += " (fails)"
     tflops = f"{result['tflops_per_s']:.1f}" if "tflops_per_s" in result else "-"
     share = f"{100 * result['of_roofline']:.0f}%" if "of_roofline" in result else "-"
+    pool_bytes = result.get("graph_pool_bytes")
+    pools = fmt_bytes(pool_bytes) if pool_bytes else "-"
     return (
         f"| {name} | {row['n_steps']} | {row['mode']} | {fmt_seconds(result['seconds'])} | "
-        f"{fmt_bytes(result['peak_bytes'])} | {_ratio(row['dense'], result)} | "
+        f"{fmt_bytes(result['peak_bytes'])} | {pools} | {_ratio(row['dense'], result)} | "
         f"{_ratio(row['volume'], result)} | {tflops} | {share} | {agree} | {diff} |"
     )
 
@@ -368,7 +409,11 @@ def summarize(report: Dict) -> Dict:
     train = pick("train", 4096, 128)
     summary["render_256_128_ms"] = {m: 1000 * r["seconds"] for m, r in render.items()}
     summary["train_4096_128"] = {
-        m: {"ms": 1000 * r["seconds"], "peak_mib": (r["peak_bytes"] or 0) / 2**20}
+        m: {
+            "ms": 1000 * r["seconds"],
+            "peak_mib": (r["peak_bytes"] or 0) / 2**20,
+            "graph_pools_mib": (r.get("graph_pool_bytes") or 0) / 2**20,
+        }
         for m, r in train.items()
     }
     flat = {}
@@ -574,6 +619,14 @@ def main(argv=None) -> None:
         help="only the cases of the performance targets (256x256 render, 4096-ray step)",
     )
     parser.add_argument(
+        "--workloads", nargs="+", choices=["render", "train"], default=None,
+        help="only these workloads of the plan",
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=sorted([*MODES, "volume"]), default=None,
+        help="only these modes of the plan",
+    )
+    parser.add_argument(
         "--compile-experiment",
         action="store_true",
         help="only run the torch.compile experiment (compiles; minutes on first use)",
@@ -594,6 +647,8 @@ def main(argv=None) -> None:
         max_seconds=args.max_seconds,
         profile=args.profile,
         targets=args.targets,
+        workloads=args.workloads,
+        modes=args.modes,
         write=report_files_writer(args.out, "bench_core", _markdown, json_default=_json_default),
         **settings,
     )

@@ -107,10 +107,16 @@ def fitted_reference_field(
     return field
 
 
-def adam(field: torch.nn.Module, device: str) -> torch.optim.Adam:
+def adam(field: torch.nn.Module, device: str, *, capturable: bool = False) -> torch.optim.Adam:
     """The training steps' optimiser: Adam with learning rate 0 (the field stays fixed), fused
-    on CUDA as in ``dvr fit``; the same for every row of a table."""
-    return torch.optim.Adam(field.parameters(), lr=0.0, fused=device.startswith("cuda") or None)
+    on CUDA as in ``dvr fit``; the same for every row of a table (``capturable`` for a step
+    recorded as a CUDA graph)."""
+    return torch.optim.Adam(
+        field.parameters(),
+        lr=0.0,
+        fused=device.startswith("cuda") or None,
+        capturable=capturable and device.startswith("cuda"),
+    )
 
 
 def cameras(n: int, device: str):
@@ -151,6 +157,25 @@ def peak_memory(device: torch.device | str) -> int | None:
     return None
 
 
+def graph_pool_bytes(device: torch.device | str) -> int | None:
+    """
+    Bytes the caching allocator holds in private pools (those of recorded CUDA graphs) on
+    ``device``; ``None`` off CUDA. A graph's intermediate tensors live there between replays
+    and are not counted by ``max_memory_allocated``, so a graphed step's footprint is its peak
+    plus this.
+    """
+    if not _is_cuda(device):
+        return None
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    total = 0
+    for segment in torch.cuda.memory_snapshot():
+        pool = tuple(segment.get("segment_pool_id", (0, 0)))
+        if segment.get("device") == index and pool != (0, 0):
+            total += int(segment["total_size"])
+    return total
+
+
 def measure(
     fn: Callable[[], object],
     *,
@@ -162,11 +187,14 @@ def measure(
 ) -> dict:
     """
     Median wall time (s) of up to ``repeats`` runs (fewer once ``max_seconds`` are spent, at
-    least one) after ``warmup`` runs, the peak memory of the timed runs (bytes), the output of
-    the last run (key ``"_output"``) and, with ``flops``, the matmul FLOPs of one warm-up run
-    by precision (key ``"flops"``).
+    least one) after ``warmup`` runs, the peak memory of the timed runs (bytes), the memory
+    that CUDA graphs recorded by this call's runs keep in their private pools (bytes,
+    ``"graph_pool_bytes"``; not part of the peak), the output of the last run (key
+    ``"_output"``) and, with ``flops``, the matmul FLOPs of one warm-up run by precision (key
+    ``"flops"``).
     """
     counted = None
+    pools_before = graph_pool_bytes(device)
     for i in range(max(warmup, 1 if flops else 0)):
         if flops and i == 0:
             with MatmulFlops() as counter:
@@ -187,11 +215,13 @@ def measure(
         times.append(time.perf_counter() - start)
         spent += times[-1]
     peak = peak_memory(device)
+    pools_after = graph_pool_bytes(device)
     result = {
         "seconds": statistics.median(times),
         "min_seconds": min(times),
         "runs": len(times),
         "peak_bytes": peak,
+        "graph_pool_bytes": None if pools_after is None else max(0, pools_after - pools_before),
     }
     if counted is not None:
         result["flops"] = counted
