@@ -27,6 +27,7 @@ class Train:
     iterations: int = 6
     time_budget_s: Optional[float] = None
     schedule_by_time: bool = False
+    lr_by_time: bool = False
 
 
 @dataclasses.dataclass
@@ -240,6 +241,32 @@ def test_schedules_follow_the_clock_with_schedule_by_time(tmp_path, monkeypatch,
     else:
         assert positions == list(range(10))
         assert lrs == pytest.approx([0.05] * 4 + [0.025] * 6)
+
+
+def test_lr_by_time_moves_the_learning_rate_alone(tmp_path, monkeypatch):
+    import dvr_plugin.engine.trainer as engine_trainer
+
+    monkeypatch.setattr(engine_trainer, "time", _FakeClock(0.5))
+    # as above: 10 steps of 0.5 s in a 5 s budget planned for 100 steps
+    config = ToyConfig(
+        train=Train(iterations=100, time_budget_s=5.0, lr_by_time=True),
+        optim=Optim(lr_milestones=[4, 55]),
+    )
+    trainer = LineTrainer(config=config, out_dir=str(tmp_path))
+    positions = []
+    original = trainer.train_step
+
+    def recording_step() -> dict[str, float]:
+        positions.append(trainer.schedule_step)
+        return original()
+
+    trainer.train_step = recording_step
+    summary = trainer.fit()
+    assert summary["step"] == 10
+    assert positions == list(range(10))  # the other schedules keep to the steps
+    lrs = read_csv(str(tmp_path / TRAIN_LOG_NAME))["lr"]
+    # the rate keeps to the clock: milestone 4 at the second step (clock 10), 55 at the seventh
+    assert lrs == pytest.approx([0.05] + [0.025] * 5 + [0.0125] * 4)
 
 
 def test_update_schedule_is_capped_and_does_nothing_without_the_option():

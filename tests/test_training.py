@@ -228,6 +228,8 @@ def test_schedule_by_time_moves_every_schedule_to_the_clock(make_trainer):
     assert trainer.schedule_step == 1
     with pytest.raises(ValueError, match="schedule_by_time needs train.time_budget_s"):
         TrainingFactory.config(**{"train.schedule_by_time": True})
+    with pytest.raises(ValueError, match="lr_by_time needs train.time_budget_s"):
+        TrainingFactory.config(**{"train.lr_by_time": True})
 
 
 def test_boundary_share_reaches_the_trainer_and_is_checked(make_trainer):

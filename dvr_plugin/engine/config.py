@@ -122,6 +122,9 @@ class BaseTrainConfig:
             refinement's start) on the clock: they read the larger of the step and
             ``iterations x seconds / time_budget_s``, so the planned schedule reaches its end
             within the budget however fast the machine steps (needs ``time_budget_s``).
+        lr_by_time: the same for the learning-rate milestones alone: the rate decays at the
+            planned share of ``time_budget_s`` (milestone / ``iterations``), while the other
+            schedules follow the steps (needs ``time_budget_s``).
     """
 
     iterations: int = 2000
@@ -135,6 +138,7 @@ class BaseTrainConfig:
     n_secant_steps: int = 8
     time_budget_s: Optional[float] = None
     schedule_by_time: bool = False
+    lr_by_time: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -169,11 +173,12 @@ class BaseTrainConfig:
             raise ValueError(f"train.n_secant_steps must be >= 0, got {self.n_secant_steps}.")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"train.time_budget_s must be > 0, got {self.time_budget_s}.")
-        if self.schedule_by_time and self.time_budget_s is None:
-            raise ValueError(
-                "train.schedule_by_time needs train.time_budget_s (the seconds the schedule is "
-                "spread over); set one, or train.schedule_by_time=false."
-            )
+        for key in ("schedule_by_time", "lr_by_time"):
+            if getattr(self, key) and self.time_budget_s is None:
+                raise ValueError(
+                    f"train.{key} needs train.time_budget_s (the seconds the schedule is "
+                    f"spread over); set one, or train.{key}=false."
+                )
 
     def sampling_options(self) -> dict[str, Any]:
         """

@@ -12,7 +12,8 @@ The base owns:
   its checkpoint and raises :class:`FitInterrupted`;
 - the schedules' position (:attr:`BaseTrainer.schedule_step`): the step, or with
   ``train.schedule_by_time`` the clock's share of ``train.time_budget_s`` in steps, and the
-  learning rate at it (:meth:`BaseTrainer.update_schedule`);
+  learning rate at it (with ``train.lr_by_time`` the learning rate alone follows the clock;
+  :meth:`BaseTrainer.update_schedule`);
 - the run: the seeded random state, the refusal to overwrite a checkpoint, the resume (read,
   restore, refuse one that cannot train on) and the output folder (:mod:`.run_outputs`);
 - checkpoints: model, optimiser, learning-rate schedule, step, training seconds and every
@@ -29,7 +30,8 @@ every DVR task shares are here too: the free-space / occupancy loss points, the 
 and the values a step returns.
 
 The configuration is read by attribute, whatever its class: ``seed``, ``to_dict()``,
-``train.iterations``, ``train.time_budget_s``, ``train.schedule_by_time``, ``eval.log_every``,
+``train.iterations``, ``train.time_budget_s``, ``train.schedule_by_time``, ``train.lr_by_time``,
+``eval.log_every``,
 ``eval.validate_every``, ``eval.checkpoint_every``, ``eval.tensorboard``, ``optim.grad_clip``,
 ``optim.lr_milestones``, ``optim.lr_gamma`` and ``loss.visual_hull_depth``.
 """
@@ -472,7 +474,8 @@ class BaseTrainer(abc.ABC):
                 torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
             self.optimizer.step()
         lr = float(self.optimizer.param_groups[lr_group]["lr"])
-        if not self.config.train.schedule_by_time:  # else update_schedule sets it
+        train = self.config.train
+        if not (train.schedule_by_time or train.lr_by_time):  # else update_schedule sets it
             self.scheduler.step()
         self.step += 1
         return lr
@@ -492,19 +495,23 @@ class BaseTrainer(abc.ABC):
         ``iterations x train_seconds / time_budget_s`` (whole steps, at most ``iterations``;
         rank 0's clock on several ranks), and set the learning rate of :attr:`schedule_step`
         (each ``optim.lr_milestones`` at or before it multiplies the groups' initial rates by
-        ``optim.lr_gamma``). :meth:`timed_step` calls it before every step. Without the option
-        it does nothing, and the schedules follow ``step``.
+        ``optim.lr_gamma``). With ``train.lr_by_time`` only the learning rate is set, from the
+        larger of ``step`` and the clock's position; the other schedules follow ``step``.
+        :meth:`timed_step` calls it before every step. Without either option it does nothing,
+        and the schedules follow ``step``.
         """
         train = self.config.train
-        if not train.schedule_by_time:
+        if not (train.schedule_by_time or train.lr_by_time):
             return
         share = self.train_seconds / train.time_budget_s
         position = min(train.iterations, int(train.iterations * share))
         if self.dist is not None:
             position = self.dist.broadcast_int(position)
-        self._clock_step = position
+        if train.schedule_by_time:
+            self._clock_step = position
         optim = self.config.optim
-        factor = optim.lr_gamma ** bisect.bisect_right(optim.lr_milestones, self.schedule_step)
+        lr_step = max(self.schedule_step, position)
+        factor = optim.lr_gamma ** bisect.bisect_right(optim.lr_milestones, lr_step)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 

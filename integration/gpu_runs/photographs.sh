@@ -238,11 +238,12 @@ psnr)  # scan 24 (MonoSDF layout): the packaged GPU recipe (4 images x 4096 rays
   # the learning rates halved within the steps a 280 s run takes (about 3600-4000 on an H100;
   # the recipe's 3500 and 4500 come at or after its end)
   slot; fit scan24_lr_early "$S24" monosdf - "optim.lr_milestones=[2800,3400]" &
-  # the same at the fractions that paid at CPU size (70% and 90% of the steps a shared run takes)
-  slot; fit scan24_lr_70_90 "$S24" monosdf - "optim.lr_milestones=[2500,3200]" &
+  # the recipe's milestones (3500 and 4500 of 5000 steps) on the clock: the rates halve at 70%
+  # and 90% of the budget, whatever the card's speed (train.lr_by_time)
+  slot; fit scan24_lr_clock "$S24" monosdf - train.iterations=5000 train.lr_by_time=true &
   wait
   RUNS="scan24_recipe scan24_rays2048 scan24_rays8192 scan24_images8 scan24_colour_grid"
-  RUNS+=" scan24_colour_grid1024 scan24_cameras scan24_clock scan24_boundary scan24_lr_early scan24_lr_70_90"
+  RUNS+=" scan24_colour_grid1024 scan24_cameras scan24_clock scan24_boundary scan24_lr_early scan24_lr_clock"
   ;;
 lego)  # the NeRF-synthetic lego: its packaged config, and with the hash-grid SDF and the volume
   # warm-up of --config dtu's GPU recipe (its own normal weight and texture head kept)
