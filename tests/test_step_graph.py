@@ -21,6 +21,7 @@ from dvr_plugin.renderer.renderer import DVRRenderer
 from dvr_plugin.renderer.step_graph import GraphedTrainStep, _check_capturable
 from tests.core_factories import SphereMLPField
 from tests.test_appearance import make_model
+from tests.test_hash_grid import small_field
 
 COLOUR_WEIGHTS = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)
 
@@ -41,12 +42,15 @@ def _views(dtype=torch.float64, device="cpu"):
         R=rotation.to(dtype), T=translation.to(dtype), fov=45.0, device=device
     )
     generator = torch.Generator().manual_seed(3)
-    xys = (torch.rand(2, 60, 2, generator=generator, dtype=dtype) * 2 - 1) * 0.5
+    # corners of the view included: some rays miss the box, some miss the object
+    xys = torch.rand(2, 60, 2, generator=generator, dtype=dtype) * 2 - 1
     return cameras, xys.to(device)
 
 
 def _loss(out, *, weights=COLOUR_WEIGHTS) -> torch.Tensor:
     loss = (out.images * weights.to(out.images)).sum() + (out.depths * out.masks).sum()
+    # every ray's surface point: a miss must get no gradient in the dense half either
+    loss = loss + 0.1 * out.surface_points.sum()
     if out.normals is not None:
         loss = loss + (out.normals * 0.3).sum()
     return loss
@@ -65,12 +69,17 @@ def _render_and_gradients(renderer, cameras, xys, dense):
 
 
 @pytest.mark.parametrize(
-    "case", ["texture", "view_dependent", "sdf_normals", "differentiable_normals"]
+    "case", ["texture", "view_dependent", "sdf_normals", "differentiable_normals", "hash_grid"]
 )
 def test_dense_half_equals_sparse_half(case):
     if case == "texture":
         field = SphereMLPField(latent_size=0).double()
         renderer = _renderer(field)
+    elif case == "hash_grid":  # an SDF starting as a sphere (points off the box: clamped)
+        torch.manual_seed(0)
+        renderer = _renderer(
+            small_field(field_type="sdf", geometric_init_radius=0.3), compute_normals=False
+        )
     elif case == "view_dependent":
         renderer = _renderer(make_model(latent_size=0))
     elif case == "sdf_normals":
@@ -88,6 +97,7 @@ def test_dense_half_equals_sparse_half(case):
     dense, dense_grads = _render_and_gradients(renderer, cameras, xys, dense=True)
     hit = sparse.hit
     assert 10 < int(hit.sum()) < hit.numel()  # both hits and misses in the batch
+    assert bool(sparse.ray_bundle.missed_box.any())
     assert torch.equal(dense.hit, hit)
     for name in ("images", "masks", "depths", "normals"):
         want, got = getattr(sparse, name), getattr(dense, name)
