@@ -212,14 +212,15 @@ class _FakeClock:
         return self.now
 
 
-@pytest.mark.parametrize("by_time", [False, True])
-def test_schedules_follow_the_clock_with_schedule_by_time(tmp_path, monkeypatch, by_time):
+def _clocked_fit(tmp_path, monkeypatch, **train) -> tuple[list[int], list[float]]:
+    """A 5 s budget planned for 100 steps, at 0.5 s per step on a fake clock (10 steps, the
+    clock at 10 x the step each time), milestones 4 and 55: the schedule position each step
+    saw, and the learning rates of the log."""
     import dvr_plugin.engine.trainer as engine_trainer
 
     monkeypatch.setattr(engine_trainer, "time", _FakeClock(0.5))
-    # 100 planned steps in 5 s, 0.5 s per step: 10 steps, the clock at 10 x the step each time
     config = ToyConfig(
-        train=Train(iterations=100, time_budget_s=5.0, schedule_by_time=by_time),
+        train=Train(iterations=100, time_budget_s=5.0, **train),
         optim=Optim(lr_milestones=[4, 55]),
     )
     trainer = LineTrainer(config=config, out_dir=str(tmp_path))
@@ -233,40 +234,28 @@ def test_schedules_follow_the_clock_with_schedule_by_time(tmp_path, monkeypatch,
     trainer.train_step = recording_step
     summary = trainer.fit()
     assert summary["stopped_early"] and summary["step"] == 10
-    lrs = read_csv(str(tmp_path / TRAIN_LOG_NAME))["lr"]
+    return positions, read_csv(str(tmp_path / TRAIN_LOG_NAME))["lr"]
+
+
+# the rate on the clock: milestone 4 passed at the second step (clock 10), 55 at the seventh
+RATES_ON_THE_CLOCK = [0.05] + [0.025] * 5 + [0.0125] * 4
+
+
+@pytest.mark.parametrize("by_time", [False, True])
+def test_schedules_follow_the_clock_with_schedule_by_time(tmp_path, monkeypatch, by_time):
+    positions, lrs = _clocked_fit(tmp_path, monkeypatch, schedule_by_time=by_time)
     if by_time:
         assert positions == [10 * k for k in range(10)]
-        # milestone 4 passed at the second step (clock 10), 55 at the seventh (clock 60)
-        assert lrs == pytest.approx([0.05] + [0.025] * 5 + [0.0125] * 4)
+        assert lrs == pytest.approx(RATES_ON_THE_CLOCK)
     else:
         assert positions == list(range(10))
         assert lrs == pytest.approx([0.05] * 4 + [0.025] * 6)
 
 
 def test_lr_by_time_moves_the_learning_rate_alone(tmp_path, monkeypatch):
-    import dvr_plugin.engine.trainer as engine_trainer
-
-    monkeypatch.setattr(engine_trainer, "time", _FakeClock(0.5))
-    # as above: 10 steps of 0.5 s in a 5 s budget planned for 100 steps
-    config = ToyConfig(
-        train=Train(iterations=100, time_budget_s=5.0, lr_by_time=True),
-        optim=Optim(lr_milestones=[4, 55]),
-    )
-    trainer = LineTrainer(config=config, out_dir=str(tmp_path))
-    positions = []
-    original = trainer.train_step
-
-    def recording_step() -> dict[str, float]:
-        positions.append(trainer.schedule_step)
-        return original()
-
-    trainer.train_step = recording_step
-    summary = trainer.fit()
-    assert summary["step"] == 10
+    positions, lrs = _clocked_fit(tmp_path, monkeypatch, lr_by_time=True)
     assert positions == list(range(10))  # the other schedules keep to the steps
-    lrs = read_csv(str(tmp_path / TRAIN_LOG_NAME))["lr"]
-    # the rate keeps to the clock: milestone 4 at the second step (clock 10), 55 at the seventh
-    assert lrs == pytest.approx([0.05] + [0.025] * 5 + [0.0125] * 4)
+    assert lrs == pytest.approx(RATES_ON_THE_CLOCK)
 
 
 def test_update_schedule_is_capped_and_does_nothing_without_the_option():
