@@ -18,7 +18,7 @@ from pytorch3d.renderer import FoVPerspectiveCameras, look_at_view_transform
 
 from dvr_plugin.renderer.raysampler import SecantRaysampler
 from dvr_plugin.renderer.renderer import DVRRenderer
-from dvr_plugin.renderer.step_graph import GraphedTrainStep, _check_capturable
+from dvr_plugin.renderer.step_graph import GraphedTrainStep, _check_capturable, optimizer_key
 from tests.core_factories import SphereMLPField
 from tests.test_appearance import make_model
 from tests.test_hash_grid import small_field
@@ -193,6 +193,26 @@ def test_graphed_step_errors():
     with pytest.raises(ValueError, match="capturable=True"):
         _check_capturable(optimizer)
     _check_capturable(torch.optim.Adam(field.parameters(), lr=1e-3, capturable=True))
+
+
+def test_a_changed_optimiser_needs_a_new_recording():
+    field = SphereMLPField(latent_size=0)
+    optimizer = torch.optim.Adam(field.parameters(), lr=1e-3)
+    field(torch.zeros(1, 4, 3)).values.sum().backward()
+    optimizer.step()  # the state exists
+    key = optimizer_key(optimizer)
+    assert optimizer_key(optimizer) == key
+    optimizer.param_groups[0]["lr"] = 5e-4  # a number is baked into a recording
+    assert optimizer_key(optimizer) != key
+    optimizer.param_groups[0]["lr"] = 1e-3
+    assert optimizer_key(optimizer) == key
+    optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # new state tensors
+    assert optimizer_key(optimizer) != key
+    rate = torch.tensor(1e-3)
+    tensor_rate = torch.optim.Adam(field.parameters(), lr=rate)
+    before = optimizer_key(tensor_rate)
+    rate.fill_(5e-4)  # a tensor is read at every replay: the same recording serves
+    assert optimizer_key(tensor_rate) == before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

@@ -25,7 +25,12 @@ What the recording needs (checked with a ``ValueError`` that names the problem):
   the host nor draws random numbers, and target tensors of the same shapes from call to call
   (a new shape records a new graph).
 
-The step owns the parameters' ``.grad`` while it replays (they live in the graph's memory).
+The optimiser's settings are part of the recording: a learning rate given as a number is
+baked in, so changing it (a scheduler) records again after the warm-up calls; give it as a
+CUDA tensor (``lr=torch.tensor(1e-3, device="cuda")``) and update it in place to change it at
+every replay. Replacing the optimiser's state (``load_state_dict``) records again too
+(:func:`optimizer_key`). The step owns the parameters' ``.grad`` while it replays (they live
+in the graph's memory).
 Off CUDA, or with ``cuda_graphs=False``, the same dense half runs eagerly, so the CPU runs the
 code the graph records. The first ``warmup_steps`` calls of each batch shape run eagerly on a
 side stream (as CUDA graph capture asks), then the graph is recorded and replayed; every call
@@ -164,7 +169,10 @@ class GraphedTrainStep:
         if not (self.cuda_graphs and device.type == "cuda"):
             return self._eager(found, targets)
         _check_capturable(self.optimizer)
-        key = _shape_key(found, targets) + (field_storage_key(self.renderer),)
+        key = _shape_key(found, targets) + (
+            field_storage_key(self.renderer),
+            optimizer_key(self.optimizer),
+        )
         if key in self._failed:
             return self._eager(found, targets)
         recorded = self._graphs.get(key)
@@ -253,6 +261,31 @@ def _check_capturable(optimizer: torch.optim.Optimizer) -> None:
             "capturable=True (e.g. torch.optim.Adam(params, fused=True, capturable=True)), or "
             "pass cuda_graphs=False."
         )
+
+
+def optimizer_key(optimizer: torch.optim.Optimizer) -> tuple:
+    """
+    What a recorded optimiser step depends on besides the parameters: each group's settings
+    (a number is baked into the graph as it was when recorded, so a changed one needs a new
+    recording; a tensor, e.g. ``lr=torch.tensor(1e-3, device="cuda")``, is read at every
+    replay and counts by its storage) and the storage of the optimiser's state tensors, which
+    ``load_state_dict`` replaces.
+    """
+    groups = tuple(
+        tuple(
+            (name, ("tensor", value.data_ptr()) if isinstance(value, torch.Tensor) else repr(value))
+            for name, value in sorted(group.items())
+            if name != "params"
+        )
+        for group in optimizer.param_groups
+    )
+    state = tuple(
+        value.data_ptr()
+        for per_parameter in optimizer.state.values()
+        for value in per_parameter.values()
+        if isinstance(value, torch.Tensor)
+    )
+    return groups, state
 
 
 def _shape_key(found: FoundSurfaces, targets: Mapping[str, torch.Tensor]) -> tuple:
