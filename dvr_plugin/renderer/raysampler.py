@@ -249,6 +249,8 @@ class SecantRaysampler(nn.Module):
         **kwargs,
     ) -> SurfaceRayBundle:
         """
+        ``attach(find_surfaces(...))``: the search, then the implicit gradient.
+
         Args:
             cameras: ``B`` cameras (any ``CamerasBase``).
             volumetric_function: a PyTorch3D volumetric function (the ``ImplicitRenderer``
