@@ -30,10 +30,12 @@ class RecordedGraph:
 
 class GraphCache:
     """
-    Recorded CUDA graphs by key, shared by :class:`dvr_plugin.accel.refine_graphs.RefinementGraphs`
-    and :class:`dvr_plugin.accel.march_graphs.MarchGraphs`: the least recently used entry is dropped
-    past ``max_entries``, and a key whose recording failed is remembered (with one warning) so that
-    its work runs eagerly from then on. All entries record into one memory pool.
+    Recorded CUDA graphs by key, shared by :class:`dvr_plugin.accel.refine_graphs.RefinementGraphs`,
+    :class:`dvr_plugin.accel.march_graphs.MarchGraphs` and
+    :class:`dvr_plugin.renderer.step_graph.GraphedTrainStep`: the least recently used entry is
+    dropped past ``max_entries``, and a key whose recording failed is remembered (with one
+    warning) so that its work runs eagerly from then on. Entries that record into :attr:`pool`
+    share that one memory pool.
     """
 
     def __init__(self, *, max_entries: int, what: str) -> None:
@@ -42,6 +44,10 @@ class GraphCache:
         self._entries: OrderedDict[tuple, Any] = OrderedDict()
         self._failed: set[tuple] = set()
         self._pool: Any = None
+
+    def __len__(self) -> int:
+        """How many entries are recorded now."""
+        return len(self._entries)
 
     @property
     def pool(self) -> Any:

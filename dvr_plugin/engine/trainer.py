@@ -31,9 +31,8 @@ and the values a step returns.
 
 The configuration is read by attribute, whatever its class: ``seed``, ``to_dict()``,
 ``train.iterations``, ``train.time_budget_s``, ``train.schedule_by_time``, ``train.lr_by_time``,
-``eval.log_every``,
-``eval.validate_every``, ``eval.checkpoint_every``, ``eval.tensorboard``, ``optim.grad_clip``,
-``optim.lr_milestones``, ``optim.lr_gamma`` and ``loss.visual_hull_depth``.
+``eval.log_every``, ``eval.validate_every``, ``eval.checkpoint_every``, ``eval.tensorboard``,
+``optim.grad_clip``, ``optim.lr_milestones``, ``optim.lr_gamma`` and ``loss.visual_hull_depth``.
 """
 
 from __future__ import annotations

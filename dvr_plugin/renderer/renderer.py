@@ -317,13 +317,11 @@ class DVRRenderer(nn.Module):
             code = None if latent is None else latent[images]
             # one ray per row, with its image's code
             colour = evaluate_field(self.field, flat[images, rows][:, None], code).rgb
-            white = torch.ones_like(flat.detach())
             if colour is None:
-                return white.reshape(points.shape)
-            rgb = white.index_put((images, rows), colour[:, 0].to(white.dtype))
-            if dense:
-                rgb = torch.where(hits[..., None], rgb, 1.0)
-            return rgb.reshape(points.shape)
+                return torch.ones_like(points.detach())
+            return _white_except(flat, images, rows, colour[:, 0], hits, dense).reshape(
+                points.shape
+            )
         rgb = torch.ones_like(flat)
         for b in range(batch):
             rows = torch.nonzero(hits[b], as_tuple=True)[0]
@@ -364,11 +362,9 @@ class DVRRenderer(nn.Module):
             shaded = model.shade(
                 flat[images, rows][:, None], flat_directions[images, rows][:, None], code
             )
-            white = torch.ones_like(flat.detach())
-            rgb = white.index_put((images, rows), shaded.rgb[:, 0].to(white.dtype))
-            if dense:
-                rgb = torch.where(hits[..., None], rgb, 1.0)
-            return rgb.reshape(points.shape)
+            return _white_except(flat, images, rows, shaded.rgb[:, 0], hits, dense).reshape(
+                points.shape
+            )
         rgb = torch.ones_like(flat)
         for b in range(batch):
             rows = torch.nonzero(hits[b], as_tuple=True)[0]
@@ -378,6 +374,22 @@ class DVRRenderer(nn.Module):
                 shaded = model.shade(flat[b : b + 1, part], flat_directions[b : b + 1, part], code)
                 rgb[b, part] = shaded.rgb[0].to(rgb.dtype)
         return rgb.reshape(points.shape)
+
+
+def _white_except(
+    flat: torch.Tensor,
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    colour: torch.Tensor,
+    hits: torch.Tensor,
+    dense: bool,
+) -> torch.Tensor:
+    """`(B, R, 3)` white like ``flat`` with the `(K, 3)` ``colour`` of the shaded rays
+    ``(images, rows)`` put in place; after a dense evaluation the misses among `(B, R)`
+    ``hits`` are white again."""
+    white = torch.ones_like(flat.detach())
+    rgb = white.index_put((images, rows), colour.to(white.dtype))
+    return torch.where(hits[..., None], rgb, 1.0) if dense else rgb
 
 
 def _rays_to_shade(hits: torch.Tensor, dense: bool) -> tuple[torch.Tensor, torch.Tensor]:

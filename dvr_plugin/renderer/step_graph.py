@@ -41,19 +41,20 @@ of the renderer (world units, z-depth).
 
 from __future__ import annotations
 
-import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import torch
 from pytorch3d.renderer.cameras import CamerasBase
 
-from ..accel.graph_cache import field_storage_key, side_stream
+from ..accel.graph_cache import GraphCache, field_storage_key, side_stream
 from ..fields.appearance import geometry_of
 from .raysampler import FoundSurfaces
 from .renderer import DVRRenderer, DVRRenderOutput
 
 LossFunction = Callable[..., torch.Tensor]
+
+# the tensors of FoundSurfaces that a recorded step reads from its input buffers
+_RAY_TENSORS = ("origins", "directions", "depths", "hit", "started_inside", "missed_box", "xys")
 
 
 class _RecordedStep:
@@ -116,9 +117,8 @@ class GraphedTrainStep:
         self.cuda_graphs = cuda_graphs
         self.warmup_steps = int(warmup_steps)
         self.max_graphs = int(max_graphs)
-        self._graphs: OrderedDict[tuple, _RecordedStep] = OrderedDict()
+        self._graphs = GraphCache(max_entries=self.max_graphs, what="the training step")
         self._seen: dict[tuple, int] = {}
-        self._failed: set[tuple] = set()
 
     @property
     def recorded_shapes(self) -> int:
@@ -173,23 +173,19 @@ class GraphedTrainStep:
             field_storage_key(self.renderer),
             optimizer_key(self.optimizer),
         )
-        if key in self._failed:
-            return self._eager(found, targets)
-        recorded = self._graphs.get(key)
+        seen = self._seen.get(key, 0)
+        if seen < self.warmup_steps:
+            self._seen[key] = seen + 1
+            stream = side_stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                loss = self._eager(found, targets)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            return loss
+        # recorded on first use; None: its recording failed (said once), so it runs eagerly
+        recorded = self._graphs.get(key, lambda: self._record(found, targets))
         if recorded is None:
-            seen = self._seen.get(key, 0)
-            if seen < self.warmup_steps:
-                self._seen[key] = seen + 1
-                stream = side_stream(device)
-                stream.wait_stream(torch.cuda.current_stream(device))
-                with torch.cuda.stream(stream):
-                    loss = self._eager(found, targets)
-                torch.cuda.current_stream(device).wait_stream(stream)
-                return loss
-            recorded = self._record(key, found, targets)
-            if recorded is None:
-                return self._eager(found, targets)
-        self._graphs.move_to_end(key)
+            return self._eager(found, targets)
         _fill(recorded, found, targets)
         recorded.graph.replay()
         return recorded.loss.detach().clone()
@@ -210,17 +206,9 @@ class GraphedTrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         return self._step(found, targets)
 
-    def _record(
-        self, key: tuple, found: FoundSurfaces, targets: Mapping[str, torch.Tensor]
-    ) -> _RecordedStep | None:
+    def _record(self, found: FoundSurfaces, targets: Mapping[str, torch.Tensor]) -> _RecordedStep:
         static_found = found._replace(
-            origins=found.origins.detach().clone(),
-            directions=found.directions.detach().clone(),
-            depths=found.depths.detach().clone(),
-            hit=found.hit.clone(),
-            started_inside=found.started_inside.clone(),
-            missed_box=found.missed_box.clone(),
-            xys=found.xys.detach().clone(),
+            **{name: getattr(found, name).detach().clone() for name in _RAY_TENSORS}
         )
         static_targets = {name: value.detach().clone() for name, value in targets.items()}
         # the raymarcher's background colour is a buffer: on the device before recording (a
@@ -231,20 +219,10 @@ class GraphedTrainStep:
         try:
             with torch.cuda.graph(graph):
                 loss = self._step(static_found, static_targets)
-        except Exception as error:  # any failure: this shape runs eagerly, said once
-            self._failed.add(key)
+        except Exception:  # the cache says why, and this shape runs eagerly from then on
             self.optimizer.zero_grad(set_to_none=True)
-            warnings.warn(
-                f"Recording the training step as a CUDA graph failed ({error}); running it "
-                "eagerly for this batch shape.",
-                stacklevel=3,
-            )
-            return None
-        recorded = _RecordedStep(found=static_found, targets=static_targets, graph=graph, loss=loss)
-        self._graphs[key] = recorded
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
-        return recorded
+            raise
+        return _RecordedStep(found=static_found, targets=static_targets, graph=graph, loss=loss)
 
 
 def _needs_grad(cameras: CamerasBase) -> bool:
@@ -299,13 +277,7 @@ def _shape_key(found: FoundSurfaces, targets: Mapping[str, torch.Tensor]) -> tup
 def _fill(
     recorded: _RecordedStep, found: FoundSurfaces, targets: Mapping[str, torch.Tensor]
 ) -> None:
-    static = recorded.found
-    static.origins.copy_(found.origins.detach())
-    static.directions.copy_(found.directions.detach())
-    static.depths.copy_(found.depths)
-    static.hit.copy_(found.hit)
-    static.started_inside.copy_(found.started_inside)
-    static.missed_box.copy_(found.missed_box)
-    static.xys.copy_(found.xys)
+    for name in _RAY_TENSORS:
+        getattr(recorded.found, name).copy_(getattr(found, name).detach())
     for name, value in targets.items():
         recorded.targets[name].copy_(value)
