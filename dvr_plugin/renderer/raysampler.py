@@ -235,51 +235,23 @@ class SecantRaysampler(nn.Module):
         self._refine_graphs = RefinementGraphs() if cuda_graphs else None
         self._march_graphs = MarchGraphs() if cuda_graphs else None
 
-    def forward(
-        self,
-        *,
-        cameras: CamerasBase,
-        volumetric_function=None,
-        field=None,
-        latent: torch.Tensor | None = None,
-        xys: torch.Tensor | None = None,
-        n_steps: int | None = None,
-        n_rays_per_image: int | None = None,
-        return_features: bool = False,
-        **kwargs,
-    ) -> SurfaceRayBundle:
+    def forward(self, *, return_features: bool = False, **search) -> SurfaceRayBundle:
         """
-        ``attach(find_surfaces(...))``: the search, then the implicit gradient.
+        ``attach(find_surfaces(**search))``: the search, then the implicit gradient.
 
         Args:
-            cameras: ``B`` cameras (any ``CamerasBase``).
-            volumetric_function: a PyTorch3D volumetric function (the ``ImplicitRenderer``
-                route); ignored when ``field`` is given.
-            field: a field following :mod:`dvr_plugin.fields.field`'s protocol.
-            latent: `(B, C)` codes for a conditioned field.
-            xys: `(B, ..., 2)` NDC ray positions (overrides the constructor's choice).
-            n_steps: marching samples for this call (e.g. from a step schedule).
-            n_rays_per_image: random rays for this call.
             return_features: with gradients, a field and no normals, also return the colours
                 at the surface from the implicit-gradient evaluation (one field evaluation at
                 the surface instead of two; :mod:`dvr_plugin.renderer.implicit_gradient`).
-            kwargs: passed on to the volumetric function.
+            search: the keyword arguments of :meth:`find_surfaces` (``cameras``, ``field`` or
+                ``volumetric_function``, ``latent``, ``xys``, ``n_steps``,
+                ``n_rays_per_image``, and what the volumetric function takes).
 
         Returns:
             SurfaceRayBundle, spatial shape `(B, H, W)`, `(B, n_rays_per_image)` or that of
             ``xys``.
         """
-        found = self.find_surfaces(
-            cameras=cameras,
-            volumetric_function=volumetric_function,
-            field=field,
-            latent=latent,
-            xys=xys,
-            n_steps=n_steps,
-            n_rays_per_image=n_rays_per_image,
-            **kwargs,
-        )
-        return self.attach(found, return_features=return_features)
+        return self.attach(self.find_surfaces(**search), return_features=return_features)
 
     def find_surfaces(
         self,
@@ -295,7 +267,18 @@ class SecantRaysampler(nn.Module):
     ) -> FoundSurfaces:
         """
         The first half of :meth:`forward`: rays, box clipping and root finding (no gradient
-        flows through the search). Arguments as for :meth:`forward`.
+        flows through the search).
+
+        Args:
+            cameras: ``B`` cameras (any ``CamerasBase``).
+            volumetric_function: a PyTorch3D volumetric function (the ``ImplicitRenderer``
+                route); ignored when ``field`` is given.
+            field: a field following :mod:`dvr_plugin.fields.field`'s protocol.
+            latent: `(B, C)` codes for a conditioned field.
+            xys: `(B, ..., 2)` NDC ray positions (overrides the constructor's choice).
+            n_steps: marching samples for this call (e.g. from a step schedule).
+            n_rays_per_image: random rays for this call.
+            kwargs: passed on to the volumetric function.
 
         Returns:
             FoundSurfaces of the ``N = B x prod(S)`` rays.
